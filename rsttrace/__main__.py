@@ -1,0 +1,3 @@
+from rsttrace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""JSON Lines recordings: the writer used by `rsttrace record` and the reader
+used by reports, replay and tests.
+
+Pure Python (no bcc): analysis and the TUI read recordings without root.
+Layout (docs/EVENTS.md): a header line, then records, then a totals line.
+The writer only ever appends whole lines and flushes them per batch, so a
+recording stopped by Ctrl-C or SIGTERM is complete, and one killed outright
+loses at most its last, partial line (which the reader reports and skips).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA_VERSION = 1
+
+
+class RecordingError(Exception):
+    """A recording that cannot be read; the message names the line."""
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+class RecordingWriter:
+    """Appends records to a JSONL file; `close(totals)` ends it.
+
+    Thread-safe: the event consumer and the context sampler both write.
+    `close` is idempotent so it can be called from a signal path and again
+    from a `finally`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]):
+        self.path = Path(path)
+        header = dict(header)
+        header.setdefault("kind", "header")
+        header.setdefault("schema", SCHEMA_VERSION)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.count = 0
+        self.by_kind: dict[str, int] = {}
+        # Opening is the check that the path is writable: it raises before any
+        # BPF is attached (the CLI opens the writer first).
+        self._fh = open(self.path, "w", encoding="utf-8")
+        self._fh.write(_dumps(header) + "\n")
+        self._fh.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.write_many((record,))
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+        lines = []
+        for r in records:
+            lines.append(_dumps(r))
+            k = r.get("kind", "?")
+            if k != "ctx":
+                self.count += 1
+            self.by_kind[k] = self.by_kind.get(k, 0) + 1
+        if not lines:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._fh.write("\n".join(lines) + "\n")
+            self._fh.flush()
+
+    def close(self, totals: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            final = {"kind": "totals", "events": self.count, "lost": 0,
+                     "by_kind": dict(self.by_kind)}
+            final.update(totals or {})
+            self._fh.write(_dumps(final) + "\n")
+            self._fh.flush()
+            try:
+                os.fsync(self._fh.fileno())
+            except OSError:
+                pass
+            self._fh.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+@dataclass
+class Recording:
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    totals: dict[str, Any] | None = None
+    truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Reader:
+    """Streams a recording and remembers what it learned on the way."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.header: dict[str, Any] | None = None
+        self.totals: dict[str, Any] | None = None
+        self.truncated = False
+        self.warnings: list[str] = []
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            raise RecordingError(f"{self.path}: no such file") from None
+        except OSError as e:
+            raise RecordingError(f"{self.path}: cannot read: {e.strerror}") from None
+        with fh:
+            pending: tuple[int, bytes] | None = None
+            lineno = 0
+            for raw in fh:
+                lineno += 1
+                # A line is judged only once the next one exists, so that a
+                # cut last line can be told from a malformed one in the middle.
+                if pending is not None:
+                    rec = self._parse(*pending, last=False)
+                    if rec is not None:
+                        yield rec
+                pending = (lineno, raw)
+            if pending is not None:
+                rec = self._parse(*pending, last=True)
+                if rec is not None:
+                    yield rec
+            if self.header is None:
+                raise RecordingError(f"{self.path}: empty file, not an rsttrace recording "
+                                     "(record one with `rsttrace record -o FILE.jsonl`)")
+
+    def _parse(self, lineno: int, raw: bytes, last: bool) -> dict[str, Any] | None:
+        text = raw.strip()
+        if not text:
+            return None
+        try:
+            rec = json.loads(text)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if last and not raw.endswith(b"\n"):
+                self.truncated = True
+                self.warnings.append(
+                    f"{self.path}:{lineno}: last line is cut off (recording was killed); "
+                    "it was skipped, everything before it was read")
+                return None
+            raise RecordingError(f"{self.path}:{lineno}: malformed line ({e}); "
+                                 "the file is damaged, not just cut off") from None
+        if self.header is None:
+            if rec.get("kind") != "header":
+                raise RecordingError(f"{self.path}:{lineno}: missing header line; "
+                                     "not an rsttrace recording")
+            schema = rec.get("schema")
+            if schema != SCHEMA_VERSION:
+                raise RecordingError(
+                    f"{self.path}:{lineno}: unknown schema version {schema!r} "
+                    f"(this rsttrace reads version {SCHEMA_VERSION}); "
+                    "use the rsttrace version that recorded it")
+            self.header = rec
+            return None
+        if rec.get("kind") == "totals":
+            self.totals = rec
+            return None
+        return rec
+
+
+def iter_recording(path: str | os.PathLike[str]) -> tuple[_Reader, Iterator[dict[str, Any]]]:
+    """Returns (reader, iterator). The reader's `header`, `totals`,
+    `truncated` and `warnings` are filled as the iterator is consumed
+    (`header` after the first record is taken)."""
+    reader = _Reader(path)
+    return reader, iter(reader)
+
+
+def read_recording(path: str | os.PathLike[str]) -> Recording:
+    reader = _Reader(path)
+    records = list(reader)
+    assert reader.header is not None
+    if reader.totals is None and not reader.truncated:
+        reader.warnings.append(f"{reader.path}: no totals line (recording did not end cleanly)")
+    return Recording(reader.header, records, reader.totals, reader.truncated, reader.warnings)
