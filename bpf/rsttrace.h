@@ -1,0 +1,67 @@
+/* The one event layout shared by the BPF programs and Python
+ * (tracer/events.py mirrors it; a kernel test checks the two agree with
+ * what bcc compiled: size and every field offset).
+ *
+ * One struct for every kind and both address families: a family field and
+ * 16-byte addresses (IPv4 in the first 4 bytes). Raw kernel values (state,
+ * reason) are carried as they are; Python decodes them with the running
+ * kernel's own tables.
+ */
+#ifndef RSTTRACE_H
+#define RSTTRACE_H
+
+enum rst_kind {
+	EV_RESET = 1,        /* a TCP reset sent or received */
+	EV_CT_DROP = 2,      /* a packet dropped by netfilter (kfree_skb NETFILTER_DROP) */
+	EV_CT_FULL = 3,      /* a kernel log line from conntrack / IPVS (printk:console) */
+	EV_IPVS_EXPIRE = 4,  /* an IPVS connection entry expired (kprobe ip_vs_conn_expire) */
+	EV_CT_ALLOC_FAIL = 5,/* conntrack could not allocate an entry (kretprobe) */
+};
+
+enum rst_dir {
+	DIR_SENT = 1,
+	DIR_RECV = 2,
+};
+
+/* bits of rst_event.flags */
+#define EVF_HAS_SOCK     0x01  /* a local socket was involved */
+#define EVF_KEEPALIVE    0x02  /* SO_KEEPALIVE (SOCK_KEEPOPEN) set */
+#define EVF_KA_PER_SOCK  0x04  /* the socket overrides the netns keepalive time */
+#define EVF_IDLE         0x08  /* idle_jiffies is valid */
+#define EVF_REASON       0x10  /* reason holds a kernel reason */
+#define EVF_TRIGGER      0x20  /* trigger_flags holds the triggering segment's TCP flags */
+#define EVF_OWNER        0x40  /* pid/comm/cgroup are the socket's owner */
+#define EVF_KA           0x80  /* keepalive fields are valid (a full TCP socket) */
+
+struct rst_event {
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cookie;         /* socket cookie, 0 when unknown */
+	__u64 cgroup;         /* owner's cgroup id */
+	__u32 netns;          /* netns inode where it happened */
+	__u32 dev_netns;      /* no-socket reset: netns of the receiving device */
+	__u32 pid;            /* owner's tgid */
+	__u32 reason;         /* raw sk_rst_reason / skb_drop_reason */
+	__u32 idle_jiffies;   /* since the last data/ACK received */
+	__u32 ka_time;        /* effective keepalive time, jiffies */
+	__u32 ka_intvl;       /* effective keepalive interval, jiffies */
+	__u16 sport;          /* host order; the reset's source */
+	__u16 dport;          /* host order; the reset's destination */
+	__u8  kind;           /* enum rst_kind */
+	__u8  dir;            /* enum rst_dir */
+	__u8  family;         /* AF_INET / AF_INET6 */
+	__u8  state;          /* TCP state of the socket, 0 when none */
+	__u8  flags;          /* EVF_* */
+	__u8  ka_probes;
+	__u8  trigger_flags;  /* TCP flags byte of the segment that triggered a sent reset */
+	__u8  proto;          /* IPVS: L4 protocol */
+	__u8  saddr[16];      /* the reset's source (IPVS: client) */
+	__u8  daddr[16];      /* the reset's destination (IPVS: virtual address) */
+	__u8  raddr[16];      /* IPVS: real server */
+	__u16 rport;          /* IPVS: real server port */
+	__u16 ipvs_state;     /* IPVS: connection state */
+	__u32 _pad;
+	char  comm[16];       /* owner's comm */
+	char  text[96];       /* EV_CT_FULL: the log line (NUL-terminated or cut) */
+};
+
+#endif

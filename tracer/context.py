@@ -1,0 +1,247 @@
+"""Context collectors: per network namespace conntrack counters and the
+sysctls that decide whether an idle flow survives.
+
+Namespaces are found from /run/netns (named) and /proc/*/ns/net (any
+namespace with a process). Values are read inside each namespace by a
+worker thread that enters it with setns(2) (which moves only the calling
+thread) and returns to its own namespace before the next, so the
+collector never disturbs the rest of the process. Cheap: plain /proc reads,
+no netlink dumps of the conntrack table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+SYSCTLS = {
+    "nf_conntrack_tcp_timeout_established": "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "nf_conntrack_tcp_timeout_close_wait": "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+    "nf_conntrack_tcp_timeout_time_wait": "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+    "nf_conntrack_tcp_be_liberal": "net/netfilter/nf_conntrack_tcp_be_liberal",
+    "nf_conntrack_tcp_loose": "net/netfilter/nf_conntrack_tcp_loose",
+    "tcp_keepalive_time": "net/ipv4/tcp_keepalive_time",
+    "tcp_keepalive_intvl": "net/ipv4/tcp_keepalive_intvl",
+    "tcp_keepalive_probes": "net/ipv4/tcp_keepalive_probes",
+    "vs_expire_nodest_conn": "net/ipv4/vs/expire_nodest_conn",
+}
+CT_STAT_KEYS = ("drop", "early_drop", "invalid", "insert_failed", "found", "search_restart",
+                "chaintoolong", "clash_resolve", "insert")
+
+
+class ContextError(Exception):
+    pass
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise ContextError(f"setns: {os.strerror(err)}")
+
+
+@dataclass
+class Netns:
+    inode: int
+    name: str
+    path: str  # something that can be opened to enter it
+
+
+def list_namespaces() -> dict[int, Netns]:
+    """Every network namespace on the host, by inode. Named ones
+    (/run/netns) keep their name; the root namespace is `init`."""
+    found: dict[int, Netns] = {}
+    # kthreadd (pid 2) always lives in the initial namespace; pid 1 may be
+    # a sandbox's own init whose namespace cannot even be read.
+    for init_path in ("/proc/2/ns/net", "/proc/1/ns/net"):
+        try:
+            init_ino = os.stat(init_path).st_ino
+        except OSError:
+            continue
+        found[init_ino] = Netns(init_ino, "init", init_path)
+        break
+    run = Path("/run/netns")
+    if run.is_dir():
+        for entry in sorted(run.iterdir()):
+            try:
+                ino = entry.stat().st_ino
+            except OSError:
+                continue
+            if ino not in found or found[ino].name.startswith("pid:"):
+                found[ino] = Netns(ino, entry.name, str(entry))
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        path = f"/proc/{pid}/ns/net"
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        if ino not in found:
+            found[ino] = Netns(ino, f"pid:{pid}", path)
+    return found
+
+
+def resolve_netns(spec: str) -> Netns:
+    """`--netns NAME|PID` -> the namespace; a clear error otherwise."""
+    if spec.isdigit():
+        path = f"/proc/{spec}/ns/net"
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            raise ContextError(f"--netns {spec}: no process {spec} (or no permission to see "
+                               "its namespace); give a live PID or a name from `ip netns list`") from None
+        ns = list_namespaces().get(ino)
+        return Netns(ino, ns.name if ns else f"pid:{spec}", path)
+    path = f"/run/netns/{spec}"
+    try:
+        ino = os.stat(path).st_ino
+    except OSError:
+        names = ", ".join(sorted(p.name for p in Path("/run/netns").glob("*"))) or "none"
+        raise ContextError(f"--netns {spec}: no such namespace in /run/netns (known: {names}); "
+                           "give a name from `ip netns list` or a PID") from None
+    return Netns(ino, spec, path)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def parse_ct_stat(text: str) -> dict[str, int]:
+    """/proc/net/stat/nf_conntrack: a header, then one hex row per CPU.
+    Columns differ between kernels, so they are taken from the header."""
+    lines = text.split("\n")
+    cols = lines[0].split()
+    sums = dict.fromkeys(cols, 0)
+    for line in lines[1:]:
+        vals = line.split()
+        if len(vals) != len(cols):
+            continue
+        for c, v in zip(cols, vals):
+            sums[c] += int(v, 16)
+    out = {k: sums[k] for k in CT_STAT_KEYS if k in sums}
+    if "clash_resolve" not in out and "clashres" in sums:
+        out["clash_resolve"] = sums["clashres"]
+    return out
+
+
+def _read_here() -> dict:
+    """Everything for the namespace the calling thread is in."""
+    ct = None
+    count = _read_int("/proc/sys/net/netfilter/nf_conntrack_count")
+    if count is not None:
+        ct = {"count": count,
+              "max": _read_int("/proc/sys/net/netfilter/nf_conntrack_max"),
+              "buckets": _read_int("/proc/sys/net/netfilter/nf_conntrack_buckets")}
+        try:
+            with open("/proc/thread-self/net/stat/nf_conntrack") as fh:
+                ct.update(parse_ct_stat(fh.read()))
+        except OSError:
+            pass
+    sysctl = {}
+    for key, rel in SYSCTLS.items():
+        v = _read_int("/proc/sys/" + rel)
+        if v is not None:
+            sysctl[key] = v
+    tcp_socks = 0
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as fh:
+                tcp_socks += sum(1 for _ in fh) - 1
+        except OSError:
+            pass
+    return {"ct": ct, "sysctl": sysctl, "tcp_sockets": max(tcp_socks, 0)}
+
+
+class Collector:
+    """Samples every namespace that has sockets or conntrack entries (or
+    the ones asked for). One worker thread does the setns dance."""
+
+    def __init__(self, only: list[int] | None = None, ipvs_reader=None):
+        self.only = set(only) if only else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsttrace-ctx")
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        self._ipvs_reader = ipvs_reader
+        self.names: dict[int, str] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        try:
+            os.close(self._home)
+        except OSError:
+            pass
+
+    def _sample_all(self) -> list[dict]:
+        namespaces = list_namespaces()
+        self.names = {ino: ns.name for ino, ns in namespaces.items()}
+        home_ino = os.fstat(self._home).st_ino
+        out = []
+        for ino, ns in namespaces.items():
+            if self.only is not None and ino not in self.only:
+                continue
+            try:
+                fd = os.open(ns.path, os.O_RDONLY)
+            except OSError:
+                continue  # the process went away
+            try:
+                if ino != home_ino:
+                    _setns(fd)
+                try:
+                    data = _read_here()
+                    if self._ipvs_reader is not None:
+                        data["ipvs"] = self._ipvs_reader()
+                finally:
+                    if ino != home_ino:
+                        _setns(self._home)
+            except ContextError:
+                continue
+            finally:
+                os.close(fd)
+            data.setdefault("ipvs", None)
+            ct = data["ct"]
+            interesting = (data["tcp_sockets"] > 0 or (ct and (ct["count"] or ct.get("drop")
+                           or ct.get("invalid") or ct.get("early_drop"))))
+            if self.only is None and not interesting:
+                continue
+            out.append({"netns": ino, "name": ns.name, **data})
+        return out
+
+    def snapshot(self) -> dict:
+        """A `ctx` record (docs/EVENTS.md), taken now."""
+        namespaces = self._pool.submit(self._sample_all).result()
+        return {"kind": "ctx", "t": round(time.time(), 6), "namespaces": namespaces}
+
+
+class PeriodicSampler:
+    """Calls `collector.snapshot()` every `period` seconds into `sink`."""
+
+    def __init__(self, collector: Collector, period: float, sink):
+        self.collector, self.period, self.sink = collector, period, sink
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rsttrace-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.sink(self.collector.snapshot())
+            except Exception:  # a namespace vanishing mid-read must not kill sampling
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)

@@ -1,0 +1,185 @@
+"""Facts about the running kernel: tracefs, tracepoint formats and their
+symbolic tables, kernel headers for bcc, HZ, kprobe-able symbols.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+class KernelError(Exception):
+    pass
+
+
+def ensure_tracefs() -> tuple[bool, str]:
+    """Mount tracefs when it is missing (it is not mounted at boot on some
+    kernels). Returns (available, note)."""
+    if (TRACEFS / "events").is_dir():
+        return True, "tracefs mounted"
+    if os.geteuid() != 0:
+        return False, "tracefs not mounted (needs root to mount)"
+    r = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
+                       capture_output=True, text=True)
+    if r.returncode == 0 and (TRACEFS / "events").is_dir():
+        return True, f"tracefs was not mounted: mounted it at {TRACEFS}"
+    return False, f"tracefs not mounted and mount failed: {r.stderr.strip()}"
+
+
+@dataclass
+class Tracepoint:
+    group: str
+    name: str
+    fields: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, size)
+    symbols: dict[str, dict[int, str]] = field(default_factory=dict)  # field -> value -> name
+
+    @property
+    def full(self) -> str:
+        return f"{self.group}:{self.name}"
+
+
+_FIELD_RE = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
+_SYM_RE = re.compile(r"__print_symbolic\(REC->(\w+),\s*((?:\{\s*-?\d+,\s*\"[^\"]*\"\s*\},?\s*)+)\)")
+_PAIR_RE = re.compile(r"\{\s*(-?\d+),\s*\"([^\"]*)\"\s*\}")
+
+
+def parse_format(group: str, name: str, text: str) -> Tracepoint:
+    tp = Tracepoint(group, name)
+    for m in _FIELD_RE.finditer(text):
+        decl = m.group("decl").strip()
+        fname = re.split(r"[\s*]+", re.sub(r"\[[^\]]*\]", "", decl).strip())[-1]
+        if fname.startswith("common_"):
+            continue
+        tp.fields[fname] = (int(m.group("off")), int(m.group("size")))
+    for m in _SYM_RE.finditer(text):
+        table = {int(v): s for v, s in _PAIR_RE.findall(m.group(2))}
+        tp.symbols.setdefault(m.group(1), {}).update(table)
+    return tp
+
+
+def tracepoint(group: str, name: str) -> Tracepoint | None:
+    path = TRACEFS / "events" / group / name / "format"
+    try:
+        return parse_format(group, name, path.read_text())
+    except OSError:
+        return None
+
+
+def kernel_config() -> dict[str, str]:
+    """CONFIG_* values from /proc/config.gz or /boot/config-$(uname -r)."""
+    text = ""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as fh:
+            text = fh.read()
+    except OSError:
+        try:
+            text = Path(f"/boot/config-{os.uname().release}").read_text()
+        except OSError:
+            return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v.strip('"')
+    return out
+
+
+def kernel_hz(config: dict[str, str] | None = None) -> int:
+    """The kernel's HZ, to turn jiffies into time. From the kernel config;
+    without one, measured from the jiffies counter in /proc/timer_list."""
+    config = kernel_config() if config is None else config
+    if "CONFIG_HZ" in config:
+        return int(config["CONFIG_HZ"])
+
+    def jiffies() -> int:
+        with open("/proc/timer_list") as fh:
+            for line in fh:
+                if line.startswith("jiffies:"):
+                    return int(line.split()[1])
+        raise KernelError("no jiffies in /proc/timer_list")
+    t0, j0 = time.monotonic(), jiffies()
+    time.sleep(0.2)
+    t1, j1 = time.monotonic(), jiffies()
+    rate = (j1 - j0) / (t1 - t0)
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
+
+
+@dataclass
+class Headers:
+    build: str | None
+    source: str | None
+    note: str
+
+
+def find_headers(release: str | None = None, fix: bool = True) -> Headers:
+    """bcc compiles against /lib/modules/$(uname -r)/build. When the running
+    kernel has no headers package (as here: a custom 6.18), use the newest
+    installed Debian headers and link them in place. Safe because the
+    programs take every struct offset and enum value from BTF, and
+    tracepoint structs from tracefs: the headers only supply generic types."""
+    release = release or os.uname().release
+    moddir = Path("/lib/modules") / release
+    build = moddir / "build"
+    if build.exists():
+        return Headers(str(build.resolve()), str((moddir / "source").resolve())
+                       if (moddir / "source").exists() else None,
+                       f"kernel headers for {release} at {build.resolve()}")
+    candidates = sorted(glob.glob("/usr/src/linux-headers-*-amd64") +
+                        glob.glob("/usr/src/linux-headers-*-arm64"),
+                        key=_version_key, reverse=True)
+    for arch_dir in candidates:
+        common = re.sub(r"-(amd64|arm64)$", "-common", arch_dir)
+        if not Path(common).is_dir():
+            continue
+        if not fix:
+            return Headers(arch_dir, common, f"no headers for {release}; would use {arch_dir}")
+        if os.geteuid() != 0:
+            return Headers(None, None, f"no headers for {release}; {arch_dir} is installed "
+                           "but linking it needs root")
+        moddir.mkdir(parents=True, exist_ok=True)
+        for link, target in ((build, arch_dir), (moddir / "source", common)):
+            if not link.exists():
+                if link.is_symlink():
+                    link.unlink()
+                link.symlink_to(target)
+        return Headers(arch_dir, common,
+                       f"no headers for {release}: using {Path(arch_dir).name} "
+                       f"(linked {build} -> {arch_dir}); offsets come from BTF")
+    return Headers(None, None, f"no kernel headers for {release} and none installed: "
+                   "apt-get install linux-headers-amd64")
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    m = re.search(r"linux-headers-(\d+)\.(\d+)\.(\d+)-(\d+)", path)
+    return tuple(int(x) for x in m.groups()) if m else (0,)
+
+
+def kprobes_available(config: dict[str, str]) -> tuple[bool, str]:
+    if config and config.get("CONFIG_KPROBES") != "y":
+        return False, "kernel built without CONFIG_KPROBES"
+    if not (TRACEFS / "kprobe_events").exists():
+        return False, "no kprobe_events in tracefs"
+    return True, "kprobes available"
+
+
+def kprobe_symbol(name: str) -> bool:
+    """Whether `name` can take a kprobe (listed as traceable, not inlined)."""
+    for path in (TRACEFS / "available_filter_functions", Path("/proc/kallsyms")):
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    parts = line.split()
+                    sym = parts[0] if path.name.startswith("available") else (parts[2] if len(parts) > 2 else "")
+                    if sym == name:
+                        return True
+        except OSError:
+            continue
+    return False

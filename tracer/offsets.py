@@ -1,0 +1,109 @@
+"""Struct offsets and enum values for the BPF programs, from the running
+kernel's BTF, as -D flags.
+
+Each offset names the struct path it comes from; where kernels renamed a
+member, candidates are tried in order (e.g. 6.18 moved sk_flags into
+sock_common as skc_flags). Nothing here is a number typed by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .btf import BTF, BTFError
+
+# define -> (struct, candidate member paths)
+SOCKET_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "OFF_SK_NET": ("sock", ("__sk_common.skc_net",)),
+    "OFF_SK_STATE": ("sock", ("__sk_common.skc_state",)),
+    "OFF_SK_COOKIE": ("sock", ("__sk_common.skc_cookie",)),
+    "OFF_SK_FLAGS": ("sock", ("sk_flags", "__sk_common.skc_flags")),
+    "OFF_SK_FAMILY": ("sock", ("__sk_common.skc_family",)),
+    "OFF_SK_NUM": ("sock", ("__sk_common.skc_num",)),
+    "OFF_SK_DPORT": ("sock", ("__sk_common.skc_dport",)),
+    "OFF_SK_DADDR": ("sock", ("__sk_common.skc_daddr",)),
+    "OFF_SK_RCV_SADDR": ("sock", ("__sk_common.skc_rcv_saddr",)),
+    "OFF_SK_V6_DADDR": ("sock", ("__sk_common.skc_v6_daddr",)),
+    "OFF_SK_V6_RCV_SADDR": ("sock", ("__sk_common.skc_v6_rcv_saddr",)),
+    "OFF_TP_RCV_TSTAMP": ("tcp_sock", ("rcv_tstamp",)),
+    "OFF_TP_KA_TIME": ("tcp_sock", ("keepalive_time",)),
+    "OFF_TP_KA_INTVL": ("tcp_sock", ("keepalive_intvl",)),
+    "OFF_TP_KA_PROBES": ("tcp_sock", ("keepalive_probes",)),
+    "OFF_ICSK_LRCVTIME": ("inet_connection_sock", ("icsk_ack.lrcvtime",)),
+    "OFF_NET_INUM": ("net", ("ns.inum",)),
+    "OFF_NET_KA_TIME": ("net", ("ipv4.sysctl_tcp_keepalive_time",)),
+    "OFF_NET_KA_INTVL": ("net", ("ipv4.sysctl_tcp_keepalive_intvl",)),
+    "OFF_NET_KA_PROBES": ("net", ("ipv4.sysctl_tcp_keepalive_probes",)),
+    "OFF_SKB_DEV": ("sk_buff", ("dev",)),
+    "OFF_SKB_SK": ("sk_buff", ("sk",)),
+    "OFF_SKB_DATA": ("sk_buff", ("data",)),
+    "OFF_SKB_HEAD": ("sk_buff", ("head",)),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", ("network_header",)),
+    "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", ("transport_header",)),
+    "OFF_DEV_NET": ("net_device", ("nd_net.net",)),
+}
+
+# From the ip_vs module's BTF (only where IPVS is loaded).
+IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "OFF_IPVS_TIMER": ("ip_vs_conn", ("timer",)),
+    "OFF_IPVS_IPVS": ("ip_vs_conn", ("ipvs",)),
+    "OFF_IPVS_AF": ("ip_vs_conn", ("af",)),
+    "OFF_IPVS_PROTOCOL": ("ip_vs_conn", ("protocol",)),
+    "OFF_IPVS_STATE": ("ip_vs_conn", ("state",)),
+    "OFF_IPVS_CADDR": ("ip_vs_conn", ("caddr",)),
+    "OFF_IPVS_VADDR": ("ip_vs_conn", ("vaddr",)),
+    "OFF_IPVS_DADDR": ("ip_vs_conn", ("daddr",)),
+    "OFF_IPVS_CPORT": ("ip_vs_conn", ("cport",)),
+    "OFF_IPVS_VPORT": ("ip_vs_conn", ("vport",)),
+    "OFF_IPVS_DPORT": ("ip_vs_conn", ("dport",)),
+    "OFF_NETNS_IPVS_NET": ("netns_ipvs", ("net",)),
+}
+
+
+@dataclass
+class KernelLayout:
+    defines: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # define -> "struct.path"
+
+    def cflags(self) -> list[str]:
+        return [f"-D{k}={v}" for k, v in sorted(self.defines.items())]
+
+
+def _resolve(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]], out: KernelLayout) -> None:
+    for define, (struct_name, paths) in table.items():
+        errors = []
+        for path in paths:
+            try:
+                off, _size = btf.field(struct_name, path)
+            except BTFError as e:
+                errors.append(str(e))
+                continue
+            out.defines[define] = off
+            out.sources[define] = f"{struct_name}.{path}"
+            break
+        else:
+            raise BTFError(f"{define}: " + "; ".join(errors))
+
+
+def enum_value(btf: BTF, enum_name: str, member: str) -> int:
+    values = btf.enum(enum_name)
+    if member not in values:
+        raise BTFError(f"enum {enum_name} has no {member}")
+    return values[member]
+
+
+def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
+    out = KernelLayout()
+    _resolve(btf, SOCKET_OFFSETS, out)
+    # SOCK_KEEPOPEN is a bit number in enum sock_flags.
+    out.defines["SOCK_KEEPOPEN_BIT"] = enum_value(btf, "sock_flags", "SOCK_KEEPOPEN")
+    out.sources["SOCK_KEEPOPEN_BIT"] = "enum sock_flags.SOCK_KEEPOPEN"
+    try:
+        out.defines["NETFILTER_DROP_REASON"] = enum_value(
+            btf, "skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
+        out.sources["NETFILTER_DROP_REASON"] = "enum skb_drop_reason.SKB_DROP_REASON_NETFILTER_DROP"
+    except BTFError:
+        pass  # kernels before 5.17: no drop reasons; the probe reports it
+    if ipvs_btf is not None:
+        _resolve(ipvs_btf, IPVS_OFFSETS, out)
+    return out

@@ -1,0 +1,226 @@
+"""Capability probe and attach plan.
+
+`probe()` gathers what the running kernel offers (pure reads, plus mounting
+tracefs when missing); `plan(caps)` is a pure function from those facts to
+the hook chosen for every signal, so the choice is unit-tested on fake
+kernels. A signal with no usable hook is in the plan as unavailable with the
+reason: nothing is silently missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import kernel
+
+SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
+
+# tracepoints rsttrace can use: (group, name)
+TRACEPOINTS = (
+    ("tcp", "tcp_send_reset"), ("tcp", "tcp_receive_reset"), ("skb", "kfree_skb"),
+    ("printk", "console"), ("sock", "inet_sock_set_state"), ("tcp", "tcp_destroy_sock"),
+)
+KPROBE_SYMBOLS = ("tcp_v4_send_reset", "tcp_v6_send_reset", "tcp_reset",
+                  "ip_vs_conn_expire", "__nf_conntrack_alloc")
+
+
+@dataclass
+class Capabilities:
+    kernel: str
+    tracefs: bool = False
+    tracefs_note: str = ""
+    tracepoints: dict[str, list[str]] = field(default_factory=dict)  # "g:n" -> fields
+    kprobes: bool = False
+    kprobes_note: str = ""
+    kprobe_symbols: dict[str, bool] = field(default_factory=dict)
+    fentry: bool = False
+    fentry_note: str = ""
+    ringbuf: bool = False
+    btf: bool = False
+    netfilter_drop_reason: int | None = None
+    conntrack: bool = False
+    ipvs: bool = False
+    ipvs_note: str = ""
+    ipvs_btf: bool = False
+
+    def has_tp(self, name: str, fieldname: str | None = None) -> bool:
+        fields = self.tracepoints.get(name)
+        if fields is None:
+            return False
+        return fieldname is None or fieldname in fields
+
+
+@dataclass
+class Hook:
+    signal: str
+    available: bool
+    hook: str | None
+    why: str
+    defines: list[str] = field(default_factory=list)  # -D names the program needs
+    attach: list[tuple[str, str, str]] = field(default_factory=list)  # (type, target, fn)
+
+
+def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> bool:
+    """Create and close a map with the bpf() syscall: the honest test of
+    whether this kernel (and our privileges) support that map type."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 30)()
+    attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
+    nr_bpf = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+    fd = libc.syscall(nr_bpf, 0, ctypes.byref(attr), ctypes.sizeof(attr))  # BPF_MAP_CREATE
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+BPF_MAP_TYPE_RINGBUF = 27
+
+
+def probe() -> Capabilities:
+    caps = Capabilities(kernel=os.uname().release)
+    caps.tracefs, caps.tracefs_note = kernel.ensure_tracefs()
+    if caps.tracefs:
+        for group, name in TRACEPOINTS:
+            tp = kernel.tracepoint(group, name)
+            if tp is not None:
+                caps.tracepoints[tp.full] = sorted(tp.fields)
+    config = kernel.kernel_config()
+    caps.kprobes, caps.kprobes_note = kernel.kprobes_available(config)
+    if caps.kprobes:
+        caps.kprobe_symbols = {s: kernel.kprobe_symbol(s) for s in KPROBE_SYMBOLS}
+    caps.btf = Path("/sys/kernel/btf/vmlinux").exists()
+    # fentry is not used (tracepoints cover every signal), so it is only
+    # tried for real by `rsttrace doctor` (tracer.loader.try_fentry); here
+    # the config says whether it could work at all.
+    if not caps.btf:
+        caps.fentry, caps.fentry_note = False, "no BTF: fentry needs it"
+    else:
+        caps.fentry, caps.fentry_note = False, "not probed (unused: tracepoints cover every signal)"
+    caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    if caps.btf:
+        from .btf import BTFError, load_vmlinux
+        try:
+            caps.netfilter_drop_reason = load_vmlinux().enum("skb_drop_reason").get(
+                "SKB_DROP_REASON_NETFILTER_DROP")
+        except BTFError:
+            caps.netfilter_drop_reason = None
+    caps.conntrack = Path("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+    caps.ipvs = Path("/proc/net/ip_vs").exists()
+    if caps.ipvs:
+        caps.ipvs_note = "IPVS loaded"
+    elif config.get("CONFIG_IP_VS") in ("y", "m"):
+        caps.ipvs_note = f"IPVS built ({config['CONFIG_IP_VS']}) but not loaded (modprobe ip_vs)"
+    else:
+        caps.ipvs_note = "kernel built without IPVS"
+    caps.ipvs_btf = Path("/sys/kernel/btf/ip_vs").exists() or (caps.ipvs and config.get("CONFIG_IP_VS") == "y")
+    return caps
+
+
+def plan(caps: Capabilities) -> dict[str, Hook]:
+    """The best hook per signal, falling back in order."""
+    out: dict[str, Hook] = {}
+    kp = caps.kprobes
+    sym = caps.kprobe_symbols
+
+    # reset sent: the tracepoint sees no-socket resets only from 6.10 (the
+    # release that added `reason`); before, a kprobe on tcp_v{4,6}_send_reset
+    # catches them and the tracepoint keeps the resets sent on a socket.
+    if caps.has_tp("tcp:tcp_send_reset", "reason"):
+        out["reset_sent"] = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset",
+                                 "tracepoint with reason (6.10+): sees no-socket resets too",
+                                 ["HAVE_TP_SEND_RESET_REASON"])
+    elif caps.has_tp("tcp:tcp_send_reset") and kp and sym.get("tcp_v4_send_reset"):
+        h = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset + kprobe tcp_v4_send_reset/tcp_v6_send_reset",
+                 "tracepoint has no reason (before 6.10) and misses no-socket resets: kprobes add them",
+                 ["WANT_KPROBE_SEND_RESET"],
+                 [("kprobe", "tcp_v4_send_reset", "kp_tcp_v4_send_reset")])
+        if sym.get("tcp_v6_send_reset"):
+            h.attach.append(("kprobe", "tcp_v6_send_reset", "kp_tcp_v6_send_reset"))
+        out["reset_sent"] = h
+    elif caps.has_tp("tcp:tcp_send_reset"):
+        out["reset_sent"] = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset",
+                                 "PARTIAL: before 6.10 this tracepoint misses resets sent with no "
+                                 "socket and kprobes are unavailable (" + caps.kprobes_note + ")")
+    elif kp and sym.get("tcp_v4_send_reset"):
+        out["reset_sent"] = Hook("reset_sent", True, "kprobe tcp_v4_send_reset",
+                                 "PARTIAL: no tcp_send_reset tracepoint; only no-socket resets seen",
+                                 ["WANT_KPROBE_SEND_RESET"],
+                                 [("kprobe", "tcp_v4_send_reset", "kp_tcp_v4_send_reset")])
+    else:
+        out["reset_sent"] = Hook("reset_sent", False, None,
+                                 "no tcp:tcp_send_reset tracepoint and no kprobes (" + caps.kprobes_note + ")")
+
+    if caps.has_tp("tcp:tcp_receive_reset"):
+        out["reset_recv"] = Hook("reset_recv", True, "tracepoint tcp:tcp_receive_reset", "tracepoint")
+    elif kp and sym.get("tcp_reset"):
+        out["reset_recv"] = Hook("reset_recv", True, "kprobe tcp_reset", "no tracepoint: kprobe fallback",
+                                 ["WANT_KPROBE_TCP_RESET"], [("kprobe", "tcp_reset", "kp_tcp_reset")])
+    else:
+        out["reset_recv"] = Hook("reset_recv", False, None,
+                                 "no tcp:tcp_receive_reset tracepoint and no kprobe on tcp_reset")
+
+    if not caps.conntrack:
+        out["ct_drop"] = Hook("ct_drop", False, None, "conntrack not in this kernel (or not loaded)")
+    elif not caps.has_tp("skb:kfree_skb", "reason"):
+        out["ct_drop"] = Hook("ct_drop", False, None, "skb:kfree_skb has no drop reason (before 5.17)")
+    elif caps.netfilter_drop_reason is None:
+        out["ct_drop"] = Hook("ct_drop", False, None,
+                              "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
+    else:
+        h = Hook("ct_drop", True, "tracepoint skb:kfree_skb",
+                 f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this kernel (from BTF)")
+        if kp and sym.get("__nf_conntrack_alloc"):
+            h.hook += " + kretprobe __nf_conntrack_alloc"
+            h.defines.append("WANT_KRETPROBE_CT_ALLOC")
+            h.attach.append(("kretprobe", "__nf_conntrack_alloc", "kr_nf_conntrack_alloc"))
+        out["ct_drop"] = h
+
+    if not caps.conntrack:
+        out["ct_full"] = Hook("ct_full", False, None, "conntrack not in this kernel")
+    elif caps.has_tp("printk:console"):
+        out["ct_full"] = Hook("ct_full", True, "tracepoint printk:console",
+                              "'table full' log lines (the kernel rate-limits them; drops count the rest)")
+    else:
+        out["ct_full"] = Hook("ct_full", False, None, "no printk:console tracepoint")
+
+    if not caps.ipvs:
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None, caps.ipvs_note)
+    elif not kp:
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None,
+                                  "ip_vs_conn_expire has no tracepoint and kprobes are unavailable ("
+                                  + caps.kprobes_note + ")")
+    elif not sym.get("ip_vs_conn_expire"):
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None, "ip_vs_conn_expire is not kprobe-able here")
+    elif not caps.ipvs_btf:
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None, "no BTF for ip_vs: struct ip_vs_conn layout unknown")
+    else:
+        out["ipvs_expire"] = Hook("ipvs_expire", True, "kprobe ip_vs_conn_expire",
+                                  "kprobe (no tracepoint exists); layout from ip_vs BTF",
+                                  ["WANT_KPROBE_IPVS_EXPIRE"],
+                                  [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
+
+    if caps.has_tp("sock:inet_sock_set_state"):
+        out["owner"] = Hook("owner", True, "tracepoint sock:inet_sock_set_state",
+                            "process learned at connect(); accepted sockets have no owner")
+    else:
+        out["owner"] = Hook("owner", False, None, "no sock:inet_sock_set_state tracepoint")
+    return out
+
+
+def transport(caps: Capabilities) -> tuple[str, str]:
+    if caps.ringbuf:
+        return "ringbuf", "BPF ring buffer, no per-event wake-ups, consumed in batches"
+    return "perfbuf", "perf buffer (no ring buffer on this kernel): per-CPU buffers, consumed in batches"
+
+
+def plan_summary(hooks: dict[str, Hook]) -> dict[str, dict]:
+    return {name: {"hook": h.hook, "available": h.available, "why": h.why}
+            for name, h in hooks.items()}
+
+
+def caps_dict(caps: Capabilities) -> dict:
+    return asdict(caps)

@@ -1,0 +1,204 @@
+"""TraceSession: the live event source.
+
+probe -> plan -> compile/attach -> poll batches. The ring buffer is filled
+without per-event wake-ups and drained on a short timer; raw events are
+copied out in the callback and decoded per batch (tracer/events.py).
+Context snapshots join the same stream. Events the kernel could not queue
+are counted in a BPF map and reported by `stats()`: loss is never silent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+from rsttrace import __version__
+
+from . import kernel, probe
+from .context import Collector, PeriodicSampler
+from .events import Decoder
+from .loader import LoadError, build, load
+
+POLL_INTERVAL_S = 0.02
+
+
+class SessionError(Exception):
+    pass
+
+
+def preflight() -> None:
+    """Errors a user can fix, raised before anything is attached."""
+    if os.geteuid() != 0:
+        raise SessionError("tracing needs root (BPF and tracefs): run it with sudo")
+
+
+class TraceSession:
+    def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
+                 ctx_period_s: float = 1.0, use_ringbuf: bool | None = None,
+                 netns_names: dict[int, str] | None = None):
+        self.ports = sorted(set(ports)) if ports else None
+        self.netns = sorted(set(netns)) if netns else None
+        self.ctx_period_s = ctx_period_s
+        self._force_ringbuf = use_ringbuf
+        self.header: dict[str, Any] = {}
+        self.caps: probe.Capabilities | None = None
+        self.hooks: dict[str, probe.Hook] = {}
+        self.program = None
+        self.attach_s: float | None = None
+        self._bpf = None
+        self._chunks: list[bytes] = []
+        self._ctx_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._decoder: Decoder | None = None
+        self._collector: Collector | None = None
+        self._sampler: PeriodicSampler | None = None
+        self._events = 0
+        self._perf_lost = 0
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._netns_names = netns_names or {}
+        self._cb = None
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self) -> "TraceSession":
+        preflight()
+        t0 = time.perf_counter()
+        self.caps = probe.probe()
+        if not self.caps.tracefs:
+            raise SessionError(self.caps.tracefs_note)
+        self.hooks = probe.plan(self.caps)
+        if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
+            raise SessionError("no reset hook can attach on this kernel: "
+                               + "; ".join(h.why for h in self.hooks.values()))
+        use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
+        try:
+            self.program = build(self.caps, self.hooks, use_rb, self.ports, self.netns)
+            self._bpf = load(self.program, self.ports, self.netns)
+        except LoadError as e:
+            raise SessionError(str(e)) from None
+        self.transport = "ringbuf" if use_rb else "perfbuf"
+        if use_rb:
+            self._cb = self._bpf["events"].open_ring_buffer(self._on_event)
+        else:
+            self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
+                                                 lost_cb=self._on_perf_lost)
+        self.attach_s = time.perf_counter() - t0
+        self._decoder = self._make_decoder()
+        self._collector = Collector(only=self.netns)
+        first_ctx = self._collector.snapshot()
+        names = dict(self._collector.names)
+        names.update(self._netns_names)
+        self.header = {
+            "kind": "header", "schema": 1, "t": round(time.time(), 6),
+            "host": socket.gethostname(), "kernel": os.uname().release, "tool": __version__,
+            "hz": self._decoder.hz, "transport": self.transport,
+            "plan": probe.plan_summary(self.hooks),
+            "headers": self.program.headers.note,
+            "filters": {"ports": self.ports or [], "netns": self.netns or []},
+            "netns_names": {str(k): v for k, v in names.items()},
+            "attach_s": round(self.attach_s, 3),
+        }
+        self._ctx_queue.put(first_ctx)
+        if self.ctx_period_s and self.ctx_period_s > 0:
+            self._sampler = PeriodicSampler(self._collector, self.ctx_period_s, self._ctx_queue.put)
+            self._sampler.start()
+        return self
+
+    def _make_decoder(self) -> Decoder:
+        hz = kernel.kernel_hz()
+        # tcp states and reset reasons from the tracepoints' own tables;
+        # drop reasons from BTF (the tracefs table has them too).
+        states = {}
+        tp = kernel.tracepoint("sock", "inet_sock_set_state")
+        if tp:
+            states = {v: n.removeprefix("TCP_") for v, n in tp.symbols.get("newstate", {}).items()}
+        rst = {}
+        tp = kernel.tracepoint("tcp", "tcp_send_reset")
+        if tp:
+            rst = tp.symbols.get("reason", {})
+        drops = {}
+        tp = kernel.tracepoint("skb", "kfree_skb")
+        if tp:
+            drops = tp.symbols.get("reason", {})
+        return Decoder(hz=hz, mono_to_unix=time.time() - time.monotonic(),
+                       tcp_states=states, rst_reasons=rst, drop_reasons=drops)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._sampler:
+            self._sampler.stop()
+        if self._collector:
+            self._collector.close()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "TraceSession":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- events -----------------------------------------------------------
+    def _on_event(self, ctx, data, size) -> int:
+        self._chunks.append(ctypes.string_at(data, size))
+        return 0
+
+    def _on_perf_event(self, cpu, data, size) -> None:
+        self._chunks.append(ctypes.string_at(data, size))
+
+    def _on_perf_lost(self, n) -> None:
+        self._perf_lost += n
+
+    def _drain_kernel(self) -> list[dict]:
+        if self._bpf is None:
+            return []
+        if self.transport == "ringbuf":
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(timeout=0)
+        if not self._chunks:
+            return []
+        chunks, self._chunks = self._chunks, []
+        records = self._decoder.decode(b"".join(chunks))
+        self._events += len(records)
+        return records
+
+    def poll(self, timeout_s: float = 0.1) -> list[dict]:
+        """The next batch of records; waits up to `timeout_s` for one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self._drain_kernel()
+            while True:
+                try:
+                    out.append(self._ctx_queue.get_nowait())
+                except queue.Empty:
+                    break
+            if out or time.monotonic() >= deadline or self._bpf is None:
+                return out
+            time.sleep(POLL_INTERVAL_S)
+
+    def snapshot(self) -> dict:
+        """A context record taken now; it also joins the stream."""
+        if self._collector is None:
+            raise SessionError("session not started")
+        rec = self._collector.snapshot()
+        self._ctx_queue.put(rec)
+        return rec
+
+    def lost(self) -> int:
+        n = self._perf_lost
+        if self._bpf is not None:
+            # per-CPU counter: one value per CPU
+            n += sum(int(v) for v in self._bpf["lost"][ctypes.c_int(0)])
+        return n
+
+    def stats(self) -> dict[str, int]:
+        return {"events": self._events, "lost": self.lost()}
