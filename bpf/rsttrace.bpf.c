@@ -53,6 +53,10 @@ struct owner {
 };
 BPF_TABLE("lru_hash", __u64, struct owner, owners, 65536);
 
+/* Never written: it makes bcc describe struct rst_event exactly as clang
+ * laid it out, so a test can compare the Python layout with it. */
+BPF_ARRAY(layout_check, struct rst_event, 1);
+
 /* Events the ring buffer could not take, counted here so loss is never silent. */
 BPF_PERCPU_ARRAY(lost, __u64, 1);
 

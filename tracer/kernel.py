@@ -129,9 +129,13 @@ def find_headers(release: str | None = None, fix: bool = True) -> Headers:
     moddir = Path("/lib/modules") / release
     build = moddir / "build"
     if build.exists():
-        return Headers(str(build.resolve()), str((moddir / "source").resolve())
-                       if (moddir / "source").exists() else None,
-                       f"kernel headers for {release} at {build.resolve()}")
+        target = build.resolve()
+        note = f"kernel headers for {release} at {target}"
+        if release not in target.name:
+            note = (f"no headers for {release}: using {target.name} (linked at {build}); "
+                    "offsets and enum values come from BTF")
+        return Headers(str(target), str((moddir / "source").resolve())
+                       if (moddir / "source").exists() else None, note)
     candidates = sorted(glob.glob("/usr/src/linux-headers-*-amd64") +
                         glob.glob("/usr/src/linux-headers-*-arm64"),
                         key=_version_key, reverse=True)

@@ -1,0 +1,118 @@
+"""`rsttrace doctor`: what this kernel lets rsttrace see, and how the node's
+namespaces are configured against the timeout ordering rule."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rsttrace.cli import CLIError
+
+EPILOG = """\
+examples:
+  sudo rsttrace doctor            attach plan, kernel facts, config audit
+  sudo rsttrace doctor --json     the same as JSON
+  sudo rsttrace doctor --load     also compile and load the programs for real
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="attach plan, kernel facts and config audit",
+                       description="Say which signals this kernel lets rsttrace see (and why not), "
+                                   "and audit every namespace's timeouts and conntrack.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--load", action="store_true",
+                   help="compile, load and attach the programs (and try fentry), then detach")
+    p.set_defaults(run=run)
+
+
+def gather(load: bool) -> dict:
+    from rsttrace.tracer import kernel, probe
+    from rsttrace.tracer.context import Collector
+
+    caps = probe.probe()
+    hooks = probe.plan(caps)
+    headers = kernel.find_headers(fix=os.geteuid() == 0)
+    transport, transport_why = probe.transport(caps)
+    report = {
+        "kernel": caps.kernel,
+        "facts": {
+            "tracefs": caps.tracefs_note,
+            "btf": "present (/sys/kernel/btf/vmlinux)" if caps.btf else "absent",
+            "headers": headers.note,
+            "kprobes": caps.kprobes_note,
+            "fentry": caps.fentry_note,
+            "ring buffer": "yes" if caps.ringbuf else "no",
+            "transport": transport_why,
+            "conntrack": "yes" if caps.conntrack else "no",
+            "ipvs": caps.ipvs_note,
+            "hz": kernel.kernel_hz(),
+        },
+        "plan": probe.plan_summary(hooks),
+    }
+    if load:
+        from rsttrace.tracer.loader import try_fentry
+        from rsttrace.tracer.session import SessionError, TraceSession
+        try:
+            with TraceSession(ctx_period_s=0) as s:
+                report["facts"]["load"] = f"compiled, loaded and attached in {s.attach_s:.2f} s"
+        except SessionError as e:
+            report["facts"]["load"] = f"FAILED: {e}"
+        ok, note = try_fentry()
+        report["facts"]["fentry"] = note
+    col = Collector()
+    try:
+        ctx = col.snapshot()
+    finally:
+        col.close()
+    report["namespaces"] = ctx["namespaces"]
+    try:
+        from rsttrace.analysis.config import audit
+        report["findings"] = [f.__dict__ for f in audit(ctx)]
+    except ImportError:
+        report["findings"] = []
+    return report
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def run(args) -> int:
+    if os.geteuid() != 0:
+        raise CLIError("doctor needs root (tracefs, BPF and every namespace): run it with sudo")
+    rep = gather(args.load)
+    if args.json:
+        json.dump(rep, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    w = sys.stdout.write
+    w(f"rsttrace doctor — kernel {rep['kernel']}\n\nSignals (attach plan)\n")
+    for name, h in rep["plan"].items():
+        mark = "ok " if h["available"] else "-- "
+        w(f"  {mark}{name:<12} {h['hook'] or 'unavailable'}\n")
+        w(f"       {'':<12} {h['why']}\n")
+    w("\nKernel\n")
+    for k, v in rep["facts"].items():
+        w(f"  {k:<12} {v}\n")
+    w("\nNamespaces (sockets or conntrack entries)\n")
+    w(f"  {'netns':<11} {'name':<18} {'ct count/max':>14} {'drop':>5} {'inval':>5} "
+      f"{'ka':>6} {'ct est':>7} {'ipvs':>5}\n")
+    for n in rep["namespaces"]:
+        ct = n.get("ct") or {}
+        sc = n.get("sysctl") or {}
+        ipvs = (n.get("ipvs") or {}).get("tcp")
+        name = str(n.get("name"))[:18]
+        w(f"  {n['netns']:<11} {name:<18} {_fmt(ct.get('count')) + '/' + _fmt(ct.get('max')):>14} "
+          f"{_fmt(ct.get('drop')):>5} {_fmt(ct.get('invalid')):>5} "
+          f"{_fmt(sc.get('tcp_keepalive_time')):>6} {_fmt(sc.get('nf_conntrack_tcp_timeout_established')):>7} "
+          f"{_fmt(ipvs):>5}\n")
+    w("\nAudit (rule: keepalive < IPVS tcp timeout <= conntrack established)\n")
+    if not rep["findings"]:
+        w("  no problems found\n")
+    for f in rep["findings"]:
+        w(f"  {f['severity']:<8} {f['message']}\n")
+    return 0

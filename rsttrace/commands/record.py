@@ -1,0 +1,165 @@
+"""`rsttrace record`: every reset and conntrack drop on the host, with
+context, as JSON Lines. Ctrl-C or SIGTERM end it cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+
+from rsttrace.cli import CLIError
+
+EPILOG = """\
+examples:
+  sudo rsttrace record -o incident.jsonl                 until Ctrl-C
+  sudo rsttrace record -o db.jsonl --port 3306 --duration 600
+  sudo rsttrace record -o pod.jsonl --netns 4242         one pod's namespace (PID or name)
+  sudo rsttrace record -o x.jsonl --csv x.csv            also write the report when it ends
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("record", help="record resets, drops and context to JSONL",
+                       description="Record every TCP reset and conntrack drop on the host, from "
+                                   "every network namespace, with the context to explain it later.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.jsonl", help="recording to write")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--port", type=int, action="append", metavar="P",
+                   help="only resets involving port P (repeatable)")
+    p.add_argument("--netns", action="append", metavar="NAME|PID",
+                   help="only this network namespace (repeatable)")
+    p.add_argument("--ctx-period", type=float, default=1.0, metavar="S",
+                   help="context snapshot period (default 1 s)")
+    p.add_argument("--csv", metavar="FILE.csv", help="write the report CSV when the recording ends")
+    p.add_argument("--dump-bpf", action="store_true", help="print the BPF program and flags, then exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(run=run)
+
+
+def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int, str]]:
+    ports = args.port
+    for p in ports or []:
+        if not 0 < p < 65536:
+            raise CLIError(f"--port {p}: not a TCP port (1-65535)")
+    netns, names = None, {}
+    if args.netns:
+        from rsttrace.tracer.context import ContextError, resolve_netns
+        netns = []
+        for spec in args.netns:
+            try:
+                ns = resolve_netns(spec)
+            except ContextError as e:
+                raise CLIError(str(e)) from None
+            netns.append(ns.inode)
+            names[ns.inode] = ns.name
+    return ports, netns, names
+
+
+def run(args) -> int:
+    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.tracer.session import SessionError, TraceSession, preflight
+
+    if args.dump_bpf:
+        return dump_bpf(args)
+    # Everything a user can fix is checked before anything is attached.
+    try:
+        preflight()
+    except SessionError as e:
+        raise CLIError(str(e)) from None
+    ports, netns, names = resolve_filters(args)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        raise CLIError(f"cannot write {args.output}: {out_dir} is not a writable directory")
+    if args.duration is not None and args.duration <= 0:
+        raise CLIError("--duration must be positive")
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
+                           netns_names=names)
+    writer = None
+    t0 = time.monotonic()
+    try:
+        try:
+            session.start()
+        except SessionError as e:
+            raise CLIError(str(e)) from None
+        try:
+            writer = RecordingWriter(args.output, session.header)
+        except OSError as e:
+            raise CLIError(f"cannot write {args.output}: {e.strerror}") from None
+        missing = [f"{k} ({h['why']})" for k, h in session.header["plan"].items() if not h["available"]]
+        if not args.quiet:
+            print(f"rsttrace: recording to {args.output} (attached in {session.attach_s:.2f} s, "
+                  f"{session.transport}); Ctrl-C to stop", file=sys.stderr)
+            for m in missing:
+                print(f"rsttrace: unavailable: {m}", file=sys.stderr)
+        last_print = 0.0
+        while not stop.is_set():
+            batch = session.poll(0.1)
+            writer.write_many(batch)
+            now = time.monotonic()
+            if args.duration is not None and now - t0 >= args.duration:
+                break
+            if not args.quiet and sys.stderr.isatty() and now - last_print > 1:
+                st = session.stats()
+                print(f"\r{st['events']} events, {st['lost']} lost, {now - t0:.0f} s ",
+                      end="", file=sys.stderr, flush=True)
+                last_print = now
+        # last events still in the buffer, then a final context snapshot
+        writer.write_many(session.poll(0))
+        try:
+            writer.write(session.snapshot())
+        except Exception:
+            pass
+        writer.write_many(session.poll(0))
+    finally:
+        stats = session.stats() if session._bpf is not None else {"events": 0, "lost": 0}
+        session.stop()
+        if writer is not None:
+            writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
+                          "kernel_events": stats["events"],
+                          "duration_s": round(time.monotonic() - t0, 3)})
+        for s, h in old.items():
+            signal.signal(s, h)
+    if not args.quiet:
+        print(f"\nrsttrace: {writer.count} events, {stats['lost']} lost -> {args.output}",
+              file=sys.stderr)
+    if args.csv:
+        return write_csv(args.output, args.csv)
+    return 0
+
+
+def write_csv(recording: str, csv_path: str) -> int:
+    try:
+        from rsttrace.analysis.report import report_recording, write_csv as write
+    except ImportError as e:
+        raise CLIError(f"--csv needs the analysis package: {e}") from None
+    frame, _summary = report_recording(recording)
+    write(frame, csv_path)
+    print(f"rsttrace: report -> {csv_path} ({len(frame)} rows)", file=sys.stderr)
+    return 0
+
+
+def dump_bpf(args) -> int:
+    from rsttrace.tracer import probe
+    from rsttrace.tracer.loader import LoadError, build
+    ports, netns, _ = resolve_filters(args)
+    caps = probe.probe()
+    hooks = probe.plan(caps)
+    try:
+        prog = build(caps, hooks, caps.ringbuf, ports, netns)
+    except LoadError as e:
+        raise CLIError(str(e)) from None
+    print("// cflags: " + " ".join(prog.cflags))
+    for k, v in sorted(prog.layout.sources.items()):
+        print(f"//   {k} = {prog.layout.defines[k]}  ({v})")
+    print(prog.text)
+    return 0

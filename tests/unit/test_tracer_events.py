@@ -1,0 +1,74 @@
+"""Decoding raw events in batches, with the kernel's tables passed in."""
+
+import socket
+
+import numpy as np
+
+from rsttrace.tracer import events as ev
+from rsttrace.tracer.events import EVENT_DTYPE, Decoder, parse_full_netns
+
+DEC = Decoder(hz=250, mono_to_unix=1000.0, tcp_states={1: "ESTABLISHED", 2: "SYN_SENT"},
+              rst_reasons={1: "NO_SOCKET"}, drop_reasons={12: "NETFILTER_DROP"})
+
+
+def raw(**kw) -> np.ndarray:
+    a = np.zeros(1, dtype=EVENT_DTYPE)
+    for k, v in kw.items():
+        a[k] = v
+    return a
+
+
+def test_layout_size_matches_header_comment():
+    # 3 u64, 7 u32, 2 u16, 8 u8, 3x16 addresses, 2 u16 + pad u32, comm 16, text 96
+    assert EVENT_DTYPE.itemsize == 24 + 28 + 4 + 8 + 48 + 8 + 16 + 96
+
+
+def test_received_reset_on_a_socket():
+    a = raw(ts_ns=2_500_000_000, kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET,
+            netns=4026532000, sport=3306, dport=40000, state=1,
+            flags=ev.EVF_HAS_SOCK | ev.EVF_IDLE | ev.EVF_KA | ev.EVF_KEEPALIVE | ev.EVF_OWNER,
+            idle_jiffies=1750, ka_time=250 * 30, ka_intvl=250 * 5, ka_probes=3,
+            pid=42, comm=b"mysql", cookie=99,
+            saddr=np.void(bytes([10, 96, 0, 10]) + bytes(12)),
+            daddr=np.void(bytes([10, 0, 1, 2]) + bytes(12)))
+    (r,) = DEC.decode(a.tobytes())
+    assert r["t"] == 1002.5
+    assert (r["dir"], r["src"], r["sport"], r["dst"], r["dport"]) == ("recv", "10.96.0.10", 3306, "10.0.1.2", 40000)
+    assert r["state"] == "ESTABLISHED" and r["idle_ms"] == 7000
+    assert r["keepalive"] is True and r["ka_time_s"] == 30 and r["ka_intvl_s"] == 5 and r["ka_probes"] == 3
+    assert (r["pid"], r["comm"], r["cookie"]) == (42, "mysql", 99)
+    assert r["reason"] is None and r["syn"] is None
+
+
+def test_sent_no_socket_reset_answering_a_syn_ipv6():
+    src = socket.inet_pton(socket.AF_INET6, "fd00::1")
+    a = raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET6, netns=7, dev_netns=7,
+            reason=1, flags=ev.EVF_REASON | ev.EVF_TRIGGER, trigger_flags=0x02,
+            saddr=np.void(src), daddr=np.void(socket.inet_pton(socket.AF_INET6, "fd00::2")))
+    (r,) = DEC.decode(a.tobytes())
+    assert r["family"] == 6 and r["src"] == "fd00::1" and r["dst"] == "fd00::2"
+    assert r["reason"] == "NO_SOCKET" and r["reason_raw"] == 1
+    assert r["has_sock"] is False and r["syn"] is True and r["state"] == ""
+    assert r["idle_ms"] is None and r["keepalive"] is None and r["pid"] is None
+
+
+def test_unknown_reason_keeps_raw_value():
+    a = raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET, reason=77, flags=ev.EVF_REASON)
+    (r,) = DEC.decode(a.tobytes())
+    assert r["reason"] == "77" and r["reason_raw"] == 77
+
+
+def test_drop_full_and_batch():
+    a = np.concatenate([
+        raw(kind=ev.EV_CT_DROP, netns=5, reason=12, sport=0x0800),
+        raw(kind=ev.EV_CT_FULL, text=b"nf_conntrack: nf_conntrack: table full in netns 4026532247, dropping packet"),
+    ])
+    d, f = DEC.decode(a.tobytes())
+    assert d == {"kind": "ct_drop", "t": 1000.0, "netns": 5, "reason": "NETFILTER_DROP",
+                 "reason_raw": 12, "protocol": 0x0800}
+    assert f["kind"] == "ct_full" and f["netns"] == 4026532247
+
+
+def test_parse_full_netns():
+    assert parse_full_netns("nf_conntrack: table full, dropping packet") is None
+    assert parse_full_netns("table full in netns 12, dropping") == 12

@@ -1,0 +1,99 @@
+"""Attach-plan choices on fake kernels."""
+
+from rsttrace.tracer.kernel import parse_format
+from rsttrace.tracer.probe import Capabilities, plan, transport
+
+SEND_RESET_618 = ["daddr", "reason", "saddr", "skaddr", "skbaddr", "state"]
+SEND_RESET_61 = ["daddr", "saddr", "skaddr", "skbaddr", "state"]
+
+
+def caps(**kw) -> Capabilities:
+    c = Capabilities(kernel="test", tracefs=True, btf=True, ringbuf=True, conntrack=True,
+                     netfilter_drop_reason=12)
+    c.tracepoints = {
+        "tcp:tcp_send_reset": SEND_RESET_618,
+        "tcp:tcp_receive_reset": ["skaddr", "sport"],
+        "skb:kfree_skb": ["reason", "skbaddr"],
+        "printk:console": ["msg"],
+        "sock:inet_sock_set_state": ["newstate"],
+        "tcp:tcp_destroy_sock": ["skaddr"],
+    }
+    c.kprobes_note = "kernel built without CONFIG_KPROBES"
+    c.ipvs_note = "kernel built without IPVS"
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_modern_kernel_uses_tracepoints_only():
+    p = plan(caps())
+    assert p["reset_sent"].hook == "tracepoint tcp:tcp_send_reset"
+    assert "HAVE_TP_SEND_RESET_REASON" in p["reset_sent"].defines
+    assert p["reset_recv"].available and p["ct_drop"].available and p["ct_full"].available
+    assert not p["ipvs_expire"].available and "IPVS" in p["ipvs_expire"].why
+
+
+def test_old_kernel_with_kprobes_adds_send_reset_kprobes():
+    c = caps(kprobes=True, kprobe_symbols={"tcp_v4_send_reset": True, "tcp_v6_send_reset": True})
+    c.tracepoints["tcp:tcp_send_reset"] = SEND_RESET_61
+    p = plan(c)
+    assert "kprobe tcp_v4_send_reset" in p["reset_sent"].hook
+    assert ("kprobe", "tcp_v6_send_reset", "kp_tcp_v6_send_reset") in p["reset_sent"].attach
+
+
+def test_old_kernel_without_kprobes_is_partial_not_silent():
+    c = caps()
+    c.tracepoints["tcp:tcp_send_reset"] = SEND_RESET_61
+    p = plan(c)
+    assert p["reset_sent"].available
+    assert "PARTIAL" in p["reset_sent"].why and "no socket" in p["reset_sent"].why
+
+
+def test_no_tracepoints_no_kprobes():
+    p = plan(caps(tracepoints={}))
+    for name in ("reset_sent", "reset_recv", "ct_drop", "ct_full", "owner"):
+        assert not p[name].available, name
+        assert p[name].why
+
+
+def test_receive_reset_kprobe_fallback():
+    c = caps(kprobes=True, kprobe_symbols={"tcp_reset": True})
+    del c.tracepoints["tcp:tcp_receive_reset"]
+    p = plan(c)
+    assert p["reset_recv"].hook == "kprobe tcp_reset"
+
+
+def test_no_btf_drop_reason():
+    p = plan(caps(netfilter_drop_reason=None, btf=False))
+    assert not p["ct_drop"].available and "NETFILTER_DROP" in p["ct_drop"].why
+
+
+def test_ipvs_with_kprobes():
+    c = caps(ipvs=True, ipvs_btf=True, kprobes=True, kprobe_symbols={"ip_vs_conn_expire": True})
+    p = plan(c)
+    assert p["ipvs_expire"].available and p["ipvs_expire"].attach[0][1] == "ip_vs_conn_expire"
+    c = caps(ipvs=True, ipvs_note="IPVS loaded")
+    assert "kprobes" in plan(c)["ipvs_expire"].why
+
+
+def test_transport_falls_back_to_perf_buffer():
+    assert transport(caps(ringbuf=False))[0] == "perfbuf"
+    assert transport(caps())[0] == "ringbuf"
+
+
+FORMAT = """name: tcp_send_reset
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:const void * skaddr;	offset:16;	size:8;	signed:0;
+	field:__u8 saddr[28];	offset:32;	size:28;	signed:0;
+	field:__data_loc char[] msg;	offset:8;	size:4;	signed:0;
+
+print fmt: "x", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" }, { 1, "NO_SOCKET" }), REC->state ? __print_symbolic(REC->state, { TCP_ESTABLISHED, "TCP_ESTABLISHED" }) : "UNKNOWN"
+"""
+
+
+def test_parse_format_fields_and_symbols():
+    tp = parse_format("tcp", "tcp_send_reset", FORMAT)
+    assert tp.fields == {"skaddr": (16, 8), "saddr": (32, 28), "msg": (8, 4)}
+    assert tp.symbols["reason"] == {0: "NOT_SPECIFIED", 1: "NO_SOCKET"}
+    assert "state" not in tp.symbols  # unresolved macro names are not guessed

@@ -1,0 +1,72 @@
+"""JSONL recordings: round trip, cut-off last line, damaged middle, bad header."""
+
+import json
+
+import pytest
+
+from rsttrace.tracer.recording import RecordingError, RecordingWriter, iter_recording, read_recording
+
+HEADER = {"host": "h", "kernel": "k", "plan": {}}
+
+
+def write(tmp_path, n=3):
+    path = tmp_path / "r.jsonl"
+    w = RecordingWriter(path, HEADER)
+    for i in range(n):
+        w.write({"kind": "reset", "t": float(i), "dir": "recv"})
+    w.write({"kind": "ctx", "t": 9.0, "namespaces": []})
+    w.close({"lost": 2})
+    w.close()  # idempotent
+    return path
+
+
+def test_round_trip(tmp_path):
+    rec = read_recording(write(tmp_path))
+    assert rec.header["schema"] == 1 and rec.header["kind"] == "header"
+    assert [r["t"] for r in rec.records] == [0.0, 1.0, 2.0, 9.0]
+    assert rec.totals["events"] == 3 and rec.totals["lost"] == 2
+    assert rec.totals["by_kind"] == {"reset": 3, "ctx": 1}
+    assert not rec.truncated and rec.warnings == []
+
+
+def test_truncated_last_line_is_reported_and_rest_read(tmp_path):
+    path = write(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    # drop totals, cut the last record in half (a killed recording)
+    cut = b"\n".join(lines[:3]) + b"\n" + lines[3][:10]
+    path.write_bytes(cut)
+    rec = read_recording(path)
+    assert rec.truncated and len(rec.records) == 2
+    assert "cut off" in rec.warnings[0] and ":4:" in rec.warnings[0]
+
+
+def test_malformed_middle_line_names_the_line(tmp_path):
+    path = write(tmp_path)
+    lines = path.read_text().split("\n")
+    lines[2] = "{not json"
+    path.write_text("\n".join(lines))
+    with pytest.raises(RecordingError, match=r":3: malformed"):
+        read_recording(path)
+
+
+def test_missing_header_and_unknown_schema(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps({"kind": "reset"}) + "\n")
+    with pytest.raises(RecordingError, match="missing header"):
+        read_recording(p)
+    p.write_text(json.dumps({"kind": "header", "schema": 99}) + "\n")
+    with pytest.raises(RecordingError, match="unknown schema version 99"):
+        read_recording(p)
+    p.write_text("")
+    with pytest.raises(RecordingError, match="empty file"):
+        read_recording(p)
+    with pytest.raises(RecordingError, match="no such file"):
+        read_recording(tmp_path / "absent.jsonl")
+
+
+def test_streaming_reader_fills_header(tmp_path):
+    reader, it = iter_recording(write(tmp_path, n=2))
+    first = next(it)
+    assert reader.header["host"] == "h" and first["t"] == 0.0
+    rest = list(it)
+    assert len(rest) == 2 and reader.totals["events"] == 2
