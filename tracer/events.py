@@ -9,6 +9,7 @@ tables (`Decoder`), never with numbers typed here.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from dataclasses import dataclass, field
 
@@ -56,84 +57,204 @@ class Decoder:
     ipvs_states: dict[int, str] = field(default_factory=dict)
 
     def decode(self, buf: bytes | bytearray | memoryview) -> list[dict]:
-        arr = np.frombuffer(buf, dtype=EVENT_DTYPE)
-        return self.decode_array(arr)
+        return self.decode_array(np.frombuffer(buf, dtype=EVENT_DTYPE))
 
     def decode_array(self, arr: np.ndarray) -> list[dict]:
+        """One dict per event (docs/EVENTS.md), in ring order."""
+        return self._assemble(arr, text=False)
+
+    def encode_jsonl(self, arr: np.ndarray) -> str:
+        """The same records as JSON Lines text (no trailing newline), without
+        building dicts: the recorder's hot path. Equal to json.dumps of
+        `decode_array` (a unit test holds them to it)."""
+        return "\n".join(self._assemble(arr, text=True))
+
+    def _assemble(self, arr: np.ndarray, text: bool) -> list:
         if not len(arr):
             return []
-        # Column-wise work in numpy; one dict per event at the end.
-        t = (arr["ts_ns"] / 1e9 + self.mono_to_unix).round(6).tolist()
-        kinds = arr["kind"].tolist()
-        flags = arr["flags"].tolist()
-        cols = {name: arr[name].tolist() for name in (
-            "netns", "dev_netns", "pid", "reason", "sport", "dport", "dir", "family",
-            "state", "ka_probes", "trigger_flags", "cookie", "cgroup", "proto", "rport",
-            "ipvs_state")}
-        idle_ms = (arr["idle_jiffies"].astype(np.uint64) * 1000 // self.hz).tolist()
-        ka_time = (arr["ka_time"] // self.hz).tolist()
-        ka_intvl = (arr["ka_intvl"] // self.hz).tolist()
-        saddr, daddr = arr["saddr"].tolist(), arr["daddr"].tolist()
-        out = []
-        for i, kind in enumerate(kinds):
-            f = flags[i]
-            if kind == EV_RESET:
-                fam = cols["family"][i]
-                has_idle = bool(f & EVF_IDLE)
-                has_ka = bool(f & EVF_KA)
-                owner = bool(f & EVF_OWNER)
-                trig = cols["trigger_flags"][i] if f & EVF_TRIGGER else None
-                has_sock = bool(f & EVF_HAS_SOCK)
-                rr = cols["reason"][i] if f & EVF_REASON else None
-                st = cols["state"][i]
-                out.append({
-                    "kind": "reset", "t": t[i],
-                    "dir": "sent" if cols["dir"][i] == DIR_SENT else "recv",
-                    "netns": cols["netns"][i],
-                    "family": 6 if fam == socket.AF_INET6 else 4,
-                    "src": _addr(saddr[i], fam), "sport": cols["sport"][i],
-                    "dst": _addr(daddr[i], fam), "dport": cols["dport"][i],
-                    "state": self.tcp_states.get(st, str(st)) if st else "",
-                    "state_raw": st,
-                    "reason": (self.rst_reasons.get(rr, str(rr)) if rr is not None else None),
-                    "reason_raw": rr,
-                    "has_sock": has_sock,
-                    "cookie": cols["cookie"][i] or None,
-                    "syn": (bool(trig & TCP_SYN_FLAG) if trig is not None and not has_sock else None),
-                    "trigger_flags": trig,
-                    "idle_ms": idle_ms[i] if has_idle else None,
-                    "keepalive": bool(f & EVF_KEEPALIVE) if has_ka else None,
-                    "ka_time_s": ka_time[i] if has_ka else None,
-                    "ka_intvl_s": ka_intvl[i] if has_ka else None,
-                    "ka_probes": cols["ka_probes"][i] if has_ka else None,
-                    "ka_per_socket": bool(f & EVF_KA_PER_SOCK) if has_ka else None,
-                    "dev_netns": cols["dev_netns"][i] or None,
-                    "pid": cols["pid"][i] if owner else None,
-                    "comm": arr["comm"][i].decode(errors="replace") if owner else None,
-                    "cgroup": cols["cgroup"][i] if owner else None,
-                })
-            elif kind == EV_CT_DROP:
-                rr = cols["reason"][i]
-                out.append({"kind": "ct_drop", "t": t[i], "netns": cols["netns"][i] or None,
-                            "reason": self.drop_reasons.get(rr, str(rr)), "reason_raw": rr,
-                            "protocol": cols["sport"][i]})
-            elif kind == EV_CT_FULL:
-                text = arr["text"][i].decode(errors="replace").strip()
-                out.append({"kind": "ct_full", "t": t[i], "netns": parse_full_netns(text),
-                            "text": text})
-            elif kind == EV_IPVS_EXPIRE:
-                fam = cols["family"][i]
-                st = cols["ipvs_state"][i]
-                out.append({"kind": "ipvs_expire", "t": t[i], "netns": cols["netns"][i],
-                            "protocol": cols["proto"][i],
-                            "client": _addr(saddr[i], fam), "cport": cols["sport"][i],
-                            "vaddr": _addr(daddr[i], fam), "vport": cols["dport"][i],
-                            "daddr": _addr(arr["raddr"][i].tobytes(), fam), "dport": cols["rport"][i],
-                            "state": self.ipvs_states.get(st, str(st)), "state_raw": st})
-            elif kind == EV_CT_ALLOC_FAIL:
-                out.append({"kind": "ct_alloc_fail", "t": t[i], "netns": None,
-                            "errno": cols["reason"][i]})
-        return out
+        kinds = arr["kind"]
+        present = np.unique(kinds)
+        if len(present) == 1:
+            return self._kind(int(present[0]), arr, text)
+        out: list = [None] * len(arr)
+        for k in present.tolist():
+            idx = np.flatnonzero(kinds == k)
+            for i, item in zip(idx.tolist(), self._kind(k, arr[idx], text)):
+                out[i] = item
+        return [x for x in out if x is not None]
+
+    def _kind(self, kind: int, a: np.ndarray, text: bool) -> list:
+        build = {EV_RESET: self._reset, EV_CT_DROP: self._ct_drop, EV_CT_FULL: self._ct_full,
+                 EV_IPVS_EXPIRE: self._ipvs, EV_CT_ALLOC_FAIL: self._alloc_fail}.get(kind)
+        if build is None:
+            return []
+        keys, cols = build(a)
+        if not text:
+            return [dict(zip(keys, row)) for row in zip(*(c.py for c in cols))]
+        template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
+        return [template % row for row in zip(*(c.json() for c in cols))]
+
+    # -- per kind: (keys, columns) -------------------------------------
+    def _time(self, a: np.ndarray) -> "Col":
+        return Col((a["ts_ns"] / 1e9 + self.mono_to_unix).round(6).tolist(), "float")
+
+    def _reset(self, a: np.ndarray):
+        n = len(a)
+        f = a["flags"]
+        has_sock = (f & EVF_HAS_SOCK) != 0
+        idle = (f & EVF_IDLE) != 0
+        ka = (f & EVF_KA) != 0
+        owner = (f & EVF_OWNER) != 0
+        reason_ok = (f & EVF_REASON) != 0
+        trig_ok = (f & EVF_TRIGGER) != 0
+        fam = a["family"]
+        v6 = fam == socket.AF_INET6
+        st = a["state"]
+        rr = a["reason"]
+        trig = a["trigger_flags"]
+        state_names = Categorical.lookup(st, lambda v: self.tcp_states.get(v, str(v)) if v else "")
+        cols = [
+            Col.const("reset", n, "str"), self._time(a),
+            Categorical(np.where(a["dir"] == DIR_SENT, 0, 1), ["sent", "recv"]).col(),
+            Col.ints(a["netns"]),
+            Col(np.where(v6, 6, 4).tolist(), "int"),
+            _addresses(a["saddr"], v6), Col.ints(a["sport"]),
+            _addresses(a["daddr"], v6), Col.ints(a["dport"]),
+            state_names, Col.ints(st),
+            Categorical.lookup(rr, lambda v: self.rst_reasons.get(v, str(v)), reason_ok),
+            Col.ints(rr, reason_ok),
+            Col.bools(has_sock),
+            Col.ints(a["cookie"], a["cookie"] != 0),
+            Col.bools((trig & TCP_SYN_FLAG) != 0, trig_ok & ~has_sock),
+            Col.ints(trig, trig_ok),
+            Col.ints(a["idle_jiffies"].astype(np.uint64) * 1000 // self.hz, idle),
+            Col.bools((f & EVF_KEEPALIVE) != 0, ka),
+            Col.ints(a["ka_time"] // self.hz, ka),
+            Col.ints(a["ka_intvl"] // self.hz, ka),
+            Col.ints(a["ka_probes"], ka),
+            Col.bools((f & EVF_KA_PER_SOCK) != 0, ka),
+            Col.ints(a["dev_netns"], a["dev_netns"] != 0),
+            Col.ints(a["pid"], owner),
+            Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner, kind="any"),
+            Col.ints(a["cgroup"], owner),
+        ]
+        return RESET_KEYS, cols
+
+    def _ct_drop(self, a: np.ndarray):
+        rr = a["reason"]
+        return ("kind", "t", "netns", "reason", "reason_raw", "protocol"), [
+            Col.const("ct_drop", len(a), "str"), self._time(a),
+            Col.ints(a["netns"], a["netns"] != 0),
+            Categorical.lookup(rr, lambda v: self.drop_reasons.get(v, str(v))),
+            Col.ints(rr), Col.ints(a["sport"])]
+
+    def _ct_full(self, a: np.ndarray):
+        texts = [b.decode(errors="replace").strip() for b in a["text"].tolist()]
+        return ("kind", "t", "netns", "text"), [
+            Col.const("ct_full", len(a), "str"), self._time(a),
+            Col([parse_full_netns(t) for t in texts], "int"), Col(texts, "any")]
+
+    def _ipvs(self, a: np.ndarray):
+        v6 = a["family"] == socket.AF_INET6
+        st = a["ipvs_state"]
+        return ("kind", "t", "netns", "protocol", "client", "cport", "vaddr", "vport",
+                "daddr", "dport", "state", "state_raw"), [
+            Col.const("ipvs_expire", len(a), "str"), self._time(a), Col.ints(a["netns"]),
+            Col.ints(a["proto"]), _addresses(a["saddr"], v6), Col.ints(a["sport"]),
+            _addresses(a["daddr"], v6), Col.ints(a["dport"]),
+            _addresses(a["raddr"], v6), Col.ints(a["rport"]),
+            Categorical.lookup(st, lambda v: self.ipvs_states.get(v, str(v))), Col.ints(st)]
+
+    def _alloc_fail(self, a: np.ndarray):
+        return ("kind", "t", "netns", "errno"), [
+            Col.const("ct_alloc_fail", len(a), "str"), self._time(a),
+            Col([None] * len(a), "int"), Col.ints(a["reason"])]
+
+
+RESET_KEYS = ("kind", "t", "dir", "netns", "family", "src", "sport", "dst", "dport", "state",
+              "state_raw", "reason", "reason_raw", "has_sock", "cookie", "syn", "trigger_flags",
+              "idle_ms", "keepalive", "ka_time_s", "ka_intvl_s", "ka_probes", "ka_per_socket",
+              "dev_netns", "pid", "comm", "cgroup")
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class Col:
+    """One column of a batch: Python values (None where invalid) and, on
+    demand, their JSON text."""
+
+    __slots__ = ("py", "typ", "_json")
+
+    def __init__(self, py: list, typ: str, json_text: list | None = None):
+        self.py, self.typ, self._json = py, typ, json_text
+
+    @classmethod
+    def const(cls, value, n: int, typ: str) -> "Col":
+        return cls([value] * n, typ, [_dumps(value)] * n)
+
+    @classmethod
+    def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
+        py = values.tolist()
+        if valid is not None and not valid.all():
+            py = [v if ok else None for v, ok in zip(py, valid.tolist())]
+        return cls(py, "int")
+
+    @classmethod
+    def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
+        py = values.tolist()
+        if valid is not None and not valid.all():
+            py = [v if ok else None for v, ok in zip(py, valid.tolist())]
+        return cls(py, "bool")
+
+    def json(self) -> list[str]:
+        if self._json is None:
+            if self.typ == "int":
+                self._json = ["null" if v is None else str(v) for v in self.py]
+            elif self.typ == "float":
+                self._json = [repr(v) for v in self.py]
+            elif self.typ == "bool":
+                self._json = ["null" if v is None else ("true" if v else "false") for v in self.py]
+            else:
+                self._json = [_dumps(v) for v in self.py]
+        return self._json
+
+
+class Categorical:
+    """Values that repeat (addresses, state and reason names, comms): each
+    distinct value is named and encoded once, then broadcast."""
+
+    def __init__(self, codes: np.ndarray, categories: list, valid: np.ndarray | None = None):
+        self.codes, self.categories, self.valid = codes, categories, valid
+
+    @classmethod
+    def lookup(cls, raw: np.ndarray, name, valid: np.ndarray | None = None, kind: str = "str") -> Col:
+        uniq, inv = np.unique(raw, return_inverse=True)
+        cats = [name(u) for u in uniq.tolist()]
+        return cls(inv.reshape(-1), cats, valid).col()
+
+    def col(self) -> Col:
+        cats = self.categories + [None]
+        texts = [_dumps(c) for c in cats[:-1]] + ["null"]
+        codes = self.codes
+        if self.valid is not None and not self.valid.all():
+            codes = np.where(self.valid, codes, len(cats) - 1)
+        obj = np.array(cats, dtype=object)
+        txt = np.array(texts, dtype=object)
+        return Col(obj[codes].tolist(), "str", txt[codes].tolist())
+
+
+def _addresses(raw: np.ndarray, v6: np.ndarray) -> Col:
+    """16-byte address fields -> strings, each distinct address formatted once."""
+    b = np.ascontiguousarray(raw).view(np.uint8).reshape(len(raw), 16)
+    if not v6.any():
+        uniq, inv = np.unique(b[:, :4].copy().view("<u4").reshape(-1), return_inverse=True)
+        cats = [socket.inet_ntop(socket.AF_INET, int(u).to_bytes(4, "little")) for u in uniq.tolist()]
+        return Categorical(inv.reshape(-1), cats).col()
+    keyed = np.where(v6[:, None], b, np.pad(b[:, :4], ((0, 0), (0, 12))))
+    fam_key = np.concatenate([keyed, v6[:, None].astype(np.uint8)], axis=1)
+    uniq, inv = np.unique(fam_key, axis=0, return_inverse=True)
+    cats = [_addr(bytes(u[:16]), socket.AF_INET6 if u[16] else socket.AF_INET) for u in uniq]
+    return Categorical(inv.reshape(-1), cats).col()
 
 
 def parse_full_netns(text: str) -> int | None:

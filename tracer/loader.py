@@ -8,7 +8,11 @@ so `rsttrace record --dump-bpf` can print exactly what was loaded.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -109,8 +113,73 @@ def _quiet_stderr():
         tmpf.close()
 
 
-def load(program: Program, ports: list[int] | None, netns: list[int] | None):
-    """Compile and attach; returns the bcc BPF object."""
+# maps the consumer needs after loading
+MAPS = ("events", "lost", "owners", "port_filter", "netns_filter")
+
+
+@dataclass
+class Attached:
+    """Programs loaded and attached by the loader process; these
+    descriptors keep them alive. Closing them detaches everything."""
+    maps: dict[str, int]
+    links: list[int]
+    layout: dict
+    tracepoints: list[str]
+    _closed: bool = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in [*self.links, *self.maps.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def load_detached(program: Program, ports: list[int] | None, netns: list[int] | None,
+                  timeout_s: float = 120.0) -> Attached:
+    """Compile and attach in a short-lived loader process (bcc and LLVM stay
+    there) and take over its descriptors."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
+                      "ports": ports or [], "netns": netns or [], "maps": list(MAPS)})
+    # Debian's bcc lives in /usr/lib/python3/dist-packages: same interpreter
+    proc = subprocess.Popen([sys.executable, "-m", "rsttrace.tracer.loader_child", str(child.fileno())],
+                            stdin=subprocess.PIPE, pass_fds=[child.fileno()], text=True)
+    child.close()
+    try:
+        proc.stdin.write(req)
+        proc.stdin.close()
+        parent.settimeout(timeout_s)
+        head, fds, _flags, _addr = socket.recv_fds(parent, 4, 64)
+        if len(head) < 4:
+            raise LoadError("the BPF loader process died without an answer")
+        size = int.from_bytes(head, "little")
+        body = b""
+        while len(body) < size:
+            chunk = parent.recv(size - len(body))
+            if not chunk:
+                break
+            body += chunk
+        meta = json.loads(body)
+    except (OSError, ValueError) as e:
+        proc.kill()
+        raise LoadError(f"the BPF loader process failed: {e}") from None
+    finally:
+        parent.close()
+        proc.wait(timeout=30)
+    if "error" in meta:
+        raise LoadError(f"BPF program failed to load: {meta['error']}")
+    return Attached({name: fds[i] for name, i in meta["maps"].items()},
+                    [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"])
+
+
+def load_inprocess(program: Program, ports: list[int] | None, netns: list[int] | None):
+    """Compile and attach here; returns the bcc BPF object. Used for the
+    perf-buffer fallback (kernels without a ring buffer), whose reading
+    goes through bcc."""
     try:
         from bcc import BPF
     except ImportError:
@@ -123,14 +192,11 @@ def load(program: Program, ports: list[int] | None, netns: list[int] | None):
             errlog.seek(0)
             msg = errlog.read().decode(errors="replace")[-2000:]
             raise LoadError(f"BPF program failed to load: {e}\n{msg}") from None
-    if ports:
-        table = b["port_filter"]
-        for p in ports:
-            table[table.Key(p)] = table.Leaf(1)
-    if netns:
-        table = b["netns_filter"]
-        for n in netns:
-            table[table.Key(n)] = table.Leaf(1)
+    for name, values in (("port_filter", ports), ("netns_filter", netns)):
+        if values:
+            table = b[name]
+            for v in values:
+                table[table.Key(v)] = table.Leaf(1)
     for kind, target, fn in program.attach:
         if kind == "kprobe":
             b.attach_kprobe(event=target, fn_name=fn)

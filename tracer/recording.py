@@ -70,6 +70,21 @@ class RecordingWriter:
             self._fh.write("\n".join(lines) + "\n")
             self._fh.flush()
 
+    def write_text(self, text: str, by_kind: dict[str, int]) -> None:
+        """Records already encoded as JSON Lines (no trailing newline), as
+        `Decoder.encode_jsonl` makes them; `by_kind` counts them."""
+        if not text:
+            return
+        for k, n in by_kind.items():
+            if k != "ctx":
+                self.count += n
+            self.by_kind[k] = self.by_kind.get(k, 0) + n
+        with self._lock:
+            if self._closed:
+                return
+            self._fh.write(text + "\n")
+            self._fh.flush()
+
     def close(self, totals: dict[str, Any] | None = None) -> None:
         with self._lock:
             if self._closed:

@@ -17,12 +17,15 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from rsttrace import __version__
 
 from . import kernel, probe
+from .bpfsys import RingReader, percpu_u64_sum
 from .context import Collector, PeriodicSampler
-from .events import Decoder
-from .loader import LoadError, build, load
+from .events import EVENT_DTYPE, Decoder
+from .loader import RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
 
 POLL_INTERVAL_S = 0.02
 
@@ -50,7 +53,10 @@ class TraceSession:
         self.hooks: dict[str, probe.Hook] = {}
         self.program = None
         self.attach_s: float | None = None
-        self._bpf = None
+        self._bpf = None        # bcc object: perf-buffer fallback only
+        self._attached = None   # descriptors from the loader process (ring buffer)
+        self._ring: RingReader | None = None
+        self.layout: dict = {}
         self._chunks: list[bytes] = []
         self._ctx_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._decoder: Decoder | None = None
@@ -77,12 +83,16 @@ class TraceSession:
         use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
         try:
             self.program = build(self.caps, self.hooks, use_rb, self.ports, self.netns)
-            self._bpf = load(self.program, self.ports, self.netns)
+            if use_rb:
+                self._attached = load_detached(self.program, self.ports, self.netns)
+                self.layout = self._attached.layout
+            else:
+                self._bpf = load_inprocess(self.program, self.ports, self.netns)
         except LoadError as e:
             raise SessionError(str(e)) from None
         self.transport = "ringbuf" if use_rb else "perfbuf"
         if use_rb:
-            self._cb = self._bpf["events"].open_ring_buffer(self._on_event)
+            self._ring = RingReader(self._attached.maps["events"], RINGBUF_PAGES * 4096, EVENT_DTYPE)
         else:
             self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
@@ -136,6 +146,12 @@ class TraceSession:
             self._sampler.stop()
         if self._collector:
             self._collector.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._attached is not None:
+            self._attached.close()
+            self._attached = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -147,43 +163,56 @@ class TraceSession:
         self.stop()
 
     # -- events -----------------------------------------------------------
-    def _on_event(self, ctx, data, size) -> int:
-        self._chunks.append(ctypes.string_at(data, size))
-        return 0
-
     def _on_perf_event(self, cpu, data, size) -> None:
         self._chunks.append(ctypes.string_at(data, size))
 
     def _on_perf_lost(self, n) -> None:
         self._perf_lost += n
 
-    def _drain_kernel(self) -> list[dict]:
-        if self._bpf is None:
-            return []
-        if self.transport == "ringbuf":
-            self._bpf.ring_buffer_consume()
-        else:
+    @property
+    def running(self) -> bool:
+        return self._ring is not None or self._bpf is not None
+
+    def _drain_kernel(self) -> np.ndarray:
+        if self._ring is not None:
+            arr = self._ring.read()
+        elif self._bpf is not None:
             self._bpf.perf_buffer_poll(timeout=0)
-        if not self._chunks:
-            return []
-        chunks, self._chunks = self._chunks, []
-        records = self._decoder.decode(b"".join(chunks))
-        self._events += len(records)
-        return records
+            chunks, self._chunks = self._chunks, []
+            arr = np.frombuffer(b"".join(chunks), dtype=EVENT_DTYPE)
+        else:
+            arr = np.empty(0, dtype=EVENT_DTYPE)
+        self._events += len(arr)
+        return arr
+
+    def _drain_ctx(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                out.append(self._ctx_queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def poll_raw(self, timeout_s: float = 0.1) -> tuple[np.ndarray, list[dict]]:
+        """The next batch as raw events (decode with `self.decoder`) and
+        context records; waits up to `timeout_s` for one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            arr = self._drain_kernel()
+            ctx = self._drain_ctx()
+            if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
+                return arr, ctx
+            time.sleep(POLL_INTERVAL_S)
 
     def poll(self, timeout_s: float = 0.1) -> list[dict]:
         """The next batch of records; waits up to `timeout_s` for one."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            out = self._drain_kernel()
-            while True:
-                try:
-                    out.append(self._ctx_queue.get_nowait())
-                except queue.Empty:
-                    break
-            if out or time.monotonic() >= deadline or self._bpf is None:
-                return out
-            time.sleep(POLL_INTERVAL_S)
+        arr, ctx = self.poll_raw(timeout_s)
+        return self._decoder.decode_array(arr) + ctx
+
+    @property
+    def decoder(self) -> Decoder:
+        assert self._decoder is not None, "session not started"
+        return self._decoder
 
     def snapshot(self) -> dict:
         """A context record taken now; it also joins the stream."""
@@ -195,8 +224,9 @@ class TraceSession:
 
     def lost(self) -> int:
         n = self._perf_lost
-        if self._bpf is not None:
-            # per-CPU counter: one value per CPU
+        if self._attached is not None:
+            n += percpu_u64_sum(self._attached.maps["lost"])
+        elif self._bpf is not None:
             n += sum(int(v) for v in self._bpf["lost"][ctypes.c_int(0)])
         return n
 

@@ -102,9 +102,17 @@ def run(args) -> int:
             for m in missing:
                 print(f"rsttrace: unavailable: {m}", file=sys.stderr)
         last_print = 0.0
+        decoder = session.decoder
+
+        def drain(timeout: float) -> None:
+            # the hot path: raw events straight to JSON text, no dicts
+            arr, ctx = session.poll_raw(timeout)
+            if len(arr):
+                writer.write_text(decoder.encode_jsonl(arr), kind_counts(arr))
+            writer.write_many(ctx)
+
         while not stop.is_set():
-            batch = session.poll(0.1)
-            writer.write_many(batch)
+            drain(0.1)
             now = time.monotonic()
             if args.duration is not None and now - t0 >= args.duration:
                 break
@@ -114,14 +122,14 @@ def run(args) -> int:
                       end="", file=sys.stderr, flush=True)
                 last_print = now
         # last events still in the buffer, then a final context snapshot
-        writer.write_many(session.poll(0))
+        drain(0)
         try:
-            writer.write(session.snapshot())
+            session.snapshot()
         except Exception:
             pass
-        writer.write_many(session.poll(0))
+        drain(0)
     finally:
-        stats = session.stats() if session._bpf is not None else {"events": 0, "lost": 0}
+        stats = session.stats() if session.running else {"events": 0, "lost": 0}
         session.stop()
         if writer is not None:
             writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
@@ -135,6 +143,14 @@ def run(args) -> int:
     if args.csv:
         return write_csv(args.output, args.csv)
     return 0
+
+
+def kind_counts(arr) -> dict[str, int]:
+    import numpy as np
+
+    from rsttrace.tracer.events import KINDS
+    kinds, counts = np.unique(arr["kind"], return_counts=True)
+    return {KINDS.get(int(k), str(k)): int(n) for k, n in zip(kinds, counts)}
 
 
 def write_csv(recording: str, csv_path: str) -> int:

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.kernel
 
 def test_python_layout_matches_what_bcc_compiled(session):
     from rsttrace.tracer.events import EVENT_DTYPE
-    leaf = session._bpf["layout_check"].Leaf
-    import ctypes
-    assert ctypes.sizeof(leaf) == EVENT_DTYPE.itemsize
-    for name, *_ in leaf._fields_:
-        assert getattr(leaf, name).offset == EVENT_DTYPE.fields[name][1], name
-    assert {f[0] for f in leaf._fields_} == set(EVENT_DTYPE.names)
+    # the loader process reports bcc's own description of the compiled struct
+    layout = session.layout
+    assert layout["size"] == EVENT_DTYPE.itemsize
+    for name, offset in layout["fields"].items():
+        assert offset == EVENT_DTYPE.fields[name][1], name
+    assert set(layout["fields"]) == set(EVENT_DTYPE.names)
 
 
 def test_attach_is_fast_and_plan_complete(session):

@@ -72,3 +72,25 @@ def test_drop_full_and_batch():
 def test_parse_full_netns():
     assert parse_full_netns("nf_conntrack: table full, dropping packet") is None
     assert parse_full_netns("table full in netns 12, dropping") == 12
+
+
+def test_jsonl_text_equals_the_records():
+    """The recorder writes encode_jsonl's text; it must say exactly what the
+    dict records say, for every kind and odd strings (quotes in a comm)."""
+    import json
+    a = np.concatenate([
+        raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET, state=1, ts_ns=10**9,
+            flags=ev.EVF_HAS_SOCK | ev.EVF_IDLE | ev.EVF_KA | ev.EVF_OWNER, comm=b'a"b\\c',
+            idle_jiffies=3, pid=7, saddr=np.void(bytes([1, 2, 3, 4]) + bytes(12))),
+        raw(kind=ev.EV_CT_DROP, netns=5, reason=12, ts_ns=2 * 10**9),
+        raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET6, reason=1,
+            flags=ev.EVF_REASON | ev.EVF_TRIGGER, trigger_flags=0x14,
+            saddr=np.void(socket.inet_pton(socket.AF_INET6, "fd00::9"))),
+        raw(kind=ev.EV_CT_FULL, text=b"nf_conntrack: table full in netns 9, dropping packet"),
+    ])
+    records = DEC.decode_array(a)
+    lines = DEC.encode_jsonl(a).split("\n")
+    assert [json.loads(x) for x in lines] == records
+    assert [r["kind"] for r in records] == ["reset", "ct_drop", "reset", "ct_full"]
+    assert records[0]["comm"] == 'a"b\\c' and records[2]["src"] == "fd00::9"
+    assert records[2]["syn"] is False and records[2]["trigger_flags"] == 0x14

@@ -1,0 +1,119 @@
+"""The few bpf(2) and ring-buffer operations the tracer needs after loading,
+without bcc: bcc (and the LLVM inside it) stays in the short-lived loader
+process, so the long-running consumer keeps a small footprint.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+
+import numpy as np
+
+_libc = ctypes.CDLL(None, use_errno=True)
+NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+
+# include/uapi/linux/bpf.h: ring buffer record header bits (stable UAPI)
+BPF_RINGBUF_BUSY_BIT = 1 << 31
+BPF_RINGBUF_DISCARD_BIT = 1 << 30
+BPF_RINGBUF_HDR_SZ = 8
+
+
+class BPFSysError(OSError):
+    pass
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    ret = _libc.syscall(NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BPFSysError(err, os.strerror(err))
+    return ret
+
+
+def possible_cpus() -> int:
+    """Per-CPU maps hold one value per *possible* CPU."""
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return n
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    # union bpf_attr { u32 map_fd; u64 key; u64 value; u64 flags; }
+    attr = (ctypes.c_uint64 * 4)()
+    attr[0] = fd
+    attr[1] = ctypes.addressof(kbuf)
+    attr[2] = ctypes.addressof(vbuf)
+    _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    return vbuf.raw
+
+
+def percpu_u64_sum(fd: int, key: int = 0) -> int:
+    n = possible_cpus()
+    raw = map_lookup(fd, struct.pack("<I", key), 8 * n)
+    return sum(struct.unpack(f"<{n}Q", raw))
+
+
+class RingReader:
+    """Reads a BPF ring buffer map through its mmap'ed pages, a batch at a
+    time, with no callback per event.
+
+    Layout (kernel/bpf/ringbuf.c): page 0 holds consumer_pos (writable by
+    us); page 1 producer_pos; then the data area, mapped twice in a row so
+    a record that wraps is contiguous. Every record here is one
+    `struct rst_event`, so a batch is a strided numpy view.
+    """
+
+    def __init__(self, map_fd: int, data_size: int, record_dtype: np.dtype):
+        self.page = mmap.PAGESIZE
+        self.size = data_size
+        self.mask = data_size - 1
+        self.rec_len = record_dtype.itemsize
+        # each record: 8-byte header, then the event, rounded up to 8
+        self.stride = (BPF_RINGBUF_HDR_SZ + self.rec_len + 7) & ~7
+        self.dtype = np.dtype({"names": ["len", "ev"],
+                               "formats": ["<u4", record_dtype],
+                               "offsets": [0, BPF_RINGBUF_HDR_SZ],
+                               "itemsize": self.stride})
+        self._cons = mmap.mmap(map_fd, self.page, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._prod = mmap.mmap(map_fd, self.page + 2 * data_size, mmap.MAP_SHARED,
+                               mmap.PROT_READ, offset=self.page)
+        self._data = np.frombuffer(self._prod, dtype=np.uint8, offset=self.page)
+
+    def close(self) -> None:
+        self._data = None
+        for m in (self._cons, self._prod):
+            try:
+                m.close()
+            except BufferError:
+                pass
+
+    def read(self, max_records: int = 1 << 20) -> np.ndarray:
+        """Committed records since the last call, copied out (the space is
+        released to the kernel before returning)."""
+        cons = struct.unpack_from("<Q", self._cons, 0)[0]
+        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        avail = min((prod - cons) // self.stride, max_records)
+        if avail <= 0:
+            return np.empty(0, dtype=self.dtype.fields["ev"][0])
+        start = cons & self.mask
+        view = np.frombuffer(self._data, dtype=self.dtype, count=avail, offset=start)
+        lens = view["len"]
+        busy = np.flatnonzero(lens & BPF_RINGBUF_BUSY_BIT)
+        n = int(busy[0]) if len(busy) else avail
+        batch = view["ev"][:n].copy()
+        discard = (lens[:n] & BPF_RINGBUF_DISCARD_BIT) != 0
+        if discard.any():
+            batch = batch[~discard]
+        struct.pack_into("<Q", self._cons, 0, cons + n * self.stride)
+        return batch
