@@ -1,0 +1,283 @@
+"""What the classifier knows about each namespace at the time of a reset.
+
+`ContextStore` keeps, per network namespace, the latest `ctx` entry and the
+conntrack counter snapshots of the last window (plus one older snapshot as
+the baseline a rise is measured from), the "table full" log lines and the
+netfilter drops of the window. Everything older is trimmed, so live use has
+bounded memory however long it runs.
+
+It also keeps whole-run totals that stay small (one entry per namespace, one
+per table-full episode), which the report needs for conntrack trouble that
+caused no reset at all (a full table mostly shows as failed connects).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+# Counters of `ctx.namespaces[].ct` that only ever grow (summed over CPUs).
+CUMULATIVE = ("drop", "early_drop", "invalid", "insert_failed", "search_restart", "chaintoolong")
+
+
+def _grew(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    x, y = a.get(key), b.get(key)
+    return isinstance(x, int) and isinstance(y, int) and y > x
+
+
+@dataclass
+class NsTotals:
+    """First and last conntrack counters seen for one namespace, for the summary."""
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    peak_count: int = 0
+    max: int | None = None
+    buckets: int | None = None
+    ct_drops: int = 0          # `ct_drop` records (netfilter drops) in this namespace
+    full_lines: int = 0        # "table full" log lines naming this namespace
+
+
+@dataclass
+class Rise:
+    counter: str
+    netns: int
+    before: int
+    after: int
+    t0: float
+    t1: float
+
+    @property
+    def delta(self) -> int:
+        return self.after - self.before
+
+
+@dataclass
+class _Ns:
+    ctx: dict[str, Any]
+    times: list[float] = field(default_factory=list)          # snapshot times, ascending
+    cts: list[dict[str, Any]] = field(default_factory=list)   # ct dict of each snapshot
+
+
+class ContextStore:
+    def __init__(self, window_s: float = 10.0, slack_s: float = 1.0,
+                 netns_names: dict[Any, str] | None = None):
+        # slack_s: how long after a reset its verdict may still be pending
+        # (the pairing window); history is kept for window + slack.
+        self.window_s = float(window_s)
+        self.slack_s = float(slack_s)
+        self._ns: dict[int, _Ns] = {}
+        self._full: deque = deque()     # (t, netns|None)
+        self._drops: dict[Any, deque] = {}   # netns -> times of ct_drop records
+        self.names: dict[int, str] = {}
+        for k, v in (netns_names or {}).items():
+            try:
+                self.names[int(k)] = str(v)
+            except (TypeError, ValueError):
+                continue
+        self.totals: dict[int, NsTotals] = {}
+        self.full_episodes: list[list[Any]] = []   # [t_first, t_last, lines, netns set]
+        self.full_unattributed = 0
+        self.last_t: float | None = None
+        # Bumped on every change; callers cache what they derive from the store.
+        self.version = 0
+        self._signals: dict[tuple, tuple] = {}
+        # newest snapshot time per netns that showed trouble (drop or
+        # early_drop grew, or the table >= 95 % full): lets quiet resets skip
+        # the window scan entirely.
+        self._trouble: dict[int, float] = {}
+
+    # ---- input ---------------------------------------------------------
+    def add(self, rec: dict[str, Any]) -> None:
+        kind = rec.get("kind")
+        t = rec.get("t")
+        if not isinstance(t, (int, float)):
+            return
+        if kind == "ctx":
+            self._add_ctx(t, rec)
+        elif kind == "ct_full":
+            self._add_full(t, rec.get("netns"))
+        elif kind == "ct_drop":
+            ns = rec.get("netns")
+            self._drops.setdefault(ns, deque()).append(t)
+            if isinstance(ns, int):
+                self._tot(ns).ct_drops += 1
+        else:
+            return
+        self.version += 1
+        if self.last_t is None or t > self.last_t:
+            self.last_t = t
+            self._trim(t)
+
+    def _tot(self, ns: int) -> NsTotals:
+        tot = self.totals.get(ns)
+        if tot is None:
+            tot = self.totals[ns] = NsTotals()
+        return tot
+
+    def _add_ctx(self, t: float, rec: dict[str, Any]) -> None:
+        for n in rec.get("namespaces") or ():
+            ns = n.get("netns")
+            if not isinstance(ns, int):
+                continue
+            name = n.get("name")
+            if isinstance(name, str) and name:
+                self.names[ns] = name
+            slot = self._ns.get(ns)
+            if slot is None:
+                slot = self._ns[ns] = _Ns(n)
+            slot.ctx = n
+            ct = n.get("ct")
+            if isinstance(ct, dict):
+                if slot.times and t < slot.times[-1]:
+                    continue    # out of order: a rise is only measured forwards
+                prev = slot.cts[-1] if slot.cts else None
+                slot.times.append(t)
+                slot.cts.append(ct)
+                c, m = ct.get("count"), ct.get("max")
+                if (isinstance(c, int) and isinstance(m, int) and m > 0 and c >= 0.95 * m) or (
+                        prev is not None and any(_grew(prev, ct, k) for k in ("drop", "early_drop"))):
+                    self._trouble[ns] = t
+                tot = self._tot(ns)
+                if tot.first is None:
+                    tot.first = ct
+                tot.last = ct
+                c = ct.get("count")
+                if isinstance(c, int) and c > tot.peak_count:
+                    tot.peak_count = c
+                if isinstance(ct.get("max"), int):
+                    tot.max = ct["max"]
+                if isinstance(ct.get("buckets"), int):
+                    tot.buckets = ct["buckets"]
+
+    def _add_full(self, t: float, ns: Any) -> None:
+        ns = ns if isinstance(ns, int) else None
+        self._full.append((t, ns))
+        if ns is None:
+            self.full_unattributed += 1
+        else:
+            self._tot(ns).full_lines += 1
+        # Lines closer than the window belong to one episode: the kernel
+        # rate-limits the message, so a count of lines means little.
+        ep = self.full_episodes[-1] if self.full_episodes else None
+        if ep is not None and t - ep[1] <= self.window_s:
+            ep[1] = t
+            ep[2] += 1
+            ep[3].add(ns)
+        else:
+            self.full_episodes.append([t, t, 1, {ns}])
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.window_s - 2 * self.slack_s
+        for slot in self._ns.values():
+            # keep the newest snapshot at or before the horizon as the baseline
+            k = bisect_right(slot.times, horizon) - 1
+            if k > 0:
+                del slot.times[:k]
+                del slot.cts[:k]
+        while self._full and self._full[0][0] < horizon:
+            self._full.popleft()
+        for q in self._drops.values():
+            while q and q[0] < horizon:
+                q.popleft()
+
+    # ---- queries (t: the reset; upto: newest record the verdict may use) ----
+    def namespaces(self) -> list[int]:
+        return list(self._ns)
+
+    def ctx(self, ns: int | None) -> dict[str, Any] | None:
+        slot = self._ns.get(ns) if ns is not None else None
+        return slot.ctx if slot else None
+
+    def name(self, ns: int | None) -> str | None:
+        return self.names.get(ns) if ns is not None else None
+
+    def label(self, ns: int | None) -> str:
+        if ns is None:
+            return "netns ?"
+        n = self.names.get(ns)
+        return f"netns {n} ({ns})" if n else f"netns {ns}"
+
+    def rise(self, ns: int, counter: str, t: float, upto: float) -> Rise | None:
+        """The growth of `counter` between the last snapshot at or before
+        t - window (else the first in the window) and the last one at or before `upto`."""
+        slot = self._ns.get(ns)
+        if slot is None:
+            return None
+        times = slot.times
+        last = bisect_right(times, upto) - 1
+        base = max(0, bisect_right(times, t - self.window_s) - 1)
+        if last <= base:
+            return None
+        a, b = slot.cts[base].get(counter), slot.cts[last].get(counter)
+        if isinstance(a, int) and isinstance(b, int) and b > a:
+            return Rise(counter, ns, a, b, times[base], times[last])
+        return None
+
+    def quiet(self, ns: int | None, t: float) -> bool:
+        """True when no full-table evidence can exist for a reset at t in
+        `ns` (None: any namespace)."""
+        lo = t - self.window_s
+        if self._full and self._full[-1][0] >= lo:
+            return False
+        for q in (self._drops.values() if ns is None else [self._drops.get(ns) or ()]):
+            if q and q[-1] >= lo:
+                return False
+        if ns is None:
+            return all(v <= lo for v in self._trouble.values())
+        v = self._trouble.get(ns)
+        return v is None or v <= lo
+
+    def signals(self, ns: int, t: float, upto: float) -> tuple:
+        """(fullness, drop rise, early_drop rise) for a reset at t: the same
+        pair of snapshots gives the same answer, so it is computed once."""
+        slot = self._ns.get(ns)
+        if slot is None:
+            return (None, None, None)
+        times = slot.times
+        last = bisect_right(times, upto) - 1
+        base = max(0, bisect_right(times, t - self.window_s) - 1)
+        key = (ns, times[base] if times else None, times[last] if last >= 0 else None)
+        hit = self._signals.get(key)
+        if hit is None:
+            if len(self._signals) > 4096:
+                self._signals.clear()
+            hit = self._signals[key] = (self.fullness(ns, upto), self.rise(ns, "drop", t, upto),
+                                        self.rise(ns, "early_drop", t, upto))
+        return hit
+
+    def fullness(self, ns: int, upto: float) -> tuple[int, int] | None:
+        """(count, max) of the newest snapshot at or before `upto`."""
+        slot = self._ns.get(ns)
+        if slot is None:
+            return None
+        i = bisect_right(slot.times, upto) - 1
+        if i < 0:
+            return None
+        ct = slot.cts[i]
+        c, m = ct.get("count"), ct.get("max")
+        if isinstance(c, int) and isinstance(m, int) and m > 0:
+            return c, m
+        return None
+
+    def full_lines(self, ns: int | None, t: float, upto: float) -> int:
+        """"table full" lines for `ns` in [t - window, upto]; lines that name
+        no namespace count for every namespace."""
+        if not self._full:
+            return 0
+        lo = t - self.window_s
+        return sum(1 for ts, n in self._full if lo <= ts <= upto and (n is None or ns is None or n == ns))
+
+    def drop_records(self, ns: int | None, t: float, upto: float) -> int:
+        lo = t - self.window_s
+        queues = self._drops.values() if ns is None else [self._drops.get(ns) or ()]
+        n = 0
+        for q in queues:
+            if q and q[-1] >= lo:
+                n += sum(1 for ts in q if lo <= ts <= upto)
+        return n
+
+    def peak_count(self, ns: int) -> int:
+        tot = self.totals.get(ns)
+        return tot.peak_count if tot else 0

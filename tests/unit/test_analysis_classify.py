@@ -1,0 +1,212 @@
+"""Every cause and every precedence edge of the classifier, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsttrace.analysis.classify import Classifier
+
+LB, CLI, SRV = 4026532247, 4026532300, 4026532301
+T0 = 1_700_000_000.0
+
+
+def ns(netns, name, *, est=None, ipvs=None, ka=7200, nat=False, count=10, mx=262144,
+       drop=0, early=0, invalid=0, ct=True, be_liberal=0):
+    sc = {"tcp_keepalive_time": ka}
+    if est is not None:
+        sc["nf_conntrack_tcp_timeout_established"] = est
+        sc["nf_conntrack_tcp_be_liberal"] = be_liberal
+    return {"netns": netns, "name": name, "nat": nat, "sysctl": sc,
+            "ipvs": None if ipvs is None else {"tcp": ipvs, "tcpfin": 120, "udp": 300},
+            "ct": {"count": count, "max": mx, "buckets": 65536, "drop": drop, "early_drop": early,
+                   "invalid": invalid, "insert_failed": 0} if ct else None}
+
+
+def ctx(t, *namespaces):
+    return {"kind": "ctx", "t": T0 + t, "namespaces": list(namespaces)}
+
+
+def sent(t, netns=LB, syn=False, has_sock=False, reason="NO_SOCKET", src="10.96.0.10", sport=3306,
+         dst="10.0.1.2", dport=40000):
+    return {"kind": "reset", "t": T0 + t, "netns": netns, "dir": "sent", "family": 4, "src": src,
+            "sport": sport, "dst": dst, "dport": dport, "state": "", "has_sock": has_sock,
+            "reason": reason, "syn": syn}
+
+
+def recv(t, netns=CLI, state="ESTABLISHED", idle_ms=500, ka=False, ka_time=7200, src="10.96.0.10",
+         sport=3306, dst="10.0.1.2", dport=40000):
+    return {"kind": "reset", "t": T0 + t, "netns": netns, "dir": "recv", "family": 4, "src": src,
+            "sport": sport, "dst": dst, "dport": dport, "state": state, "has_sock": True,
+            "idle_ms": idle_ms, "keepalive": ka, "ka_time_s": ka_time, "pid": 77, "comm": "java"}
+
+
+def run(records, **kw):
+    c = Classifier(**kw)
+    out = []
+    for r in records:
+        out += c.feed(r)
+    out += c.flush()
+    return out
+
+
+def lb(**kw):
+    kw.setdefault("est", 432000)
+    kw.setdefault("nat", True)
+    return ns(LB, "lb", **kw)
+
+
+CASES = {
+    # conntrack_full: each kind of evidence, and it beats every other cause
+    "full_log_line": ([ctx(0, lb()), {"kind": "ct_full", "t": T0 + 5, "netns": LB, "text": "table full"},
+                       sent(6), recv(6.001, idle_ms=900_000)], "conntrack_full", "high"),
+    "full_count_95pct": ([ctx(0, lb(count=96, mx=100)), sent(6), recv(6.001)], "conntrack_full", "high"),
+    "full_drop_rose": ([ctx(0, lb(drop=3)), ctx(5, lb(drop=9)), sent(6), recv(6.001)], "conntrack_full", "medium"),
+    "full_early_drop_rose": ([ctx(0, lb(early=0)), ctx(5, lb(early=2)), sent(6, syn=True)],
+                             "conntrack_full", "medium"),
+    "full_netfilter_drops_only": ([ctx(0, lb()), {"kind": "ct_drop", "t": T0 + 5, "netns": LB,
+                                                  "reason": "NETFILTER_DROP"}, sent(6)], "conntrack_full", "low"),
+    "full_drop_rose_outside_window": ([ctx(0, lb(drop=3)), ctx(1, lb(drop=9)), ctx(15, lb(drop=9)),
+                                       recv(25, idle_ms=100)], "peer_reset", "medium"),
+    "full_other_netns_on_known_path": ([ctx(0, lb(), ns(SRV, "srv", drop=1)), ctx(5, lb(), ns(SRV, "srv", drop=5)),
+                                        sent(6), recv(6.001)], "peer_reset", "high"),
+    "full_any_netns_when_path_unknown": ([ctx(0, ns(SRV, "srv", drop=1)), ctx(5, ns(SRV, "srv", drop=5)),
+                                          recv(6)], "conntrack_full", "medium"),
+    "full_log_line_without_netns": ([ctx(0, lb()), {"kind": "ct_full", "t": T0 + 5, "netns": None, "text": "x"},
+                                     sent(6)], "conntrack_full", "high"),
+    # conntrack_invalid
+    "invalid_fresh_flow": ([ctx(0, lb(est=4, invalid=1)), ctx(5, lb(est=4, invalid=2)), sent(6),
+                            recv(6.001, idle_ms=200)], "conntrack_invalid", "high"),
+    "invalid_counter_after_reset_within_pair_window": (
+        [ctx(0, lb(est=4, invalid=1)), sent(6), recv(6.001, idle_ms=200), ctx(6.5, lb(est=4, invalid=2))],
+        "conntrack_invalid", "high"),
+    "invalid_sender_only_idle_unknown": ([ctx(0, lb(invalid=1)), ctx(5, lb(invalid=4)), sent(6)],
+                                         "conntrack_invalid", "medium"),
+    # precedence edge: idle past a timeout with invalid rising is keepalive
+    "idle_flow_with_invalid_rising_is_keepalive": (
+        [ctx(0, lb(est=4, invalid=1)), ctx(5, lb(est=4, invalid=2)), sent(6), recv(6.001, idle_ms=7000)],
+        "keepalive", "high"),
+    "invalid_needs_no_socket_sender": ([ctx(0, lb(invalid=1)), ctx(5, lb(invalid=4)),
+                                        sent(6, has_sock=True, reason="TCP_ABORT_ON_CLOSE")], "unknown", "low"),
+    "invalid_not_for_syn": ([ctx(0, lb(invalid=1)), ctx(5, lb(invalid=4)), sent(6, syn=True)],
+                            "no_listener", "high"),
+    # timeout_mismatch: conntrack forgot, IPVS still held
+    "mismatch": ([ctx(0, lb(est=600, ipvs=900)), sent(6), recv(6.001, idle_ms=700_000)],
+                 "timeout_mismatch", "high"),
+    "mismatch_beats_invalid_when_idle": ([ctx(0, lb(est=600, ipvs=900, invalid=1)),
+                                          ctx(5, lb(est=600, ipvs=900, invalid=3)), sent(6),
+                                          recv(6.001, idle_ms=700_000)], "timeout_mismatch", "high"),
+    "idle_past_both_tables_is_keepalive": ([ctx(0, lb(est=600, ipvs=900)), sent(6), recv(6.001, idle_ms=912_000)],
+                                           "keepalive", "high"),
+    "no_mismatch_when_conntrack_longer": ([ctx(0, lb(est=86400, ipvs=900)), sent(6), recv(6.001, idle_ms=912_000)],
+                                          "keepalive", "high"),
+    "mismatch_guessed_path_is_medium": ([ctx(0, lb(est=600, ipvs=900)), recv(6.001, idle_ms=700_000)],
+                                        "timeout_mismatch", "medium"),
+    # keepalive
+    "keepalive_off": ([ctx(0, lb(ipvs=900)), sent(6), recv(6.001, idle_ms=912_000)], "keepalive", "high"),
+    "keepalive_on_but_slower": ([ctx(0, lb(ipvs=900)), sent(6), recv(6.001, idle_ms=912_000, ka=True, ka_time=7200)],
+                                "keepalive", "high"),
+    "keepalive_equal_to_timeout": ([ctx(0, lb(ipvs=900)), sent(6), recv(6.001, idle_ms=912_000, ka=True, ka_time=900)],
+                                   "keepalive", "high"),
+    "keepalive_faster_is_not_keepalive": ([ctx(0, lb(ipvs=900)), sent(6),
+                                           recv(6.001, idle_ms=912_000, ka=True, ka_time=300)], "peer_reset", "high"),
+    "declared_middlebox": ([recv(6, idle_ms=400_000)], "keepalive", "medium", {"nlb": 350.0}),
+    "declared_middlebox_not_reached": ([recv(6, idle_ms=300_000)], "peer_reset", "medium", {"nlb": 350.0}),
+    "declared_middlebox_smaller_than_ipvs": ([ctx(0, lb(ipvs=900)), sent(6), recv(6.001, idle_ms=400_000)],
+                                             "keepalive", "medium", {"nlb": 350.0}),
+    "ipvs_expiry_without_socket": ([ctx(0, lb(ipvs=900)),
+                                    {"kind": "ipvs_expire", "t": T0 + 2, "netns": LB, "protocol": 6,
+                                     "client": "10.0.1.2", "cport": 40000, "vaddr": "10.96.0.10", "vport": 3306,
+                                     "daddr": "10.0.2.2", "dport": 3306, "state": "ESTABLISHED"}, sent(6)],
+                                   "keepalive", "medium"),
+    # no_listener
+    "refused_recv_syn_sent": ([recv(1, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
+    "refused_sent_syn": ([sent(1, syn=True)], "no_listener", "high"),
+    # peer_reset / unknown
+    "peer_local_reason": ([sent(1, netns=SRV, has_sock=True, reason="TCP_ABORT_ON_CLOSE"), recv(1.001)],
+                          "peer_reset", "high"),
+    "peer_remote": ([recv(1)], "peer_reset", "medium"),
+    "unknown_sent_only": ([sent(1)], "unknown", "low"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cause(name):
+    records, cause, conf, *timeouts = CASES[name]
+    out = run(records, idle_timeouts=timeouts[0] if timeouts else None)
+    assert len(out) == 1, [v.cause for v in out]
+    v = out[0]
+    assert (v.cause, v.confidence) == (cause, conf), v.evidence
+    assert v.evidence
+
+
+def test_evidence_has_numbers():
+    v = run([ctx(0, lb(ipvs=900)), sent(6), recv(6.001, idle_ms=912_000)])[0]
+    assert v.evidence.startswith("idle 912 s >= ipvs tcp timeout 900 s")
+    assert "SO_KEEPALIVE off" in v.evidence
+
+
+def test_peer_names_sender_reason():
+    v = run([sent(1, netns=SRV, has_sock=True, reason="TCP_ABORT_ON_LINGER"), recv(1.001)])[0]
+    assert "TCP_ABORT_ON_LINGER" in v.evidence and "SO_LINGER" in v.evidence
+
+
+def test_pairing_makes_one_incident_sent_first():
+    v = run([ctx(0, lb(ipvs=900)), recv(6.0), sent(6.001)])[0]
+    assert [e["dir"] for e in v.events] == ["sent", "recv"]
+    assert (v.sender_netns, v.receiver_netns) == (LB, CLI)
+    assert (v.src, v.sport, v.dst, v.dport) == ("10.96.0.10", 3306, "10.0.1.2", 40000)
+
+
+def test_outside_pair_window_stands_alone():
+    out = run([sent(1), recv(3)], pair_window_s=1.0)
+    assert len(out) == 2 and out[0].incident != out[1].incident
+
+
+def test_other_tuple_not_paired():
+    out = run([sent(1), recv(1.001, dport=40001)])
+    assert len(out) == 2
+
+
+def test_live_finalises_after_pair_window_only():
+    c = Classifier(pair_window_s=1.0)
+    assert c.feed(sent(1)) == []
+    assert c.feed(recv(1.5)) == []
+    assert c.tick(T0 + 1.9) == []
+    out = c.tick(T0 + 2.1)
+    assert len(out) == 1 and len(out[0].events) == 2
+    assert c.flush() == []
+
+
+def test_pending_is_bounded():
+    c = Classifier(max_pending=10)
+    out = []
+    for i in range(50):
+        out += c.feed(recv(1, dport=20000 + i))
+    assert len(out) == 40 and len(c._pending) == 10
+    assert len(out + c.flush()) == 50
+
+
+def test_context_history_is_trimmed():
+    c = Classifier(window_s=10.0)
+    for i in range(1000):
+        c.feed(ctx(i, lb(drop=i)))
+    slot = c.context._ns[LB]
+    assert len(slot.times) <= 14
+
+
+def test_live_equals_batch_in_chunks():
+    records = [ctx(0, lb(est=4, invalid=1)), sent(1), recv(1.001, idle_ms=7000), ctx(2, lb(est=4, invalid=2)),
+               sent(3), recv(3.001, idle_ms=100), recv(3.5, state="SYN_SENT", dport=1), ctx(20, lb(est=4))]
+    batch = [(v.cause, v.incident) for v in run(records)]
+    c = Classifier()
+    live = []
+    for r in records:
+        live += c.feed(r)
+        live += c.tick(r["t"])
+    live += c.flush()
+    assert [(v.cause, v.incident) for v in live] == batch
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        Classifier(window_s=0)

@@ -1,0 +1,63 @@
+"""`rsttrace report` end to end through the CLI entry point."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from rsttrace.cli import main
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_terminal_summary(capsys):
+    assert main(["report", str(FIX / "full_table.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "resets per cause" in out and "conntrack_full" in out and "no_listener" in out
+    assert "\x1b" not in out
+
+
+def test_csv_and_summary_files(tmp_path, capsys):
+    out, summ = tmp_path / "r.csv", tmp_path / "s.csv"
+    assert main(["report", str(FIX / "ipvs_mismatch_truncated.jsonl"), "-o", str(out), "--summary", str(summ)]) == 0
+    err = capsys.readouterr().err
+    assert "cut off" in err
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [r["cause"] for r in rows] == ["timeout_mismatch", "timeout_mismatch", "peer_reset"]
+    assert "nf_conntrack_tcp_timeout_established=900" in rows[0]["fix"]
+    srows = list(csv.DictReader(open(summ, newline="")))
+    assert {"cause", "finding", "fix"} <= {r["section"] for r in srows}
+
+
+def test_filters(tmp_path):
+    out = tmp_path / "r.csv"
+    assert main(["report", str(FIX / "full_table.jsonl"), "-o", str(out), "--cause", "no_listener"]) == 0
+    assert [r["cause"] for r in csv.DictReader(open(out, newline=""))] == ["no_listener"]
+    assert main(["report", str(FIX / "full_table.jsonl"), "-o", str(out), "--until", "2023-11-14T22:13:23Z"]) == 0
+    assert [r["cause"] for r in csv.DictReader(open(out, newline=""))] == ["conntrack_full"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--cause", "nope"], "use one of"),
+    (["--since", "yesterday-ish"], "ISO 8601"),
+    (["--idle-timeout", "nlb"], "NAME=SECONDS"),
+    (["--since", "200", "--until", "100"], "swap"),
+])
+def test_bad_arguments(argv, msg, capsys):
+    assert main(["report", str(FIX / "keepalive_lab.jsonl"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_bad_recordings(tmp_path, capsys):
+    nohead = tmp_path / "x.jsonl"
+    nohead.write_text('{"kind":"reset","t":1}\n')
+    assert main(["report", str(nohead)]) == 2
+    assert "missing header" in capsys.readouterr().err
+    schema = tmp_path / "y.jsonl"
+    schema.write_text('{"kind":"header","schema":99}\n')
+    assert main(["report", str(schema)]) == 2
+    assert "schema" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2

@@ -1,0 +1,87 @@
+"""CSV layout, escaping, atomic writes, and stream == frame output."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rsttrace.analysis.report import CSV_COLUMNS, report_recording, write_csv, write_report
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+FIRST = ("time,direction,netns,pod,pid,comm,src,sport,dst,dport,state,kernel_reason,idle_s,keepalive_s,"
+         "cause,confidence,evidence,fix").split(",")
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_columns_exact_order(tmp_path):
+    assert CSV_COLUMNS == FIRST
+    df, _ = report_recording(FIX / "keepalive_lab.jsonl")
+    write_csv(df, tmp_path / "r.csv")
+    header = (tmp_path / "r.csv").read_text().split("\n")[0].split(",")
+    assert header[:18] == FIRST and "incident" in header[18:]
+
+
+def test_rows_direction_and_cells(tmp_path):
+    df, _ = report_recording(FIX / "keepalive_lab.jsonl")
+    write_csv(df, tmp_path / "r.csv")
+    sent, rcv = read(tmp_path / "r.csv")
+    assert sent["time"] == "2023-11-14T22:13:27.100Z"
+    for row in (sent, rcv):   # src -> dst is the reset's own direction in both rows
+        assert (row["src"], row["sport"], row["dst"], row["dport"]) == ("10.96.0.10", "3306", "10.0.1.2", "40000")
+    assert sent["incident"] == rcv["incident"] and sent["cause"] == rcv["cause"] == "keepalive"
+    assert (sent["direction"], rcv["direction"]) == ("sent", "recv")
+    assert sent["pid"] == "" and sent["idle_s"] == "" and sent["state"] == ""
+    assert rcv["idle_s"] == "7.002" and rcv["keepalive_s"] == ""   # keepalive off: empty
+    assert rcv["netns_name"] == "cli" and rcv["comm"] == "mysql-client"
+    assert "ip netns exec cli sysctl -w net.ipv4.tcp_keepalive_time=2" in rcv["fix"]
+
+
+def test_formula_cells_neutralised(tmp_path):
+    df, _ = report_recording(FIX / "full_table.jsonl")
+    write_csv(df, tmp_path / "r.csv")
+    rows = read(tmp_path / "r.csv")
+    assert rows[-1]["comm"] == "'=HYPERLINK(\"x\")"
+    df2 = pd.DataFrame({"a": ["=1+1", "+x", "-2", "@SUM(A1)", "\tq", "\rz", "ok", None, "a\x1b[31mb"]})
+    write_csv(df2, tmp_path / "n.csv")
+    got = [r["a"] for r in read(tmp_path / "n.csv")]
+    assert got == ["'=1+1", "'+x", "'-2", "'@SUM(A1)", "'\\x09q", "'\\x0dz", "ok", "", "a\\x1b[31mb"]
+
+
+@pytest.mark.parametrize("name", ["keepalive_lab.jsonl", "full_table.jsonl", "ipvs_mismatch_truncated.jsonl"])
+def test_stream_equals_frame(tmp_path, name):
+    df, _ = report_recording(FIX / name)
+    write_csv(df, tmp_path / "frame.csv")
+    n, _ = write_report(FIX / name, tmp_path / "stream.csv")
+    assert n == len(df)
+    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "r.csv"
+    out.write_text("old\n")
+    df = pd.DataFrame({"a": [1]})
+
+    def boom(self, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    with pytest.raises(OSError):
+        write_csv(df, out)
+    assert out.read_text() == "old\n" and os.listdir(tmp_path) == ["r.csv"]
+
+
+def test_stream_failure_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = (FIX / "keepalive_lab.jsonl").read_text().splitlines()
+    bad.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+    with pytest.raises(Exception) as e:
+        write_report(bad, tmp_path / "r.csv")
+    assert ":4:" in str(e.value)
+    assert os.listdir(tmp_path) == ["bad.jsonl"]
