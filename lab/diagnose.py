@@ -1,0 +1,101 @@
+"""What rsttrace concluded about one scenario, from the records traced during it.
+
+Pure Python (no root, no bcc): the records of the scenario's time window go
+through the same `Classifier` as live use and reports; the verdicts on the
+scenario's client flows are its diagnosis. A scenario whose flows see no
+reset (conntrack full drops SYNs; the controls) is diagnosed from what the
+stream shows instead: "table full" lines and netfilter drops, or nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsttrace.lab.scenarios import ScenarioRun
+from rsttrace.lab.topology import CLIENT
+
+NONE = "none"   # no reset on the scenario's flows
+
+
+@dataclass
+class Diagnosis:
+    scenario: str
+    expected: str                  # a cause, or "none" for a control
+    diagnosed: str
+    evidence: str
+    fix: str
+    verdicts: list[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.diagnosed
+
+
+def window(records: list[dict[str, Any]], t0: float, t1: float,
+           lead_s: float = 2.0) -> list[dict[str, Any]]:
+    """The scenario's records in time order: its events, and context from
+    just before it started so the classifier knows the node's settings."""
+    inside = [r for r in records if isinstance(r.get("t"), (int, float))
+              and (t0 <= r["t"] <= t1 or (r.get("kind") == "ctx" and t0 - lead_s <= r["t"] < t0))]
+    return sorted(inside, key=lambda r: r["t"])
+
+
+def scenario_flow(v: Any, service_port: int) -> bool:
+    """A verdict on one of the scenario's client connections: the client
+    address and the service port on either end of the reset."""
+    return (CLIENT in (v.src, v.dst)) and service_port in (v.sport, v.dport)
+
+
+def _fix_text(fixes: list[Any]) -> str:
+    from rsttrace.analysis.report import fix_text
+    return fix_text(fixes[:1])
+
+
+def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[int, str]) -> Diagnosis:
+    from rsttrace.analysis.classify import Classifier
+
+    c = Classifier(netns_names=netns_label)
+    verdicts = []
+    for r in records:
+        verdicts += c.feed(r)
+    verdicts += c.flush()
+    mine = [v for v in verdicts if scenario_flow(v, run.expect.service_port)]
+    expected = run.expect.cause or NONE
+    if mine:
+        # The first reset on the scenario's flows is the cause; later ones
+        # are its aftermath (e.g. the peer's retransmission meeting the
+        # closed client socket) and are only counted.
+        mine.sort(key=lambda v: v.t)
+        first = mine[0]
+        evidence = first.evidence
+        if len(mine) > 1:
+            others = Counter(v.cause for v in mine[1:])
+            evidence += "; then " + ", ".join(f"{n}x {c}" for c, n in sorted(others.items()))
+        return Diagnosis(run.name, expected, first.cause, evidence, _fix_text(first.fixes), mine)
+    full = [r for r in records if r.get("kind") == "ct_full"]
+    drops = [r for r in records if r.get("kind") == "ct_drop"]
+    if full:
+        where = {netns_label.get(r.get("netns"), str(r.get("netns"))) for r in full}
+        return Diagnosis(run.name, expected, "conntrack_full",
+                         f"\"table full\" logged {len(full)}x in {', '.join(sorted(where))}; "
+                         f"{len(drops)} netfilter drops; no reset: new connections time out",
+                         _full_fix(records, {r.get("netns") for r in full}))
+    return Diagnosis(run.name, expected, NONE,
+                     f"no reset on the scenario's flows ({len(run.flows)} connections)", "")
+
+
+def _full_fix(records: list[dict[str, Any]], nss: set[Any]) -> str:
+    """The analysis' own fix for a full table, sized from the context seen
+    while it was full (the lowered max, the peak count)."""
+    from rsttrace.analysis.fixes import conntrack_full_fixes
+    cur_max = buckets = None
+    peak = 0
+    for r in records:
+        for n in r.get("namespaces") or [] if r.get("kind") == "ctx" else []:
+            ct = n.get("ct") or {}
+            if n.get("netns") in nss and isinstance(ct.get("max"), int):
+                cur_max, buckets = ct["max"], ct.get("buckets")
+                peak = max(peak, int(ct.get("count") or 0))
+    return _fix_text(conntrack_full_fixes(cur_max, buckets, peak, True, None))

@@ -1,0 +1,152 @@
+"""Each root cause reproduced for real in the lab, with short timeouts.
+
+A scenario sets the node up, runs the MySQL client in the client namespace,
+puts the node back, and returns a `ScenarioRun`: what the client saw
+(verbatim), which flows are the scenario's, and what the diagnosis must say.
+The timings are seconds instead of the field's minutes and hours; the
+mechanism is the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsttrace.lab.topology import (CLIENT, CLOSED_PORT, MYSQL_PORT, PROXY_IDLE_ABORT_S,
+                                   PROXY_PORT, VIP, Lab)
+
+CT_ESTABLISHED_S = 2     # the node forgets an idle flow after this
+IDLE_PAUSE_S = 4.0       # the pool's idle time, above that timeout
+KEEPALIVE_FIX = {"idle": 1, "intvl": 1, "cnt": 3}  # probes below the timeout
+CT_MAX_FULL = 6          # global nf_conntrack_max while the table is "full"
+FULL_CONNECTS = 12
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the diagnosis of a scenario's resets must say."""
+    cause: str | None              # None: a control, no reset expected
+    sender: str | None = None      # which lab namespace sends the reset: cli/node/db
+    service_port: int = MYSQL_PORT
+    idle_s: float | None = None    # the client's silence before the reset
+    keepalive: bool | None = None  # SO_KEEPALIVE on the reset client socket
+    fix_hint: str = ""
+
+
+@dataclass
+class ScenarioRun:
+    name: str
+    title: str
+    expect: Expect
+    client: dict[str, Any]
+    t_start: float
+    t_end: float
+    node_ct_delta: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flows(self) -> list[tuple[str, int]]:
+        """The client tuples (addr, port) the scenario's pool used."""
+        return [(c["laddr"], c["lport"]) for c in self.client["conns"] if c.get("lport")]
+
+    @property
+    def errors(self) -> list[str]:
+        return [c["error"] for c in self.client["conns"] if c.get("error")]
+
+    @property
+    def reproduced(self) -> bool:
+        """The client saw what the cause does (or, for a control, saw nothing)."""
+        return bool(self.errors) == (self.expect.cause is not None)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    expect: Expect
+    run: Callable[[Lab], tuple[dict[str, Any], list[str]]]
+
+
+def _keepalive(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
+    lab.set_node_sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", CT_ESTABLISHED_S)
+    spec: dict[str, Any] = {"action": "idle_pool", "pool": 2, "pause_s": IDLE_PAUSE_S}
+    if fixed:
+        spec["keepalive"] = KEEPALIVE_FIX
+    return lab.client(spec), [f"node conntrack established timeout {CT_ESTABLISHED_S} s, "
+                              f"pool idle {IDLE_PAUSE_S:g} s"]
+
+
+def _conntrack_full(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+    lab.set_global_sysctl("net.netfilter.nf_conntrack_max", CT_MAX_FULL)
+    try:
+        # A pool-less client: one new connection per request, each held.
+        rep = lab.client({"action": "connect_many", "count": FULL_CONNECTS, "connect_timeout": 1,
+                          "deadline_s": 15, "hold_s": 0.3}, timeout_s=40)
+    finally:
+        restored = lab.restore_globals()
+    return rep, [f"global nf_conntrack_max lowered to {CT_MAX_FULL}, "
+                 f"{FULL_CONNECTS} new connections; restored {', '.join(restored)}"]
+
+
+def _invalid(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
+    if fixed:
+        lab.set_node_sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", 1)
+    rep = lab.client({"action": "inject_invalid", "pause_s": 0.5})
+    return rep, ["out-of-window segment injected on the pooled connection"
+                 + (", node has nf_conntrack_tcp_be_liberal=1" if fixed else "")]
+
+
+def _no_listener(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+    return lab.client({"action": "connect_once", "port": CLOSED_PORT}), [
+        f"service port {CLOSED_PORT}: the backend has no listener"]
+
+
+def _peer_reset(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+    rep = lab.client({"action": "idle_pool", "pool": 1, "port": PROXY_PORT,
+                      "pause_s": PROXY_IDLE_ABORT_S + 1.0})
+    return rep, [f"database proxy aborts connections idle {PROXY_IDLE_ABORT_S:g} s (SO_LINGER 0)"]
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("keepalive", "idle pooled connections outlive the node's conntrack entry",
+             Expect("keepalive", sender="node", idle_s=IDLE_PAUSE_S, keepalive=False),
+             lambda lab: _keepalive(lab, fixed=False)),
+    Scenario("keepalive_fixed", "the same with SO_KEEPALIVE probing every second",
+             Expect(None), lambda lab: _keepalive(lab, fixed=True)),
+    Scenario("conntrack_invalid", "an out-of-window segment is INVALID to conntrack",
+             Expect("conntrack_invalid", sender="node"), lambda lab: _invalid(lab, fixed=False)),
+    Scenario("conntrack_invalid_fixed", "the same with nf_conntrack_tcp_be_liberal=1",
+             Expect(None), lambda lab: _invalid(lab, fixed=True)),
+    Scenario("no_listener", "connect to a service port nobody listens on",
+             Expect("no_listener", sender="db", service_port=CLOSED_PORT), _no_listener),
+    Scenario("peer_reset", "a database proxy aborts idle connections",
+             Expect("peer_reset", sender="db", service_port=PROXY_PORT,
+                    idle_s=PROXY_IDLE_ABORT_S, keepalive=False), _peer_reset),
+    # Last: its drops stay in the classifier's look-back window (10 s) and
+    # would colour the resets of a scenario that followed it in one recording.
+    Scenario("conntrack_full", "new connections while the conntrack table is full",
+             Expect("conntrack_full"), _conntrack_full),
+)}
+
+
+def run_scenario(lab: Lab, name: str) -> ScenarioRun:
+    """Run one scenario from a clean node (global sysctls restored at its end)."""
+    sc = SCENARIOS[name]
+    lab.node_defaults()
+    before = lab.node_conntrack()
+    t0 = time.time()
+    try:
+        client, notes = sc.run(lab)
+    finally:
+        t1 = time.time()
+        lab.restore_globals()
+    after = lab.node_conntrack()
+    delta = {k: after[k] - before.get(k, 0) for k in ("invalid", "drop", "early_drop", "insert_failed")}
+    # The node keeps the scenario's settings until the next one starts: the
+    # tracer's context snapshot taken after a reset must still show them.
+    return ScenarioRun(sc.name, sc.title, sc.expect, client, t0, t1, delta, notes)
+
+
+__all__ = ["SCENARIOS", "Scenario", "ScenarioRun", "Expect", "run_scenario", "VIP", "CLIENT"]

@@ -1,0 +1,86 @@
+"""The lab reproduces each cause in the kernel, checked without the tracer:
+the driver's own error, and the node's conntrack counters."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rsttrace.lab.scenarios import SCENARIOS, run_scenario
+from rsttrace.lab.topology import PREFIX, Lab
+
+pytestmark = pytest.mark.kernel
+
+CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as lab:
+        yield lab
+
+
+def test_lab_is_closed_to_the_root_namespace(lab):
+    for ns in (lab.cli, lab.node, lab.db):
+        links = subprocess.run(["ip", "-d", "-n", ns, "link", "show"], capture_output=True,
+                               text=True, check=True).stdout
+        # Every veth peer lives in another lab namespace, never in the root one.
+        peers = re.findall(r"link-netns (\S+)", links)
+        assert peers and all(p.startswith(f"{PREFIX}{lab.run_id}-") for p in peers), links
+    node_routes = subprocess.run(["ip", "-n", lab.node, "route"], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "default" not in node_routes
+
+
+def test_keepalive_resets_the_idle_pool(lab):
+    run = run_scenario(lab, "keepalive")
+    assert len(run.errors) == 2
+    assert all("Connection reset by peer" in e and "(2013," in e for e in run.errors), run.errors
+    # The client's write after the idle met no conntrack entry: INVALID at the node.
+    assert run.node_ct_delta["invalid"] >= 2
+    gaps = [c["t_error"] - c["t_last_recv"] for c in run.client["conns"]]
+    assert all(abs(g - run.expect.idle_s) < 0.1 * run.expect.idle_s for g in gaps), gaps
+
+
+def test_keepalive_probes_prevent_the_reset(lab):
+    run = run_scenario(lab, "keepalive_fixed")
+    assert run.errors == [] and len(run.flows) == 2
+    assert run.reproduced
+
+
+def test_conntrack_full_times_out_new_connections_and_restores_max(lab):
+    before = Path(CT_MAX).read_text()
+    run = run_scenario(lab, "conntrack_full")
+    assert Path(CT_MAX).read_text() == before
+    timed_out = [e for e in run.errors if "timed out" in e and "(2003," in e]
+    assert timed_out, run.errors
+    assert run.node_ct_delta["drop"] >= len(timed_out)
+    assert len(run.flows) >= 1  # some got in before the table filled
+
+
+def test_conntrack_invalid_resets_and_be_liberal_fixes_it(lab):
+    run = run_scenario(lab, "conntrack_invalid")
+    assert len(run.errors) == 1 and "Connection reset by peer" in run.errors[0], run.errors
+    assert run.node_ct_delta["invalid"] >= 1
+    control = run_scenario(lab, "conntrack_invalid_fixed")
+    assert control.errors == [] and control.node_ct_delta["invalid"] == 0
+
+
+def test_no_listener_is_refused(lab):
+    run = run_scenario(lab, "no_listener")
+    assert len(run.errors) == 1 and "Connection refused" in run.errors[0] and "(2003," in run.errors[0]
+
+
+def test_peer_reset_by_the_proxy(lab):
+    run = run_scenario(lab, "peer_reset")
+    assert len(run.errors) == 1 and "Connection reset by peer" in run.errors[0], run.errors
+    assert run.node_ct_delta["invalid"] == 0  # a clean reset, nothing odd at the node
+
+
+def test_every_scenario_has_a_test():
+    names = {"keepalive", "keepalive_fixed", "conntrack_full", "conntrack_invalid",
+             "conntrack_invalid_fixed", "no_listener", "peer_reset"}
+    assert set(SCENARIOS) == names
