@@ -1,1 +1,11 @@
-"""rsttrace.remedy."""
+"""rsttrace.remedy: turn recommended fixes into a checked, reversible change.
+
+Layers, each usable alone:
+- `keys`: what can be changed, its scope, sane range and which way is "stronger";
+- `netns`: naming a network namespace and reading/writing values inside it;
+- `planner`: proposals (from analysis fixes, config findings or `--set`)
+  merged and validated into a `Plan` of `Change`s plus hand-overs;
+- `apply`: the transaction (journal first, read-back, rollback on failure),
+  persistence and `rollback_last`.
+Nothing here imports bcc or textual.
+"""
