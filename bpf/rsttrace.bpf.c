@@ -57,6 +57,8 @@ BPF_TABLE("lru_hash", __u64, struct owner, owners, 65536);
  * laid it out, so a test can compare the Python layout with it. */
 BPF_ARRAY(layout_check, struct rst_event, 1);
 
+BPF_PERCPU_ARRAY(tcp_transitions, __u64, 256);
+
 /* Events the ring buffer could not take, counted here so loss is never silent. */
 BPF_PERCPU_ARRAY(lost, __u64, 1);
 
@@ -352,6 +354,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	__u64 skaddr = (__u64)args->skaddr;
 	if (args->protocol != IPPROTO_TCP)
 		return 0;
+	/* TCP state transitions counted here, so a state distribution costs
+	 * nothing per event in user space: slot = old * 16 + new */
+	int slot = ((args->oldstate & 15) << 4) | (args->newstate & 15);
+	__u64 *cnt = tcp_transitions.lookup(&slot);
+	if (cnt)
+		*cnt += 1;
 	if (args->newstate == TCP_SYN_SENT_) {
 		struct owner o = {};
 		o.pid = bpf_get_current_pid_tgid() >> 32;

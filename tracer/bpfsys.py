@@ -57,6 +57,16 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     return vbuf.raw
 
 
+def percpu_u64_sums(fd: int, keys: range) -> list[int]:
+    """Per-CPU u64 array: the sum over CPUs of each key."""
+    n = possible_cpus()
+    out = []
+    for key in keys:
+        raw = map_lookup(fd, struct.pack("<I", key), 8 * n)
+        out.append(sum(struct.unpack(f"<{n}Q", raw)))
+    return out
+
+
 def percpu_u64_sum(fd: int, key: int = 0) -> int:
     n = possible_cpus()
     raw = map_lookup(fd, struct.pack("<I", key), 8 * n)

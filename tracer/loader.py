@@ -114,7 +114,7 @@ def _quiet_stderr():
 
 
 # maps the consumer needs after loading
-MAPS = ("events", "lost", "owners", "port_filter", "netns_filter")
+MAPS = ("events", "lost", "owners", "port_filter", "netns_filter", "tcp_transitions")
 
 
 @dataclass

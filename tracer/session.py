@@ -22,7 +22,7 @@ import numpy as np
 from rsttrace import __version__
 
 from . import kernel, probe
-from .bpfsys import RingReader, percpu_u64_sum
+from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
 from .loader import RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
@@ -229,6 +229,24 @@ class TraceSession:
         elif self._bpf is not None:
             n += sum(int(v) for v in self._bpf["lost"][ctypes.c_int(0)])
         return n
+
+    def tcp_transitions(self) -> dict[tuple[str, str], int]:
+        """Cumulative TCP state transitions counted in the kernel since
+        start: (old state, new state) -> count. Empty without the hook."""
+        if self._attached is not None and "tcp_transitions" in self._attached.maps:
+            counts = percpu_u64_sums(self._attached.maps["tcp_transitions"], range(256))
+        elif self._bpf is not None:
+            table = self._bpf["tcp_transitions"]
+            counts = [sum(int(v) for v in table[ctypes.c_int(i)]) for i in range(256)]
+        else:
+            return {}
+        names = self._decoder.tcp_states if self._decoder else {}
+        out = {}
+        for slot, n in enumerate(counts):
+            if n:
+                old, new = slot >> 4, slot & 15
+                out[(names.get(old, str(old)), names.get(new, str(new)))] = n
+        return out
 
     def stats(self) -> dict[str, int]:
         return {"events": self._events, "lost": self.lost()}

@@ -229,3 +229,15 @@ def test_fallback_hooks_compile(session):
             b.load_func(fn, BPF.KPROBE)  # passes the verifier
     finally:
         b.cleanup()
+
+
+def test_tcp_state_transitions_counted_in_kernel(session, netns):
+    ns = netns.add("s")
+    before = session.tcp_transitions()
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", LINGER_PAIR],
+                   capture_output=True, text=True, timeout=20, check=True)
+    after = session.tcp_transitions()
+    grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    # one connect: CLOSE -> SYN_SENT -> ESTABLISHED on the client
+    assert grew.get(("CLOSE", "SYN_SENT"), 0) >= 1
+    assert grew.get(("SYN_SENT", "ESTABLISHED"), 0) >= 1
