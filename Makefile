@@ -20,4 +20,5 @@ unit: install
 	$(PY) -m pytest tests/unit -q
 
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/bench_storm.py
+	$(PY) bench/bench_report.py

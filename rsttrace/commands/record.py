@@ -154,13 +154,9 @@ def kind_counts(arr) -> dict[str, int]:
 
 
 def write_csv(recording: str, csv_path: str) -> int:
-    try:
-        from rsttrace.analysis.report import report_recording, write_csv as write
-    except ImportError as e:
-        raise CLIError(f"--csv needs the analysis package: {e}") from None
-    frame, _summary = report_recording(recording)
-    write(frame, csv_path)
-    print(f"rsttrace: report -> {csv_path} ({len(frame)} rows)", file=sys.stderr)
+    from rsttrace.analysis.report import write_report
+    rows, _summary = write_report(recording, csv_path)
+    print(f"rsttrace: report -> {csv_path} ({rows} rows)", file=sys.stderr)
     return 0
 
 

@@ -241,3 +241,23 @@ def test_tcp_state_transitions_counted_in_kernel(session, netns):
     # one connect: CLOSE -> SYN_SENT -> ESTABLISHED on the client
     assert grew.get(("CLOSE", "SYN_SENT"), 0) >= 1
     assert grew.get(("SYN_SENT", "ESTABLISHED"), 0) >= 1
+
+
+def test_record_with_csv_writes_the_report(tmp_path, netns):
+    """`rsttrace record --csv` classifies what it recorded when it ends."""
+    ns = netns.add("c")
+    out, csv_path = tmp_path / "rec.jsonl", tmp_path / "rec.csv"
+    p = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(out), "-q",
+                          "--csv", str(csv_path), "--netns", ns, "--duration", "4"],
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
+        time.sleep(0.1)
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, "127.0.0.1"],
+                   capture_output=True, text=True, timeout=20, check=True)
+    assert p.wait(timeout=30) == 0, p.stderr.read()
+    import csv
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 2 and {r["direction"] for r in rows} == {"sent", "recv"}
+    assert {r["cause"] for r in rows} == {"no_listener"}
+    assert rows[0]["incident"] == rows[1]["incident"]
