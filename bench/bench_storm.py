@@ -111,11 +111,11 @@ def main() -> int:
     tr = [r["rate"] for r in results["traced"]]
     ratio = (sum(tr) / len(tr)) / (sum(un) / len(un))
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
-          f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}")
+          f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}{'ready s':>8}")
     for i, (u, t) in enumerate(zip(results["untraced"], results["traced"])):
         print(f"{i:<6}{u['rate']:>12.0f}{t['rate']:>10.0f}{t['kernel_resets_sent']:>12}"
               f"{t['recorded_sent']:>10}{t['lost']:>6}{t['consumer_cpu_s']:>7}{t['peak_rss_mb']:>8}"
-              f"{t['attach_s']:>9}")
+              f"{t['attach_s']:>9}{t['start_to_attached_s']:>8}")
     print(f"traced/untraced rate ratio: {ratio:.3f} ({(1 - ratio) * 100:+.1f} % slowdown)")
     results["ratio"] = ratio
     if args.json:
