@@ -127,13 +127,16 @@ class _Reader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            fh = open(self.path, "rb")
+            # text mode: json.loads on str skips per-line encoding detection;
+            # surrogateescape keeps a cut multi-byte character from raising
+            # here (the cut line is then reported like any other)
+            fh = open(self.path, encoding="utf-8", errors="surrogateescape")
         except FileNotFoundError:
             raise RecordingError(f"{self.path}: no such file") from None
         except OSError as e:
             raise RecordingError(f"{self.path}: cannot read: {e.strerror}") from None
         with fh:
-            pending: tuple[int, bytes] | None = None
+            pending: tuple[int, str] | None = None
             lineno = 0
             for raw in fh:
                 lineno += 1
@@ -152,7 +155,7 @@ class _Reader:
                 raise RecordingError(f"{self.path}: empty file, not an rsttrace recording "
                                      "(record one with `rsttrace record -o FILE.jsonl`)")
 
-    def _parse(self, lineno: int, raw: bytes, last: bool) -> dict[str, Any] | None:
+    def _parse(self, lineno: int, raw: str, last: bool) -> dict[str, Any] | None:
         text = raw.strip()
         if not text:
             return None
@@ -161,7 +164,7 @@ class _Reader:
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
         except ValueError as e:
-            if last and not raw.endswith(b"\n"):
+            if last and not raw.endswith("\n"):
                 self.truncated = True
                 self.warnings.append(
                     f"{self.path}:{lineno}: last line is cut off (recording was killed); "
