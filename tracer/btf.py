@@ -194,12 +194,11 @@ class BTF:
                         return m.bit_offset + hit[0], hit[1]
         return None
 
-    def field(self, struct_name: str, path: str) -> tuple[int, int]:
-        """(byte offset, byte size) of `struct_name.path`, e.g.
-        field("sock", "__sk_common.skc_net") — nested members resolved."""
+    def _walk(self, struct_name: str, path: str) -> tuple[int, Member]:
+        """(bit offset, last member) of `struct_name.path`, nested and
+        anonymous members resolved."""
         type_id = self.find(struct_name, (KIND_STRUCT, KIND_UNION))
-        bits = 0
-        member = None
+        bits, member = 0, None
         for part in path.split("."):
             hit = self._member(type_id, part)
             if hit is None:
@@ -208,22 +207,19 @@ class BTF:
             member = hit[1]
             type_id = member.type_id
         assert member is not None
+        return bits, member
+
+    def field(self, struct_name: str, path: str) -> tuple[int, int]:
+        """(byte offset, byte size) of `struct_name.path`, e.g.
+        field("sock", "__sk_common.skc_net")."""
+        bits, member = self._walk(struct_name, path)
         if member.bitfield_size or bits % 8:
             raise BTFError(f"{struct_name}.{path} is a bitfield; read it with bit_field()")
         return bits // 8, self.size(member.type_id)
 
     def bit_field(self, struct_name: str, path: str) -> tuple[int, int]:
         """(bit offset, bit size) of a member that may be a bitfield."""
-        type_id = self.find(struct_name, (KIND_STRUCT, KIND_UNION))
-        bits, member = 0, None
-        for part in path.split("."):
-            hit = self._member(type_id, part)
-            if hit is None:
-                raise BTFError(f"struct {struct_name} has no member {path!r}")
-            bits += hit[0]
-            member = hit[1]
-            type_id = member.type_id
-        assert member is not None
+        bits, member = self._walk(struct_name, path)
         return bits, member.bitfield_size or self.size(member.type_id) * 8
 
     def enum(self, enum_name: str) -> dict[str, int]:

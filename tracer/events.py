@@ -135,7 +135,7 @@ class Decoder:
             Col.bools((f & EVF_KA_PER_SOCK) != 0, ka),
             Col.ints(a["dev_netns"], a["dev_netns"] != 0),
             Col.ints(a["pid"], owner),
-            Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner, kind="any"),
+            Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner),
             Col.ints(a["cgroup"], owner),
         ]
         return RESET_KEYS, cols
@@ -194,17 +194,11 @@ class Col:
 
     @classmethod
     def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
-        py = values.tolist()
-        if valid is not None and not valid.all():
-            py = [v if ok else None for v, ok in zip(py, valid.tolist())]
-        return cls(py, "int")
+        return cls(_with_nulls(values, valid), "int")
 
     @classmethod
     def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
-        py = values.tolist()
-        if valid is not None and not valid.all():
-            py = [v if ok else None for v, ok in zip(py, valid.tolist())]
-        return cls(py, "bool")
+        return cls(_with_nulls(values, valid), "bool")
 
     def json(self) -> list[str]:
         if self._json is None:
@@ -219,6 +213,13 @@ class Col:
         return self._json
 
 
+def _with_nulls(values: np.ndarray, valid: np.ndarray | None) -> list:
+    py = values.tolist()
+    if valid is not None and not valid.all():
+        py = [v if ok else None for v, ok in zip(py, valid.tolist())]
+    return py
+
+
 class Categorical:
     """Values that repeat (addresses, state and reason names, comms): each
     distinct value is named and encoded once, then broadcast."""
@@ -227,7 +228,7 @@ class Categorical:
         self.codes, self.categories, self.valid = codes, categories, valid
 
     @classmethod
-    def lookup(cls, raw: np.ndarray, name, valid: np.ndarray | None = None, kind: str = "str") -> Col:
+    def lookup(cls, raw: np.ndarray, name, valid: np.ndarray | None = None) -> Col:
         uniq, inv = np.unique(raw, return_inverse=True)
         cats = [name(u) for u in uniq.tolist()]
         return cls(inv.reshape(-1), cats, valid).col()
