@@ -61,14 +61,20 @@ def _err(c: ConnResult, e: BaseException) -> None:
     c.t_error = time.time()
 
 
-def _socket(host: str, port: int, timeout: float, ka: dict[str, int] | None) -> socket.socket:
+def _socket(host: str, port: int, timeout: float,
+            ka: dict[str, int] | bool | None) -> socket.socket:
+    """`ka`: a dict sets SO_KEEPALIVE and per-socket times; True sets only
+    SO_KEEPALIVE (what most drivers and pools do), so the namespace's
+    tcp_keepalive_time/intvl/probes decide; falsy turns it off."""
     s = socket.create_connection((host, port), timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if ka:
+    if isinstance(ka, dict):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, ka["idle"])
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, ka["intvl"])
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka["cnt"])
+    elif ka:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     else:
         # PyMySQL turns SO_KEEPALIVE on for sockets it opens; the "no
         # keepalive" client (most pools' default in other drivers) has it off.

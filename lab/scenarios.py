@@ -20,6 +20,13 @@ from rsttrace.lab.topology import (CLIENT, CLOSED_PORT, MYSQL_PORT, PROXY_IDLE_A
 CT_ESTABLISHED_S = 2     # the node forgets an idle flow after this
 IDLE_PAUSE_S = 4.0       # the pool's idle time, above that timeout
 KEEPALIVE_FIX = {"idle": 1, "intvl": 1, "cnt": 3}  # probes below the timeout
+# keepalive_pool: the pool leaves keepalive timing to its namespace, so the
+# fix is the namespace's tcp_keepalive_time, which is whole seconds >= 1. The
+# analysis asks for half the timeout (3 s here): one answered probe every 3 s
+# refreshes the entry well before 6 s, and the 8 s pause still outlasts the
+# entry when nothing probes.
+POOL_CT_ESTABLISHED_S = 6
+POOL_IDLE_PAUSE_S = 8.0
 CT_MAX_FULL = 6          # global nf_conntrack_max while the table is "full"
 FULL_CONNECTS = 12
 
@@ -78,6 +85,19 @@ def _keepalive(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
                               f"pool idle {IDLE_PAUSE_S:g} s"]
 
 
+def _keepalive_pool(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+    """SO_KEEPALIVE on, no per-socket times: the client namespace's
+    tcp_keepalive_time decides, and the lab never resets it, so a fix applied
+    there (`rsttrace --fix --netns <client>`) shows in the next run."""
+    lab.set_node_sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", POOL_CT_ESTABLISHED_S)
+    ka_time = lab.client_sysctl("net.ipv4.tcp_keepalive_time")
+    rep = lab.client({"action": "idle_pool", "pool": 2, "pause_s": POOL_IDLE_PAUSE_S,
+                      "keepalive": True})
+    return rep, [f"node conntrack established timeout {POOL_CT_ESTABLISHED_S} s, pool idle "
+                 f"{POOL_IDLE_PAUSE_S:g} s, SO_KEEPALIVE on with the client namespace's "
+                 f"tcp_keepalive_time {ka_time} s"]
+
+
 def _conntrack_full(lab: Lab) -> tuple[dict[str, Any], list[str]]:
     lab.set_global_sysctl("net.netfilter.nf_conntrack_max", CT_MAX_FULL)
     try:
@@ -115,6 +135,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              lambda lab: _keepalive(lab, fixed=False)),
     Scenario("keepalive_fixed", "the same with SO_KEEPALIVE probing every second",
              Expect(None), lambda lab: _keepalive(lab, fixed=True)),
+    Scenario("keepalive_pool", "a pool with SO_KEEPALIVE on, timed by its namespace, "
+             "outlives the node's conntrack entry",
+             Expect("keepalive", sender="node", idle_s=POOL_IDLE_PAUSE_S, keepalive=True),
+             _keepalive_pool),
     Scenario("conntrack_invalid", "an out-of-window segment is INVALID to conntrack",
              Expect("conntrack_invalid", sender="node"), lambda lab: _invalid(lab, fixed=False)),
     Scenario("conntrack_invalid_fixed", "the same with nf_conntrack_tcp_be_liberal=1",

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ MYSQL_PORT = 3306
 CLOSED_PORT = 3307   # a service port whose backend has no listener
 PROXY_PORT = 3308    # through the proxy that aborts idle connections
 PROXY_IDLE_ABORT_S = 1.0
+LOCK_POLL_S = 0.5
 
 Progress = Callable[[str], None]
 
@@ -131,18 +133,26 @@ def _remove(st: LabState | None, *, prefix_sweep: bool) -> list[str]:
     return said
 
 
-def _acquire_lock() -> int:
+def _acquire_lock(wait_s: float = 0.0) -> int:
+    """The lab lock; with `wait_s` > 0, wait up to that long for a running
+    lab to finish (test suites that run side by side queue instead of failing)."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        st = read_state()
-        who = f" (pid {st.pid})" if st else ""
-        raise LabError(f"another rsttrace lab is running{who}: wait for it to finish, "
-                       "or stop it before starting a new one") from None
-    return fd
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(LOCK_POLL_S)
+                continue
+            os.close(fd)
+            st = read_state()
+            who = f" (pid {st.pid})" if st else ""
+            waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+            raise LabError(f"another rsttrace lab is running{who}{waited}: wait for it to "
+                           "finish, or stop it before starting a new one") from None
 
 
 def teardown(progress: Progress | None = None) -> list[str]:
@@ -158,7 +168,9 @@ class Lab:
     """Build with `up()` (or `with Lab() as lab:`), drive with `client()` and
     the sysctl helpers, remove with `down()`; `keep()` leaves it up."""
 
-    def __init__(self, run_id: str | None = None, progress: Progress | None = None):
+    def __init__(self, run_id: str | None = None, progress: Progress | None = None,
+                 lock_wait_s: float = 0.0):
+        self.lock_wait_s = lock_wait_s
         self.run_id = run_id or secrets.token_hex(2)
         self.cli = f"{PREFIX}{self.run_id}-cli"
         self.node = f"{PREFIX}{self.run_id}-node"
@@ -177,7 +189,7 @@ class Lab:
     def up(self) -> "Lab":
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, nftables): run it with sudo")
-        self._lock_fd = _acquire_lock()
+        self._lock_fd = _acquire_lock(self.lock_wait_s)
         try:
             old = read_state()
             if old and old.kept:
@@ -294,6 +306,9 @@ table ip rtlab {{
 
     def set_node_sysctl(self, name: str, value: int) -> None:
         netns.set_sysctl(self.node, name, value)
+
+    def client_sysctl(self, name: str) -> str:
+        return netns.get_sysctl(self.cli, name)
 
     def set_global_sysctl(self, name: str, value: int) -> None:
         """Change a root-namespace-only sysctl (nf_conntrack_max); the original

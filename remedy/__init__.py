@@ -7,5 +7,6 @@ Layers, each usable alone:
   merged and validated into a `Plan` of `Change`s plus hand-overs;
 - `apply`: the transaction (journal first, read-back, rollback on failure),
   persistence and `rollback_last`.
-Nothing here imports bcc or textual.
+Every error a caller sees derives from `model.RemedyError` (`netns.NetnsError`,
+`netns.AccessError`, `apply.ApplyError`). Nothing here imports bcc or textual.
 """

@@ -16,14 +16,14 @@ from typing import Any
 
 from rsttrace.remedy import netns, persist
 from rsttrace.remedy.files import FileState, write_json
-from rsttrace.remedy.model import Change, Plan
+from rsttrace.remedy.model import Change, Plan, RemedyError
 from rsttrace.remedy.netns import Access, AccessError, NetnsError
 from rsttrace.remedy.paths import Paths
 
 JOURNAL_VERSION = 1
 
 
-class ApplyError(Exception):
+class ApplyError(RemedyError):
     """The plan was not applied; the message says what failed and what was undone."""
 
 
@@ -102,18 +102,22 @@ def apply_plan(plan: Plan, access: Access, paths: Paths, *, persist_files: bool 
     by_target: dict[int, list[Change]] = {}
     for c in plan.changes:
         by_target.setdefault(c.target.inode, []).append(c)
-    for cs in by_target.values():
-        now = access.read(netns.still_same(cs[0].target), [c.key for c in cs])
-        for c in cs:
-            c.old = now.get(c.key)
-    files, notes = persist.render(plan, paths) if persist_files else ({}, [])
-    states = persist.snapshot(files, paths)
-    journal = load_journal(paths)
-    entry = {"id": time.strftime("%Y%m%dT%H%M%S"), "t": time.time(), "state": "applying",
-             "changes": [c.to_json() for c in plan.changes],
-             "files": [s.to_json() for s in states]}
-    journal["entries"].append(entry)
-    _save_journal(paths, journal)
+    try:
+        for cs in by_target.values():
+            now = access.read(netns.still_same(cs[0].target), [c.key for c in cs])
+            for c in cs:
+                c.old = now.get(c.key)
+        files, notes = persist.render(plan, paths) if persist_files else ({}, [])
+        states = persist.snapshot(files, paths)
+        journal = load_journal(paths)
+        entry = {"id": time.strftime("%Y%m%dT%H%M%S"), "t": time.time(), "state": "applying",
+                 "changes": [c.to_json() for c in plan.changes],
+                 "files": [s.to_json() for s in states]}
+        journal["entries"].append(entry)
+        _save_journal(paths, journal)
+    except (AccessError, NetnsError, OSError) as e:
+        # Nothing has been written yet: no journal entry, no value, no file.
+        raise ApplyError(f"{e}; nothing was changed") from e
 
     done: list[Change] = []
     try:

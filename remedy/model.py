@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class RemedyError(Exception):
+    """Base of every error the remedy engine raises to its callers (the CLI,
+    the TUI): catching it is enough; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class Target:
     """A network namespace rsttrace can enter.

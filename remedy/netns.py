@@ -9,17 +9,17 @@ import sys
 from typing import Any, Protocol
 
 from rsttrace.remedy import nsexec
-from rsttrace.remedy.model import Target
+from rsttrace.remedy.model import RemedyError, Target
 
 RUN_NETNS = "/run/netns"
 
 
-class NetnsError(Exception):
+class NetnsError(RemedyError):
     """A namespace that cannot be found or entered; the message says what to do."""
 
 
-class AccessError(Exception):
-    pass
+class AccessError(RemedyError):
+    """A value could not be read or written in a namespace."""
 
 
 def _inode(path: str) -> int:
@@ -127,7 +127,11 @@ class SystemAccess:
         if p.returncode != 0:
             last = (p.stderr.strip().splitlines() or ["no output"])[-1]
             raise AccessError(f"cannot enter namespace {target.label}: {last}")
-        return json.loads(p.stdout)
+        try:
+            return json.loads(p.stdout)
+        except ValueError as e:
+            raise AccessError(f"namespace {target.label}: unreadable reply from "
+                              f"rsttrace.remedy.nsexec ({e})") from e
 
     def read(self, target: Target, keys: list[str]) -> dict[str, int | None]:
         return self._call(target, {"op": "read", "keys": keys})["values"]

@@ -115,9 +115,10 @@ def fixes_from_ctx(ctx: dict[str, Any], ram_bytes: int | None) -> list[Any]:
 
 
 def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node: Target,
-                 ram_bytes: int | None, g: Gathered | None = None) -> Gathered:
+                 ram_bytes: int | None, g: Gathered | None = None,
+                 find: Callable[[int, str | None], Target | None] = netns.by_inode) -> Gathered:
     """Classify every reset of a recording (or a live window) and audit its
-    last context snapshot."""
+    last context snapshot; `find` names the namespace an inode belongs to."""
     from rsttrace.analysis.classify import Classifier
 
     g = g or Gathered()
@@ -134,9 +135,9 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
     verdicts += clf.flush()
     for v in verdicts:
         g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
-        add_fixes(g, v.fixes, node)
+        add_fixes(g, v.fixes, node, find)
     if last_ctx is not None:
-        add_fixes(g, fixes_from_ctx(last_ctx, ram_bytes), node)
+        add_fixes(g, fixes_from_ctx(last_ctx, ram_bytes), node, find)
     return g
 
 

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from rsttrace.lab.scenarios import SCENARIOS, run_scenario
+from rsttrace.lab import netns
+from rsttrace.lab.scenarios import POOL_CT_ESTABLISHED_S, SCENARIOS, run_scenario
 from rsttrace.lab.topology import PREFIX, Lab
 
 pytestmark = pytest.mark.kernel
 
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+KA_TIME = "net.ipv4.tcp_keepalive_time"
+LAB_WAIT_S = 900  # other suites on this machine may hold the lab: queue behind them
 
 
 @pytest.fixture(scope="module")
 def lab():
-    with Lab() as lab:
+    with Lab(lock_wait_s=LAB_WAIT_S) as lab:
         yield lab
 
 
@@ -49,6 +52,26 @@ def test_keepalive_probes_prevent_the_reset(lab):
     run = run_scenario(lab, "keepalive_fixed")
     assert run.errors == [] and len(run.flows) == 2
     assert run.reproduced
+
+
+def test_keepalive_pool_follows_the_client_namespace_keepalive(lab):
+    """SO_KEEPALIVE on without per-socket times: the namespace's 7200 s
+    default loses to the node's timeout; a namespace value below it wins, and
+    the lab leaves the client's sysctls as they are between runs."""
+    before = netns.get_sysctl(lab.cli, KA_TIME)
+    assert before == "7200"
+    run = run_scenario(lab, "keepalive_pool")
+    assert len(run.errors) == 2 and all("Connection reset by peer" in e for e in run.errors)
+    assert all(c["keepalive"] for c in run.client["conns"])
+    assert run.node_ct_delta["invalid"] >= 2
+    try:
+        netns.set_sysctl(lab.cli, KA_TIME, POOL_CT_ESTABLISHED_S // 2)
+        fixed = run_scenario(lab, "keepalive_pool")
+        assert netns.get_sysctl(lab.cli, KA_TIME) == str(POOL_CT_ESTABLISHED_S // 2)
+    finally:
+        netns.set_sysctl(lab.cli, KA_TIME, before)
+    assert fixed.errors == [] and len(fixed.flows) == 2
+    assert fixed.node_ct_delta["invalid"] == 0
 
 
 def test_conntrack_full_times_out_new_connections_and_restores_max(lab):
@@ -81,6 +104,6 @@ def test_peer_reset_by_the_proxy(lab):
 
 
 def test_every_scenario_has_a_test():
-    names = {"keepalive", "keepalive_fixed", "conntrack_full", "conntrack_invalid",
+    names = {"keepalive", "keepalive_fixed", "keepalive_pool", "conntrack_full", "conntrack_invalid",
              "conntrack_invalid_fixed", "no_listener", "peer_reset"}
     assert set(SCENARIOS) == names

@@ -127,3 +127,20 @@ def test_corrupt_journal_is_reported(paths):
     paths.journal.write_text("{not json")
     with pytest.raises(ApplyError, match="move it aside"):
         rollback_last(FakeAccess(), paths)
+
+
+def test_namespace_gone_before_the_first_write_is_an_apply_error(tmp_path, paths):
+    acc = FakeAccess()
+    plan, cli = _plan(acc, tmp_path)
+    # The namespace's path now leads elsewhere and no other path has its inode.
+    (tmp_path / "cli").unlink()
+    with pytest.raises(ApplyError, match="no longer exists; nothing was changed"):
+        apply_plan(plan, acc, paths)
+    assert acc.writes == [] and not paths.journal.exists()
+    assert not paths.sysctl_conf.exists()
+
+
+def test_every_error_callers_see_is_a_remedy_error():
+    from rsttrace.remedy.model import RemedyError
+    from rsttrace.remedy.netns import AccessError, NetnsError
+    assert all(issubclass(c, RemedyError) for c in (ApplyError, NetnsError, AccessError))

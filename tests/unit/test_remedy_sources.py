@@ -2,7 +2,7 @@ from rsttrace.analysis.fixes import Fix, Where, keepalive_fixes
 from rsttrace.remedy import keys as K
 from rsttrace.remedy.model import Target
 from rsttrace.remedy.netns import self_target
-from rsttrace.remedy.sources import Gathered, add_fixes, fixes_from_ctx
+from rsttrace.remedy.sources import Gathered, add_fixes, fixes_from_ctx, from_records
 
 CLI = Target("name", "cli", 4026532999, "/run/netns/cli", "cli")
 
@@ -47,3 +47,45 @@ def test_timeout_mismatch_from_config():
                                       "nf_conntrack_tcp_timeout_established": 600}}]}
     est = [f for f in fixes_from_ctx(ctx, None) if f.key == K.CT_ESTABLISHED]
     assert est[0].value == 900
+
+
+def _pool_recording() -> tuple[dict, list[dict]]:
+    """The lab's keepalive_pool shape: the node forgets idle flows after 6 s,
+    the pool idles 8 s; its sockets have SO_KEEPALIVE on with no
+    per-socket time, so the client namespace's 7200 s is their keepalive."""
+    node_ns = 4026532247
+    header = {"kind": "header", "schema": 1, "t": 100.0,
+              "netns_names": {str(node_ns): "node", str(CLI.inode): "cli"}}
+    ctx = {"kind": "ctx", "t": 100.0, "namespaces": [
+        {"netns": node_ns, "name": "node", "ipvs": None, "ct": None,
+         "sysctl": {"nf_conntrack_tcp_timeout_established": 6, "tcp_keepalive_time": 7200}},
+        {"netns": CLI.inode, "name": "cli", "ipvs": None, "ct": None,
+         "sysctl": {"nf_conntrack_tcp_timeout_established": 432000, "tcp_keepalive_time": 7200}}]}
+    common = {"kind": "reset", "family": 4, "src": "10.96.0.10", "sport": 3306, "dst": "10.251.0.2",
+              "dport": 40000, "reason_raw": None, "cookie": None, "syn": None,
+              "ka_intvl_s": None, "ka_probes": None, "dev_netns": None, "pid": None, "comm": None,
+              "cgroup": None}
+    sent = {**common, "t": 108.1, "netns": node_ns, "dir": "sent", "state": "", "state_raw": 0,
+            "reason": "NO_SOCKET", "has_sock": False, "trigger_flags": 24, "idle_ms": None,
+            "keepalive": None, "ka_time_s": None, "ka_per_socket": None, "dev_netns": node_ns}
+    recv = {**common, "t": 108.101, "netns": CLI.inode, "dir": "recv", "state": "ESTABLISHED",
+            "state_raw": 1, "reason": None, "has_sock": True, "idle_ms": 8002, "trigger_flags": None,
+            "keepalive": True, "ka_time_s": 7200, "ka_intvl_s": 75, "ka_probes": 9,
+            "ka_per_socket": False}
+    return header, [ctx, sent, recv, {**ctx, "t": 109.0}]
+
+
+def test_keepalive_pool_reset_plans_the_client_namespace_keepalive():
+    from rsttrace.remedy.planner import make_plan
+    from test_remedy_fakes import FakeAccess
+
+    header, records = _pool_recording()
+    acc = FakeAccess()
+    acc.add(CLI)
+    g = from_records(records, header, acc.node, None, find=_find)
+    assert g.causes.get("keepalive", 0) >= 1
+    plan = make_plan([p for p in g.proposals if p.target.inode == CLI.inode], acc, acc.node)
+    assert plan.ok, plan.errors
+    # Below the node's 6 s with margin, and at least the kernel's 1 s minimum.
+    assert [(c.target.label, c.key, c.old, c.new) for c in plan.changes] == [
+        ("cli", K.KEEPALIVE_TIME, 7200, 3)]
