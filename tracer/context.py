@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from .ipvs import read_timeouts as read_ipvs_timeouts
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -161,18 +164,49 @@ def _read_here() -> dict:
                 tcp_socks += sum(1 for _ in fh) - 1
         except OSError:
             pass
-    return {"ct": ct, "sysctl": sysctl, "tcp_sockets": max(tcp_socks, 0)}
+    # IPVS timeouts are per namespace; None where IPVS is absent
+    return {"ct": ct, "sysctl": sysctl, "tcp_sockets": max(tcp_socks, 0),
+            "ipvs": read_ipvs_timeouts()}
+
+
+def detect_nat() -> bool | None:
+    """Whether the namespace the calling thread is in has NAT rules: an
+    nftables chain of type nat (nft rules, and kube-proxy through
+    iptables-nft) or a legacy iptables nat table. None when unknown.
+    `nft list chains` prints chain headers only, so it stays cheap on nodes
+    with thousands of rules; a child process starts in this thread's
+    namespace."""
+    try:
+        with open("/proc/thread-self/net/ip_tables_names") as fh:
+            if "nat" in fh.read().split():
+                return True
+    except OSError:
+        pass
+    try:
+        r = subprocess.run(["nft", "list", "chains"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    return "type nat hook" in r.stdout
+
+
+NAT_TTL_S = 30.0
 
 
 class Collector:
     """Samples every namespace that has sockets or conntrack entries (or
-    the ones asked for). One worker thread does the setns dance."""
+    the ones asked for). One worker thread does the setns dance.
+    `ipvs_reader` replaces the IPVS timeouts reader (generic netlink,
+    tracer/ipvs.py); it runs inside each namespace."""
 
     def __init__(self, only: list[int] | None = None, ipvs_reader=None):
         self.only = set(only) if only else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsttrace-ctx")
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         self._ipvs_reader = ipvs_reader
+        # (inode, name) -> (when, nat); inodes of deleted namespaces are reused
+        self._nat: dict[tuple[int, str], tuple[float, bool | None]] = {}
         self.names: dict[int, str] = {}
 
     def close(self) -> None:
@@ -201,6 +235,7 @@ class Collector:
                     data = _read_here()
                     if self._ipvs_reader is not None:
                         data["ipvs"] = self._ipvs_reader()
+                    data["nat"] = self._nat_cached((ino, ns.name))
                 finally:
                     if ino != home_ino:
                         _setns(self._home)
@@ -210,12 +245,24 @@ class Collector:
                 os.close(fd)
             data.setdefault("ipvs", None)
             ct = data["ct"]
-            interesting = (data["tcp_sockets"] > 0 or (ct and (ct["count"] or ct.get("drop")
-                           or ct.get("invalid") or ct.get("early_drop"))))
+            # a NAT namespace matters even when its table is empty: its
+            # timeouts decide which idle flows it forgets
+            interesting = (data["tcp_sockets"] > 0 or data.get("nat") or (ct and (
+                ct["count"] or ct.get("drop") or ct.get("invalid") or ct.get("early_drop"))))
             if self.only is None and not interesting:
                 continue
             out.append({"netns": ino, "name": ns.name, **data})
         return out
+
+    def _nat_cached(self, key: tuple[int, str]) -> bool | None:
+        """NAT rules change rarely and asking nft costs a process: once per
+        namespace every NAT_TTL_S."""
+        now = time.monotonic()
+        hit = self._nat.get(key)
+        if hit is None or now - hit[0] > NAT_TTL_S:
+            hit = (now, detect_nat())
+            self._nat[key] = hit
+        return hit[1]
 
     def snapshot(self) -> dict:
         """A `ctx` record (docs/EVENTS.md), taken now."""

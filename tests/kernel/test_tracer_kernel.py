@@ -181,6 +181,11 @@ def test_conntrack_expiry_reset_through_dnat_router(session, collect, netns):
     assert r["keepalive"] is True and r["ka_per_socket"] is True
     assert (r["ka_time_s"], r["ka_intvl_s"], r["ka_probes"]) == (60, 7, 4)
     assert r["comm"].startswith("python")
+    # the context collector sees which namespace does NAT
+    # (the client has exited: its namespace, with no sockets left, is not listed)
+    ctx = {n["netns"]: n for n in session.snapshot()["namespaces"]}
+    assert ctx[lb_ino]["nat"] is True and ctx[netns.inode(srv)]["nat"] is False
+    assert ctx[lb_ino]["sysctl"]["nf_conntrack_tcp_timeout_established"] == 2
 
 
 def test_record_cli_ends_cleanly_on_sigterm(tmp_path):
