@@ -222,6 +222,28 @@ class BTF:
         bits, member = self._walk(struct_name, path)
         return bits, member.bitfield_size or self.size(member.type_id) * 8
 
+    def proto_params(self, type_id: int) -> list[int]:
+        """Parameter type ids of a FUNC_PROTO."""
+        btf = self._owner(type_id)
+        pos, _, kind, vlen, _ = self._header(type_id)
+        if kind != KIND_FUNC_PROTO:
+            raise BTFError(f"type {type_id} is not a function prototype")
+        return [struct.unpack_from("<II", btf._data, pos + 12 + 8 * i)[1] for i in range(vlen)]
+
+    def type_name(self, type_id: int) -> str:
+        """C spelling of a type without qualifiers: 'struct sock *', 'int'."""
+        if type_id == 0:
+            return "void"
+        _, name_off, kind, _, size_type = self._header(type_id)
+        if kind in (KIND_CONST, KIND_VOLATILE, KIND_RESTRICT, KIND_TYPE_TAG):
+            return self.type_name(size_type)
+        if kind == KIND_PTR:
+            return self.type_name(size_type) + " *"
+        name = self.name(type_id)
+        prefix = {KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ",
+                  KIND_ENUM64: "enum "}.get(kind, "")
+        return prefix + name
+
     def enum(self, enum_name: str) -> dict[str, int]:
         """name -> value of every enumerator of `enum enum_name`."""
         type_id = self.find(enum_name, (KIND_ENUM, KIND_ENUM64))

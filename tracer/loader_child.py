@@ -73,7 +73,7 @@ def load(req: dict) -> tuple[dict, list[int]]:
         maps[name] = len(fds)
         fds.append(t.map_fd)
     links = []
-    for tp_fd in list(b.tracepoint_fds.values()):
+    for tp_fd in [*b.tracepoint_fds.values(), *b.raw_tracepoint_fds.values()]:
         links.append(len(fds))
         fds.append(tp_fd)
     for by_fn in list(b.kprobe_fds.values()):  # event -> {function: fd}
@@ -85,7 +85,7 @@ def load(req: dict) -> tuple[dict, list[int]]:
               "fields": {n: getattr(leaf, n).offset for n, *_ in leaf._fields_}}
     return {"maps": maps, "links": links, "layout": layout,
             "tracepoints": sorted(k.decode() if isinstance(k, bytes) else str(k)
-                                  for k in b.tracepoint_fds)}, fds
+                                  for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds])}, fds
 
 
 if __name__ == "__main__":

@@ -20,11 +20,15 @@ SOCKET_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_SK_FLAGS": ("sock", ("sk_flags", "__sk_common.skc_flags")),
     "OFF_SK_FAMILY": ("sock", ("__sk_common.skc_family",)),
     "OFF_SK_NUM": ("sock", ("__sk_common.skc_num",)),
+    # the local port as sent on the wire: skc_num is zeroed when a closing
+    # socket leaves the hash, before an abort sends its reset
+    "OFF_INET_SPORT": ("inet_sock", ("inet_sport",)),
     "OFF_SK_DPORT": ("sock", ("__sk_common.skc_dport",)),
     "OFF_SK_DADDR": ("sock", ("__sk_common.skc_daddr",)),
     "OFF_SK_RCV_SADDR": ("sock", ("__sk_common.skc_rcv_saddr",)),
     "OFF_SK_V6_DADDR": ("sock", ("__sk_common.skc_v6_daddr",)),
     "OFF_SK_V6_RCV_SADDR": ("sock", ("__sk_common.skc_v6_rcv_saddr",)),
+    "OFF_SK_PROTOCOL": ("sock", ("sk_protocol",)),
     "OFF_TP_RCV_TSTAMP": ("tcp_sock", ("rcv_tstamp",)),
     "OFF_TP_KA_TIME": ("tcp_sock", ("keepalive_time",)),
     "OFF_TP_KA_INTVL": ("tcp_sock", ("keepalive_intvl",)),
@@ -40,6 +44,7 @@ SOCKET_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_SKB_HEAD": ("sk_buff", ("head",)),
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", ("network_header",)),
     "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", ("transport_header",)),
+    "OFF_SKB_PROTOCOL": ("sk_buff", ("protocol",)),
     "OFF_DEV_NET": ("net_device", ("nd_net.net",)),
 }
 
@@ -56,6 +61,11 @@ IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_IPVS_CPORT": ("ip_vs_conn", ("cport",)),
     "OFF_IPVS_VPORT": ("ip_vs_conn", ("vport",)),
     "OFF_IPVS_DPORT": ("ip_vs_conn", ("dport",)),
+}
+# Debian's 6.1 and 6.12 describe struct netns_ipvs nowhere (vmlinux has
+# only a forward declaration, the ip_vs module's BTF omits it): where it is
+# missing the program cannot tell an expiry's namespace and reports 0.
+IPVS_OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_NETNS_IPVS_NET": ("netns_ipvs", ("net",)),
 }
 
@@ -85,6 +95,60 @@ def _resolve(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]], out: Kerne
             raise BTFError(f"{define}: " + "; ".join(errors))
 
 
+# Raw tracepoint arguments, located by type in the tracepoint's BTF
+# prototype (btf_trace_<name>: void *data, then TP_PROTO's arguments).
+# define -> (tracepoint, type of the argument, which one of that type)
+RAW_TP_ARGS: dict[str, tuple[str, str, int]] = {
+    "ARG_SR_SK": ("tcp_send_reset", "struct sock *", 0),
+    "ARG_SR_SKB": ("tcp_send_reset", "struct sk_buff *", 0),
+    "ARG_SR_REASON": ("tcp_send_reset", "enum sk_rst_reason", 0),
+    "ARG_RR_SK": ("tcp_receive_reset", "struct sock *", 0),
+    "ARG_SS_SK": ("inet_sock_set_state", "struct sock *", 0),
+    "ARG_SS_OLD": ("inet_sock_set_state", "int", 0),
+    "ARG_SS_NEW": ("inet_sock_set_state", "int", 1),
+    "ARG_DS_SK": ("tcp_destroy_sock", "struct sock *", 0),
+    "ARG_KS_SKB": ("kfree_skb", "struct sk_buff *", 0),
+    "ARG_KS_REASON": ("kfree_skb", "enum skb_drop_reason", 0),
+    "ARG_CON_TEXT": ("console", "char *", 0),
+}
+
+
+def raw_tp_arg_types(btf: BTF, tracepoint: str) -> list[str]:
+    """Argument types of a raw tracepoint, e.g. ['struct sock *',
+    'struct sk_buff *', 'enum sk_rst_reason'] (qualifiers dropped)."""
+    from .btf import KIND_FUNC_PROTO, KIND_TYPEDEF
+    tid = btf.find(f"btf_trace_{tracepoint}", (KIND_TYPEDEF,))
+    proto = btf.resolve(tid)
+    while btf.kind(proto) != KIND_FUNC_PROTO:  # typedef -> pointer -> proto
+        proto = btf.resolve(btf._header(proto)[4])
+    return [btf.type_name(t) for t in btf.proto_params(proto)][1:]
+
+
+def raw_tp_layout(btf: BTF) -> tuple[dict[str, int], dict[str, str]]:
+    """(define -> argument index, tracepoint -> why not) for every raw
+    tracepoint rsttrace uses; a tracepoint whose prototype lacks an
+    argument is reported, not guessed."""
+    defines: dict[str, int] = {}
+    missing: dict[str, str] = {}
+    cache: dict[str, list[str] | None] = {}
+    for define, (tp, typ, nth) in RAW_TP_ARGS.items():
+        if tp not in cache:
+            try:
+                cache[tp] = raw_tp_arg_types(btf, tp)
+            except BTFError as e:
+                cache[tp] = None
+                missing[tp] = str(e)
+        types = cache[tp]
+        if types is None:
+            continue
+        hits = [i for i, t in enumerate(types) if t == typ]
+        if len(hits) > nth:
+            defines[define] = hits[nth]
+        elif define != "ARG_SR_REASON":  # reason is 6.10+, optional
+            missing.setdefault(tp, f"no {typ!r} argument in btf_trace_{tp} {types}")
+    return defines, missing
+
+
 def enum_value(btf: BTF, enum_name: str, member: str) -> int:
     values = btf.enum(enum_name)
     if member not in values:
@@ -106,4 +170,9 @@ def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
         pass  # kernels before 5.17: no drop reasons; the probe reports it
     if ipvs_btf is not None:
         _resolve(ipvs_btf, IPVS_OFFSETS, out)
+        for define, spec in IPVS_OPTIONAL.items():
+            try:
+                _resolve(ipvs_btf, {define: spec}, out)
+            except BTFError:
+                pass
     return out

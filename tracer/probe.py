@@ -130,32 +130,32 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
     # release that added `reason`); before, a kprobe on tcp_v{4,6}_send_reset
     # catches them and the tracepoint keeps the resets sent on a socket.
     if caps.has_tp("tcp:tcp_send_reset", "reason"):
-        out["reset_sent"] = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset",
+        out["reset_sent"] = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset",
                                  "tracepoint with reason (6.10+): sees no-socket resets too",
                                  ["HAVE_TP_SEND_RESET_REASON"])
     elif caps.has_tp("tcp:tcp_send_reset") and kp and sym.get("tcp_v4_send_reset"):
-        h = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset + kprobe tcp_v4_send_reset/tcp_v6_send_reset",
+        h = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset + kprobe tcp_v4_send_reset/tcp_v6_send_reset",
                  "tracepoint has no reason (before 6.10) and misses no-socket resets: kprobes add them",
                  ["WANT_KPROBE_SEND_RESET"],
-                 [("kprobe", "tcp_v4_send_reset", "kp_tcp_v4_send_reset")])
+                 [("kprobe", "tcp_v4_send_reset", "kp_send_reset")])
         if sym.get("tcp_v6_send_reset"):
-            h.attach.append(("kprobe", "tcp_v6_send_reset", "kp_tcp_v6_send_reset"))
+            h.attach.append(("kprobe", "tcp_v6_send_reset", "kp_send_reset"))
         out["reset_sent"] = h
     elif caps.has_tp("tcp:tcp_send_reset"):
-        out["reset_sent"] = Hook("reset_sent", True, "tracepoint tcp:tcp_send_reset",
+        out["reset_sent"] = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset",
                                  "PARTIAL: before 6.10 this tracepoint misses resets sent with no "
                                  "socket and kprobes are unavailable (" + caps.kprobes_note + ")")
     elif kp and sym.get("tcp_v4_send_reset"):
         out["reset_sent"] = Hook("reset_sent", True, "kprobe tcp_v4_send_reset",
                                  "PARTIAL: no tcp_send_reset tracepoint; only no-socket resets seen",
                                  ["WANT_KPROBE_SEND_RESET"],
-                                 [("kprobe", "tcp_v4_send_reset", "kp_tcp_v4_send_reset")])
+                                 [("kprobe", "tcp_v4_send_reset", "kp_send_reset")])
     else:
         out["reset_sent"] = Hook("reset_sent", False, None,
                                  "no tcp:tcp_send_reset tracepoint and no kprobes (" + caps.kprobes_note + ")")
 
     if caps.has_tp("tcp:tcp_receive_reset"):
-        out["reset_recv"] = Hook("reset_recv", True, "tracepoint tcp:tcp_receive_reset", "tracepoint")
+        out["reset_recv"] = Hook("reset_recv", True, "raw tracepoint tcp:tcp_receive_reset", "raw tracepoint")
     elif kp and sym.get("tcp_reset"):
         out["reset_recv"] = Hook("reset_recv", True, "kprobe tcp_reset", "no tracepoint: kprobe fallback",
                                  ["WANT_KPROBE_TCP_RESET"], [("kprobe", "tcp_reset", "kp_tcp_reset")])
@@ -171,7 +171,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
         out["ct_drop"] = Hook("ct_drop", False, None,
                               "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
     else:
-        h = Hook("ct_drop", True, "tracepoint skb:kfree_skb",
+        h = Hook("ct_drop", True, "raw tracepoint skb:kfree_skb",
                  f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this kernel (from BTF)")
         if kp and sym.get("__nf_conntrack_alloc"):
             h.hook += " + kretprobe __nf_conntrack_alloc"
@@ -182,7 +182,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
     if not caps.conntrack:
         out["ct_full"] = Hook("ct_full", False, None, "conntrack not in this kernel")
     elif caps.has_tp("printk:console"):
-        out["ct_full"] = Hook("ct_full", True, "tracepoint printk:console",
+        out["ct_full"] = Hook("ct_full", True, "raw tracepoint printk:console",
                               "'table full' log lines (the kernel rate-limits them; drops count the rest)")
     else:
         out["ct_full"] = Hook("ct_full", False, None, "no printk:console tracepoint")
@@ -204,7 +204,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
 
     if caps.has_tp("sock:inet_sock_set_state"):
-        out["owner"] = Hook("owner", True, "tracepoint sock:inet_sock_set_state",
+        out["owner"] = Hook("owner", True, "raw tracepoint sock:inet_sock_set_state",
                             "process learned at connect(); accepted sockets have no owner")
     else:
         out["owner"] = Hook("owner", False, None, "no sock:inet_sock_set_state tracepoint")

@@ -229,7 +229,7 @@ def test_fallback_hooks_compile(session):
     flags += [f"-D{k}=0" for k in IPVS_OFFSETS]
     b = BPF(text=program_text(), cflags=flags)
     try:
-        for fn in ("kp_tcp_v4_send_reset", "kp_tcp_v6_send_reset", "kp_tcp_reset",
+        for fn in ("kp_send_reset", "kp_tcp_reset",
                    "kp_ip_vs_conn_expire", "kr_nf_conntrack_alloc"):
             b.load_func(fn, BPF.KPROBE)  # passes the verifier
     finally:

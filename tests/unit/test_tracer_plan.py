@@ -27,7 +27,7 @@ def caps(**kw) -> Capabilities:
 
 def test_modern_kernel_uses_tracepoints_only():
     p = plan(caps())
-    assert p["reset_sent"].hook == "tracepoint tcp:tcp_send_reset"
+    assert p["reset_sent"].hook == "raw tracepoint tcp:tcp_send_reset"
     assert "HAVE_TP_SEND_RESET_REASON" in p["reset_sent"].defines
     assert p["reset_recv"].available and p["ct_drop"].available and p["ct_full"].available
     assert not p["ipvs_expire"].available and "IPVS" in p["ipvs_expire"].why
@@ -38,7 +38,7 @@ def test_old_kernel_with_kprobes_adds_send_reset_kprobes():
     c.tracepoints["tcp:tcp_send_reset"] = SEND_RESET_61
     p = plan(c)
     assert "kprobe tcp_v4_send_reset" in p["reset_sent"].hook
-    assert ("kprobe", "tcp_v6_send_reset", "kp_tcp_v6_send_reset") in p["reset_sent"].attach
+    assert ("kprobe", "tcp_v6_send_reset", "kp_send_reset") in p["reset_sent"].attach
 
 
 def test_old_kernel_without_kprobes_is_partial_not_silent():
