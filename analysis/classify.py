@@ -15,9 +15,10 @@ no_listener > peer_reset > unknown.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+import operator
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from .context import ContextStore
 from .fixes import (Fix, Where, conntrack_full_fixes, invalid_fixes, keepalive_fixes,
@@ -27,6 +28,13 @@ CAUSES = ("conntrack_full", "conntrack_invalid", "timeout_mismatch", "keepalive"
           "no_listener", "peer_reset", "unknown")
 FULL_RATIO = 0.95
 IPVS_MEMORY = 65_536   # IPVS expiries remembered to match a later reset
+# The two halves of a reset rewritten by NAT on this host (a backend's reset
+# and the client socket receiving it through the router) are microseconds
+# apart; a few ms leaves room for a loaded host without pairing strangers.
+NAT_WINDOW_S = 0.005
+_INF = float("inf")
+# A reset's tuple in one C call (records from the tracer have every field).
+_flow_of = operator.itemgetter("src", "sport", "dst", "dport")
 
 # What a local sender's `enum sk_rst_reason` means for the receiver. Only
 # names are used (the kernel's numbers differ between versions); a name not
@@ -68,12 +76,46 @@ class Verdict:
     dport: int
 
 
-@dataclass(slots=True)
 class _Incident:
-    t: float
-    deadline: float
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    recv: list[dict[str, Any]] = field(default_factory=list)
+    """The resets of one flow; `nat` is set when the two halves were paired
+    by time across NAT (their tuples differ)."""
+    __slots__ = ("key", "t", "deadline", "sent", "recv", "done", "nat")
+
+    def __init__(self, key: tuple, t: float, deadline: float):
+        self.key = key
+        self.t = t
+        self.deadline = deadline
+        self.sent: list[dict[str, Any]] = []
+        self.recv: list[dict[str, Any]] = []
+        self.done = False
+        self.nat: tuple[float, int] | None = None   # (seconds apart, service port)
+
+
+@dataclass(slots=True)
+class _Tables:
+    """The idle timeouts on a reset's path."""
+    tables: list[tuple[float, str, Any]]      # (seconds, label, netns) of conntrack/IPVS
+    limits: list[tuple[float, str, Any]]      # tables and the declared middleboxes
+    smallest: tuple[float, str, Any] | None   # of limits
+    mismatch: list[tuple[Any, float, float]]  # (netns, established, ipvs) where ipvs > established
+
+
+def _nat_match(s: dict[str, Any], r: dict[str, Any]) -> bool:
+    """Could `s` (sent) and `r` (received) be one reset seen on both sides
+    of a NAT? Other namespaces, same family, an address rewritten, the
+    service side's port equal
+    (the reset's source port for a service resetting its client, the
+    destination port for a client resetting the service) and the same kind
+    of reset (a refused SYN reaches a socket in SYN_SENT, nothing else does)."""
+    if s.get("netns") == r.get("netns") or s.get("family") != r.get("family"):
+        return False
+    # NAT rewrites an address (DNAT the service's, SNAT the client's): two
+    # resets with the same addresses and another port are two flows.
+    if s.get("src") == r.get("src") and s.get("dst") == r.get("dst"):
+        return False
+    if s.get("sport") != r.get("sport") and s.get("dport") != r.get("dport"):
+        return False
+    return (s.get("syn") is True) == (r.get("state") == "SYN_SENT")
 
 
 def _secs(x: float) -> str:
@@ -87,40 +129,78 @@ def _num(v: Any) -> float | None:
 class Classifier:
     def __init__(self, window_s: float = 10.0, idle_timeouts: dict[str, float] | None = None,
                  pair_window_s: float = 1.0, max_pending: int = 100_000,
-                 netns_names: dict[Any, str] | None = None, ram_bytes: int | None = None):
-        if window_s <= 0 or pair_window_s < 0 or max_pending < 1:
-            raise ValueError("window_s > 0, pair_window_s >= 0 and max_pending >= 1 are required")
+                 netns_names: dict[Any, str] | None = None, ram_bytes: int | None = None,
+                 nat_window_s: float = NAT_WINDOW_S):
+        if window_s <= 0 or pair_window_s < 0 or max_pending < 1 or not 0 <= nat_window_s <= pair_window_s:
+            raise ValueError("window_s > 0, pair_window_s >= 0, max_pending >= 1 and "
+                             "0 <= nat_window_s <= pair_window_s are required")
         self.window_s = float(window_s)
         self.pair_window_s = float(pair_window_s)
         self.max_pending = int(max_pending)
         self.idle_timeouts = {str(k): float(v) for k, v in (idle_timeouts or {}).items()}
         self.ram_bytes = ram_bytes
         self.context = ContextStore(self.window_s, self.pair_window_s, netns_names)
+        # Open incidents by tuple, and the same in arrival order (a dict used
+        # as a FIFO slows down: deleted slots pile up at its front).
         self._pending: dict[tuple, _Incident] = {}
+        self._queue: deque[_Incident] = deque()
         self._ipvs: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
         self._next_id = 1
         self._fix_cache: dict[tuple, list[Fix]] = {}
-        self._tables_cache: dict[tuple, list] = {}
+        self._tables_cache: dict[tuple, _Tables] = {}
+        self._wheres: dict[tuple, Where] = {}
         self._declared = [(v, f"{k} idle timeout", None) for k, v in self.idle_timeouts.items()]
         self.now: float | None = None
+        self._due = _INF      # deadline of the oldest pending incident
+        # Incidents by time bucket of nat_window_s, to pair across NAT.
+        self._nat_w = float(nat_window_s)
+        self._buckets: dict[int, list[_Incident]] = {}
+        self._bucket_order: deque[int] = deque()
 
     # ---- stream interface ---------------------------------------------
     def feed(self, rec: dict[str, Any]) -> list[Verdict]:
-        t = rec.get("t")
+        return self.feed_many((rec,))
+
+    def feed_many(self, records: Iterable[dict[str, Any]]) -> list[Verdict]:
+        """Same as `feed` on each record in turn (the live path is this
+        loop with one record); verdicts in the order they were decided."""
         out: list[Verdict] = []
-        if isinstance(t, (int, float)):
-            if self.now is None or t > self.now:
-                self.now = t
-            if self._pending:
-                self._expire(t, out)
-        kind = rec.get("kind")
-        if kind == "reset":
-            if isinstance(t, (int, float)):
-                self._add_reset(rec, t, out)
-        elif kind == "ipvs_expire":
-            self._add_ipvs(rec)
-        else:
-            self.context.add(rec)
+        pend = self._pending
+        queue = self._queue
+        add_ctx = self.context.add
+        flow_of = _flow_of
+        now = self.now
+        for rec in records:
+            t = rec.get("t")
+            timed = isinstance(t, (int, float))
+            if timed:
+                if now is None or t > now:
+                    now = self.now = t
+                if t > self._due:
+                    self._expire(t, out)
+            kind = rec.get("kind")
+            if kind == "reset":
+                if not timed:
+                    continue
+                try:
+                    key = flow_of(rec)
+                except KeyError:
+                    key = (rec.get("src"), rec.get("sport"), rec.get("dst"), rec.get("dport"))
+                inc = pend.get(key)
+                if inc is None:
+                    if len(pend) >= self.max_pending:
+                        self._pop_head(out)
+                    inc = pend[key] = _Incident(key, t, t + self.pair_window_s)
+                    queue.append(inc)
+                    if len(pend) == 1:
+                        self._due = inc.deadline
+                    if self._nat_w:
+                        self._index(inc)
+                (inc.sent if rec.get("dir") == "sent" else inc.recv).append(rec)
+            elif kind == "ipvs_expire":
+                self._add_ipvs(rec)
+            else:
+                add_ctx(rec)
         return out
 
     def tick(self, now_t: float) -> list[Verdict]:
@@ -129,30 +209,70 @@ class Classifier:
         return out
 
     def flush(self) -> list[Verdict]:
-        out = [self._finalise(inc) for inc in self._pending.values()]
-        self._pending.clear()
+        out: list[Verdict] = []
+        while self._pending:
+            self._pop_head(out)
         return out
 
     # ---- pairing ----------------------------------------------------------
     def _expire(self, now: float, out: list[Verdict]) -> None:
         pend = self._pending
-        while pend:
-            key = next(iter(pend))
-            inc = pend[key]
-            if inc.deadline >= now:
-                break
-            del pend[key]
-            out.append(self._finalise(inc))
+        while pend and self._due < now:
+            self._pop_head(out)
 
-    def _add_reset(self, rec: dict[str, Any], t: float, out: list[Verdict]) -> None:
-        key = (rec.get("src"), rec.get("sport"), rec.get("dst"), rec.get("dport"))
-        inc = self._pending.get(key)
-        if inc is None:
-            if len(self._pending) >= self.max_pending:
-                oldest = next(iter(self._pending))
-                out.append(self._finalise(self._pending.pop(oldest)))
-            inc = self._pending[key] = _Incident(t, t + self.pair_window_s)
-        (inc.sent if rec.get("dir") == "sent" else inc.recv).append(rec)
+    def _pop_head(self, out: list[Verdict]) -> None:
+        q = self._queue
+        inc = q.popleft()
+        del self._pending[inc.key]
+        if not (inc.sent and inc.recv) and self._nat_w:
+            self._pair_across_nat(inc)
+        out.append(self._finalise(inc))
+        while q and q[0].done:      # halves merged into an earlier incident
+            q.popleft()
+        self._due = q[0].deadline if q else _INF
+
+    def _index(self, inc: _Incident) -> None:
+        b = int(inc.t / self._nat_w)
+        slot = self._buckets.get(b)
+        if slot is None:
+            slot = self._buckets[b] = []
+            self._bucket_order.append(b)
+        slot.append(inc)
+
+    def _pair_across_nat(self, inc: _Incident) -> None:
+        """A reset sent in one namespace and one received in another, a few
+        ms apart, with the same service port but other addresses: the
+        halves of one reset that NAT rewrote on the way (a backend behind a
+        masquerading router answering for a VIP). Paired only when exactly
+        one candidate fits, so a storm cannot mix flows."""
+        w = self._nat_w
+        b = int(inc.t / w)
+        order, buckets = self._bucket_order, self._buckets
+        while order and order[0] < b - 2:   # older halves were decided already
+            buckets.pop(order.popleft(), None)
+        mine_sent = bool(inc.sent)
+        e = inc.sent[0] if mine_sent else inc.recv[0]
+        found: _Incident | None = None
+        for k in (b - 1, b, b + 1):
+            for o in buckets.get(k, ()):
+                if o is inc or o.done or bool(o.sent) == mine_sent or (o.sent and o.recv) \
+                        or abs(o.t - inc.t) > w:
+                    continue
+                s, r = (e, o.recv[0]) if mine_sent else (o.sent[0], e)
+                if _nat_match(s, r):
+                    if found is not None:
+                        return          # ambiguous: leave both alone
+                    found = o
+        if found is None:
+            return
+        del self._pending[found.key]
+        found.done = True
+        inc.sent += found.sent
+        inc.recv += found.recv
+        s, r = inc.sent[0], inc.recv[0]
+        port = s.get("sport") if s.get("sport") == r.get("sport") else s.get("dport")
+        inc.nat = (abs(found.t - inc.t), port)
+        inc.t = min(inc.t, found.t)
 
     def _add_ipvs(self, rec: dict[str, Any]) -> None:
         key = (rec.get("vaddr"), rec.get("vport"), rec.get("client"), rec.get("cport"))
@@ -163,9 +283,14 @@ class Classifier:
 
     # ---- the decision -----------------------------------------------------
     def _finalise(self, inc: _Incident) -> Verdict:
+        inc.done = True
         cause, conf, evidence, fixes = self._decide(inc)
         sent, recv = inc.sent, inc.recv
-        first = sent[0] if sent else recv[0]
+        if inc.nat is not None:
+            dt, port = inc.nat
+            evidence += f"; paired by time across NAT ({dt * 1000:.1f} ms apart, service port {port})"
+        # Across NAT the flow is the one the receiving socket knows.
+        first = recv[0] if inc.nat is not None or not sent else sent[0]
         v = Verdict(self._next_id, inc.t, cause, conf, evidence, fixes, sent + recv,
                     sent[0].get("netns") if sent else None, recv[0].get("netns") if recv else None,
                     first.get("src"), first.get("sport"), first.get("dst"), first.get("dport"))
@@ -181,15 +306,30 @@ class Classifier:
         return fx
 
     def _where(self, ns: Any, pid: Any = None) -> Where:
-        return Where(ns if isinstance(ns, int) else None, self.context.name(ns),
-                     pid if isinstance(pid, int) else None)
+        # One Where per (netns, pid, name): fix caches key on them by value.
+        name = self.context.name(ns)
+        key = (ns, pid)
+        w = self._wheres.get(key)
+        if w is None or w.name != name:
+            if len(self._wheres) > 4096:
+                self._wheres.clear()
+            w = self._wheres[key] = Where(ns if isinstance(ns, int) else None, name,
+                                          pid if isinstance(pid, int) else None)
+        return w
 
     def _decide(self, inc: _Incident) -> tuple[str, str, str, list[Fix]]:
         ctx = self.context
         t, upto = inc.t, inc.deadline
         # The sender that matters is the no-socket one: its namespace's tables
         # are the ones that forgot or refused the flow.
-        s = next((e for e in inc.sent if not e.get("has_sock")), inc.sent[0] if inc.sent else None)
+        s = None
+        for e in inc.sent:
+            if not e.get("has_sock"):
+                s = e
+                break
+        else:
+            if inc.sent:
+                s = inc.sent[0]
         r = inc.recv[0] if inc.recv else None
         s_ns = s.get("netns") if s else None
         r_ns = r.get("netns") if r else None
@@ -197,22 +337,31 @@ class Classifier:
         idle = _num(r.get("idle_ms")) if r else None
         idle = idle / 1000.0 if idle is not None else None
 
-        res = self._full(s_ns if s else None, t, upto)
+        # conntrack_full only when the table on the reset's path was in
+        # trouble: the no-socket sender's namespace, else the receiving
+        # socket's own one when conntrack was seen there. Only with neither
+        # (a remote sender, a namespace without conntrack) does trouble
+        # anywhere on the host count, and the evidence says so.
+        if s is not None:
+            path = s_ns
+        elif r is not None and ctx.has_ct(r_ns):
+            path = r_ns
+        else:
+            path = None
+        res = self._full(path, t, upto)
         if res:
             return res
 
         # Timeouts of the tables on the path: the sender's namespace when
         # known, else every namespace here that NATs (a guess: medium at best).
         guessed = s is None
-        tables = self._tables(s_ns if s is not None else None, guessed)
-        declared = self._declared
-        expired = self._ipvs_match(inc)
+        tb = self._tables(s_ns if s is not None else None, guessed)
+        expired = self._ipvs_match(inc) if self._ipvs else None
 
-        if s is not None and not s.get("has_sock") and not syn:
+        if s is not None and not syn and not s.get("has_sock"):
             rise = ctx.rise(s_ns, "invalid", t, upto)
             if rise:
-                limits = tables + declared
-                smallest = min(limits, key=lambda x: x[0]) if limits else None
+                smallest = tb.smallest
                 idle_past = expired is not None or (
                     idle is not None and smallest is not None and idle >= smallest[0])
                 if not idle_past:
@@ -229,10 +378,10 @@ class Classifier:
                     bl = _num(((ctx.ctx(s_ns) or {}).get("sysctl") or {}).get("nf_conntrack_tcp_be_liberal"))
                     w = self._where(s_ns)
                     return "conntrack_invalid", conf, ev, self._cached(
-                        ("inv", w, bl), lambda: invalid_fixes(w, None if bl is None else int(bl)))
+                        ("inv", s_ns, w.name, bl), lambda: invalid_fixes(w, None if bl is None else int(bl)))
 
         if not syn and (idle is not None or expired is not None):
-            res = self._idle(inc, r, s_ns, idle, tables, declared, expired, guessed)
+            res = self._idle(inc, r, s_ns, idle, tb, expired, guessed)
             if res:
                 return res
 
@@ -243,12 +392,13 @@ class Classifier:
                     f"(refused by {who})", [])
 
         if r is not None:
-            return self._peer(inc, r, s, idle, tables + declared)
+            return self._peer(inc, r, s, idle, tb.limits)
 
         return "unknown", "low", self._seen(s, idle), []
 
-    def _tables(self, s_ns: Any, guessed: bool) -> list[tuple[float, str, Any]]:
-        """(seconds, label, netns) of every conntrack/IPVS idle timeout on the path."""
+    def _tables(self, s_ns: Any, guessed: bool) -> _Tables:
+        """Every conntrack/IPVS idle timeout on the path, derived once per
+        path and context version."""
         ctx = self.context
         key = (s_ns, guessed, ctx.version)
         hit = self._tables_cache.get(key)
@@ -258,6 +408,7 @@ class Classifier:
             self._tables_cache.clear()
         path = [ns for ns in ctx.namespaces() if (ctx.ctx(ns) or {}).get("nat")] if guessed else [s_ns]
         tables: list[tuple[float, str, Any]] = []
+        mismatch: list[tuple[Any, float, float]] = []
         for ns in path:
             c = ctx.ctx(ns) or {}
             est = _num((c.get("sysctl") or {}).get("nf_conntrack_tcp_timeout_established"))
@@ -266,8 +417,12 @@ class Classifier:
                 tables.append((est, "conntrack established timeout", ns))
             if ipvs is not None:
                 tables.append((ipvs, "ipvs tcp timeout", ns))
-        self._tables_cache[key] = tables
-        return tables
+            if est is not None and ipvs is not None and ipvs > est:
+                mismatch.append((ns, est, ipvs))
+        limits = tables + self._declared
+        smallest = min(limits, key=lambda x: x[0]) if limits else None
+        hit = self._tables_cache[key] = _Tables(tables, limits, smallest, mismatch)
+        return hit
 
     def _full(self, path_ns: Any, t: float, upto: float) -> tuple[str, str, str, list[Fix]] | None:
         ctx = self.context
@@ -279,12 +434,20 @@ class Classifier:
         full_seen = False
         cur_max = cur_buckets = None
         peak = 0
-        lines = ctx.full_lines(path_ns, t, upto)
+        lines = ctx.full_lines(path_ns, t, upto, unnamed=False)
         if lines:
             strength, full_seen = 3, True
             facts.append(f"\"table full\" logged {lines}x"
                          + (f" in {ctx.label(path_ns)}" if path_ns is not None else "")
                          + f" within {self.window_s:g} s")
+        # A line naming no namespace (older kernels) may be from anywhere:
+        # it counts, as a guess, unless the path's own counters were read
+        # after the reset and can tell for themselves.
+        unnamed = ctx.full_lines(None, t, upto) - ctx.full_lines(None, t, upto, unnamed=False)
+        if unnamed and (path_ns is None or not ctx.covered(path_ns, t, upto)):
+            strength = max(strength, 2)
+            full_seen = True
+            facts.append(f"\"table full\" logged {unnamed}x (namespace not named) within {self.window_s:g} s")
         for ns in nss:
             fl, drop, early = ctx.signals(ns, t, upto)
             if fl:
@@ -325,37 +488,31 @@ class Classifier:
         return None
 
     def _idle(self, inc: _Incident, r: dict | None, s_ns: Any, idle: float | None,
-              tables: list, declared: list, expired: tuple | None, guessed: bool):
+              tb: _Tables, expired: tuple | None, guessed: bool):
         ctx = self.context
         exp_txt = ""
         if expired is not None:
             exp_txt = f"; IPVS expired this flow {_secs(inc.t - expired[0])} before the reset"
         # timeout mismatch: conntrack forgot (idle >= its timeout) while IPVS
         # in the same namespace still held the flow (idle < IPVS timeout).
-        by_ns: dict[Any, dict[str, float]] = {}
-        for sec, label, ns in tables:
-            by_ns.setdefault(ns, {})["ipvs" if label.startswith("ipvs") else "est"] = sec
         ka_on = r.get("keepalive") if r else None
         # ka_time_s is the effective value even with SO_KEEPALIVE off: it is
         # what the namespace sysctl (or the socket) holds now.
         ka_eff = _num(r.get("ka_time_s")) if r else None
         ka = ka_eff if ka_on else None
         if idle is not None:
-            for ns, tv in by_ns.items():
-                est, ipvs = tv.get("est"), tv.get("ipvs")
-                if est is not None and ipvs is not None and ipvs > est and est <= idle < ipvs:
+            for ns, est, ipvs in tb.mismatch:
+                if est <= idle < ipvs:
                     ev = (f"idle {_secs(idle)} >= conntrack established timeout {_secs(est)} in "
                           f"{ctx.label(ns)} while its ipvs tcp timeout {_secs(ipvs)} still held the flow"
                           + exp_txt)
                     w, rw = self._where(ns), self._where(r.get("netns"), r.get("pid")) if r else None
                     return "timeout_mismatch", "medium" if guessed else "high", ev, self._cached(
-                        ("tm", w, rw, est, ipvs, ka, ka_eff),
+                        ("tm", ns, w.name, rw and (rw.netns, rw.name, rw.pid), est, ipvs, ka, ka_eff),
                         lambda: timeout_mismatch_fixes(w, est, ipvs, ka, rw, ka_eff))
-        limits = tables + declared
-        if not limits:
+        if tb.smallest is None:
             return None
-        smallest = min(limits, key=lambda x: x[0])
-        T, label, ns = smallest
+        T, label, ns = tb.smallest
         if idle is not None:
             if idle < T:
                 return None
@@ -379,11 +536,11 @@ class Classifier:
         else:
             conf = "medium"
         ev = f"{idle_txt}; {ka_txt}{exp_txt}"
-        if ka is not None and tables and any(ka == sec for sec, _, _ in tables if sec >= T):
+        if ka is not None and any(ka == sec for sec, _, _ in tb.tables if sec >= T):
             ev += "; keepalive equal to a timeout leaves no margin"
         where = self._where(r.get("netns"), r.get("pid")) if r else self._where(s_ns)
         return "keepalive", conf, ev, self._cached(
-            ("ka", where, ka, ka_eff, T, label),
+            ("ka", where.netns, where.name, where.pid, ka, ka_eff, T, label),
             lambda: keepalive_fixes(where, ka, T, label, sysctl_now=ka_eff))
 
     def _peer(self, inc: _Incident, r: dict, s: dict | None, idle: float | None, limits: list):

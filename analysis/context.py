@@ -39,6 +39,34 @@ class NsTotals:
     full_lines: int = 0        # "table full" log lines naming this namespace
 
 
+FULL_RATIO = 0.95
+MAX_EPISODES = 10_000   # per run; a flapping table beyond this is counted, not kept
+
+
+@dataclass(slots=True)
+class Episode:
+    """One namespace's conntrack table in trouble: signals closer together
+    than the window belong to one episode. `netns` None: "table full" lines
+    that named no namespace (older kernels)."""
+    netns: int | None
+    t_first: float
+    t_last: float
+    log_lines: int = 0          # "table full" lines (rate-limited by the kernel: a floor)
+    drop: int = 0               # growth of the `drop` counter seen during the episode
+    early_drop: int = 0
+    netfilter_drops: int = 0    # `ct_drop` records (any netfilter drop: not specific alone)
+    full_snapshots: int = 0     # snapshots with count >= 95 % of max
+    fullest: tuple[int, int] | None = None   # (count, max) of the fullest snapshot
+    peak_count: int = 0
+    max: int | None = None
+    buckets: int | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        """A table-full signal, not only netfilter drops (a DROP rule makes those too)."""
+        return bool(self.log_lines or self.drop or self.early_drop or self.full_snapshots)
+
+
 @dataclass
 class Rise:
     counter: str
@@ -77,9 +105,12 @@ class ContextStore:
             except (TypeError, ValueError):
                 continue
         self.totals: dict[int, NsTotals] = {}
-        self.full_episodes: list[list[Any]] = []   # [t_first, t_last, lines, netns set]
+        self.episodes: list[Episode] = []          # in order of their first signal
+        self._open: dict[Any, Episode] = {}       # netns -> its newest episode
+        self.episodes_dropped = 0
         self.full_unattributed = 0
         self.last_t: float | None = None
+        self.latest_ctx: dict[str, Any] | None = None   # newest `ctx` record (for the audit)
         # Bumped on every change; callers cache what they derive from the store.
         self.version = 0
         self._signals: dict[tuple, tuple] = {}
@@ -103,6 +134,9 @@ class ContextStore:
             self._drops.setdefault(ns, deque()).append(t)
             if isinstance(ns, int):
                 self._tot(ns).ct_drops += 1
+                ep = self._episode(ns, t)
+                if ep is not None:
+                    ep.netfilter_drops += 1
         else:
             return
         self.version += 1
@@ -116,7 +150,32 @@ class ContextStore:
             tot = self.totals[ns] = NsTotals()
         return tot
 
+    def _episode(self, ns: Any, t: float) -> Episode | None:
+        """The episode of `ns` still open at t (its last signal within the
+        window), else a new one."""
+        ep = self._open.get(ns)
+        if ep is not None and t - ep.t_last <= self.window_s:
+            if t > ep.t_last:
+                ep.t_last = t
+            return ep
+        if len(self.episodes) >= MAX_EPISODES:
+            self.episodes_dropped += 1
+            return None
+        ep = self._open[ns] = Episode(ns, t, t)
+        slot = self._ns.get(ns) if ns is not None else None
+        if slot is not None and slot.cts:
+            # The newest snapshot before the episode sizes its fix until a
+            # snapshot inside it comes.
+            ct = slot.cts[-1]
+            c, m, b = ct.get("count"), ct.get("max"), ct.get("buckets")
+            ep.peak_count = c if isinstance(c, int) else 0
+            ep.max = m if isinstance(m, int) else None
+            ep.buckets = b if isinstance(b, int) else None
+        self.episodes.append(ep)
+        return ep
+
     def _add_ctx(self, t: float, rec: dict[str, Any]) -> None:
+        self.latest_ctx = rec
         for n in rec.get("namespaces") or ():
             ns = n.get("netns")
             if not isinstance(ns, int):
@@ -136,9 +195,36 @@ class ContextStore:
                 slot.times.append(t)
                 slot.cts.append(ct)
                 c, m = ct.get("count"), ct.get("max")
-                if (isinstance(c, int) and isinstance(m, int) and m > 0 and c >= 0.95 * m) or (
-                        prev is not None and any(_grew(prev, ct, k) for k in ("drop", "early_drop"))):
+                full = isinstance(c, int) and isinstance(m, int) and m > 0 and c >= FULL_RATIO * m
+                grew = prev is not None and (_grew(prev, ct, "drop") or _grew(prev, ct, "early_drop"))
+                if full or grew:
                     self._trouble[ns] = t
+                    ep = self._episode(ns, t)
+                    if ep is not None:
+                        if full:
+                            ep.full_snapshots += 1
+                            if ep.fullest is None or c * ep.fullest[1] > ep.fullest[0] * m:
+                                ep.fullest = (c, m)
+                        if grew:
+                            ep.drop += max(0, (ct.get("drop") or 0) - (prev.get("drop") or 0))
+                            ep.early_drop += max(0, (ct.get("early_drop") or 0) - (prev.get("early_drop") or 0))
+                        if isinstance(c, int) and c > ep.peak_count:
+                            ep.peak_count = c
+                        if isinstance(m, int):
+                            ep.max = m
+                        if isinstance(ct.get("buckets"), int):
+                            ep.buckets = ct["buckets"]
+                else:
+                    # A quiet snapshot inside an open episode (e.g. one found
+                    # from log lines) still tells its size, for the fix.
+                    ep = self._open.get(ns)
+                    if ep is not None and t - ep.t_last <= self.window_s:
+                        if isinstance(c, int) and c > ep.peak_count:
+                            ep.peak_count = c
+                        if isinstance(m, int):
+                            ep.max = m
+                        if isinstance(ct.get("buckets"), int):
+                            ep.buckets = ct["buckets"]
                 tot = self._tot(ns)
                 if tot.first is None:
                     tot.first = ct
@@ -160,13 +246,9 @@ class ContextStore:
             self._tot(ns).full_lines += 1
         # Lines closer than the window belong to one episode: the kernel
         # rate-limits the message, so a count of lines means little.
-        ep = self.full_episodes[-1] if self.full_episodes else None
-        if ep is not None and t - ep[1] <= self.window_s:
-            ep[1] = t
-            ep[2] += 1
-            ep[3].add(ns)
-        else:
-            self.full_episodes.append([t, t, 1, {ns}])
+        ep = self._episode(ns, t)
+        if ep is not None:
+            ep.log_lines += 1
 
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s - 2 * self.slack_s
@@ -215,11 +297,26 @@ class ContextStore:
             return Rise(counter, ns, a, b, times[base], times[last])
         return None
 
+    def covered(self, ns: int, t: float, upto: float) -> bool:
+        """`ns`'s conntrack counters were read at or after t (and by upto):
+        a rise before the reset would show in them."""
+        slot = self._ns.get(ns)
+        if slot is None or not slot.times:
+            return False
+        i = bisect_right(slot.times, upto) - 1
+        return i >= 0 and slot.times[i] >= t
+
+    def has_ct(self, ns: int | None) -> bool:
+        """Conntrack was seen in `ns`: counters in a snapshot, a netfilter
+        drop or a "table full" line naming it."""
+        return ns is not None and ns in self.totals
+
     def quiet(self, ns: int | None, t: float) -> bool:
         """True when no full-table evidence can exist for a reset at t in
         `ns` (None: any namespace)."""
         lo = t - self.window_s
-        if self._full and self._full[-1][0] >= lo:
+        if self._full and self._full[-1][0] >= lo and (
+                ns is None or any(n is None or n == ns for ts, n in self._full if ts >= lo)):
             return False
         for q in (self._drops.values() if ns is None else [self._drops.get(ns) or ()]):
             if q and q[-1] >= lo:
@@ -261,13 +358,32 @@ class ContextStore:
             return c, m
         return None
 
-    def full_lines(self, ns: int | None, t: float, upto: float) -> int:
-        """"table full" lines for `ns` in [t - window, upto]; lines that name
-        no namespace count for every namespace."""
+    def full_lines(self, ns: int | None, t: float, upto: float, unnamed: bool = True) -> int:
+        """"table full" lines naming `ns` (None: any namespace) in
+        [t - window, upto]; with `unnamed`, lines naming none count too."""
         if not self._full:
             return 0
         lo = t - self.window_s
-        return sum(1 for ts, n in self._full if lo <= ts <= upto and (n is None or ns is None or n == ns))
+        return sum(1 for ts, n in self._full
+                   if lo <= ts <= upto and (n is None and unnamed or n is not None and (ns is None or n == ns)))
+
+    def conntrack_episodes(self, since: float | None = None, until: float | None = None,
+                           netns: Any = None, confirmed: bool = True) -> list[Episode]:
+        """Table-full episodes overlapping [since, until], optionally only
+        those of the namespaces in `netns` (a collection of inodes; None
+        stays None for lines that named no namespace)."""
+        out = []
+        for ep in self.episodes:
+            if confirmed and not ep.confirmed:
+                continue
+            if since is not None and ep.t_last < since:
+                continue
+            if until is not None and ep.t_first > until:
+                continue
+            if netns is not None and ep.netns not in netns:
+                continue
+            out.append(ep)
+        return out
 
     def drop_records(self, ns: int | None, t: float, upto: float) -> int:
         lo = t - self.window_s

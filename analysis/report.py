@@ -7,6 +7,8 @@ frame and does the aggregation.
 
 from __future__ import annotations
 
+import gc
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +17,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .batches import iter_batches
 from .classify import CAUSES, Classifier, Verdict
 from .config import Finding, audit
+from .csvout import ROW_FIELDS, RowWriter, Tally
 from .context import ContextStore
+from .findings import conntrack_episodes
 from .fixes import Fix
 from .safe import FORMULA_START, csv_text, has_control, printable
 
@@ -46,6 +51,7 @@ class Rows:
         self.names = names if names is not None else {}
         self._strings: dict[str, str] = {}      # one object per distinct host string
         self._fix_text: dict[int, tuple[list[Fix], str]] = {}
+        self.tally = Tally()
 
     def __len__(self) -> int:
         return len(self.cols["time"])
@@ -66,7 +72,9 @@ class Rows:
             hit = self._fix_text[id(v.fixes)] = (v.fixes, fix_text(v.fixes))
         fix = hit[1]
         s = self._s
-        for e in v.events if events is None else events:
+        events = v.events if events is None else events
+        self.tally.add(v.cause, events)
+        for e in events:
             ns = e.get("netns")
             idle = e.get("idle_ms")
             c["time"].append(e.get("t"))
@@ -174,23 +182,11 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def _cell(v: Any) -> str:
-    """One CSV cell as pandas writes it (minimal quoting), formula-safe, one line."""
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        return str(v)
-    v = csv_text(v)
-    if "," in v or '"' in v or "\n" in v or "\r" in v:
-        return '"' + v.replace('"', '""') + '"'
-    return v
-
-
 class CsvStream:
     """Writes report rows as verdicts arrive, without holding them: the
     bytes equal `write_csv(to_frame(verdicts))`. Atomic like write_csv:
     `close()` renames the finished file into place, `abort()` removes it.
-    It keeps only what the summary aggregates (time, cause, flow)."""
+    It keeps only what the summary counts (`tally`)."""
 
     def __init__(self, path: str | os.PathLike[str], names: dict[int, str] | None = None):
         self.path = Path(path)
@@ -198,84 +194,35 @@ class CsvStream:
         self.names = names if names is not None else {}
         self._fh = open(self.tmp, "w", encoding="utf-8", newline="")
         self._fh.write(",".join(COLUMNS) + "\n")
-        self._buf: list[str] = []
-        self._cells: dict[Any, str] = {}
-        self._sec: dict[int, str] = {}
+        self._rows = RowWriter(self._fh)
+        self.tally = self._rows.tally
         self._fix_text: dict[int, tuple[list[Fix], str]] = {}
         self.n = 0
-        self.agg: dict[str, list[Any]] = {"time": [], "cause": [], "incident": [], "src": [], "sport": [], "dst": []}
-
-    def _c(self, v: Any) -> str:
-        hit = self._cells.get(v)
-        if hit is None:
-            if len(self._cells) > 65536:
-                self._cells.clear()
-            hit = self._cells[v] = _cell(v)
-        return hit
-
-    def _time(self, t: Any) -> str:
-        if not isinstance(t, (int, float)):
-            return ""
-        ms = round(t * 1000)
-        sec, frac = divmod(ms, 1000)
-        p = self._sec.get(sec)
-        if p is None:
-            if len(self._sec) > 65536:
-                self._sec.clear()
-            p = self._sec[sec] = str(np.datetime64(sec, "s"))
-        return f"{p}.{frac:03d}Z"
 
     def add(self, v: Verdict, events: list[dict[str, Any]] | None = None) -> None:
-        hit = self._fix_text.get(id(v.fixes))
-        if hit is None or hit[0] is not v.fixes:
-            if len(self._fix_text) > 8192:
-                self._fix_text.clear()
-            hit = self._fix_text[id(v.fixes)] = (v.fixes, fix_text(v.fixes))
-        c, cell = self._c, _cell
-        mid = f"{c(v.cause)},{c(v.confidence)},{cell(v.evidence)},{c(hit[1])},{v.incident}"
-        tail = f"{'' if v.sender_netns is None else v.sender_netns},{'' if v.receiver_netns is None else v.receiver_netns}"
-        agg = self.agg
-        buf = self._buf
+        fixes = v.fixes
+        fix = ""
+        if fixes:
+            hit = self._fix_text.get(id(fixes))
+            if hit is None or hit[0] is not fixes:
+                if len(self._fix_text) > 8192:
+                    self._fix_text.clear()
+                hit = self._fix_text[id(fixes)] = (fixes, fix_text(fixes))
+            fix = hit[1]
+        names = self.names
+        rows = []
         for e in v.events if events is None else events:
-            g = e.get
-            ns = g("netns")
-            idle = g("idle_ms")
-            pid = g("pid")
-            ka = g("ka_time_s") if g("keepalive") else None
-            fam = g("family")
-            ck = g("cookie")
-            t = g("t")
-            buf.append(
-                f"{self._time(t)},{c(g('dir'))},{'' if ns is None else ns},{c(g('pod'))},"
-                f"{'' if pid is None else pid},{c(g('comm'))},{c(g('src'))},{c(g('sport'))},{c(g('dst'))},"
-                f"{c(g('dport'))},{c(g('state') or None)},{c(g('reason'))},"
-                f"{idle / 1000.0 if isinstance(idle, (int, float)) else ''},{'' if ka is None else ka},"
-                f"{mid},{c(self.names.get(ns))},{tail},{'' if fam is None else fam},{'' if ck is None else ck}\n")
-            agg["time"].append(t)
-            agg["cause"].append(v.cause)
-            agg["incident"].append(v.incident)
-            agg["src"].append(g("src"))
-            agg["sport"].append(g("sport"))
-            agg["dst"].append(g("dst"))
+            try:
+                fields = _row_fields(e)
+            except KeyError:
+                fields = tuple(map(e.get, ROW_FIELDS))
+            rows.append(fields + (e.get("pod"), names.get(fields[2])))
+        self._rows.add((v.cause, v.confidence, v.evidence, fix, v.incident, v.sender_netns,
+                        v.receiver_netns), rows)
         self.n += 1
-        if len(buf) >= 8192:
-            self._fh.write("".join(buf))
-            buf.clear()
-
-    def frame(self) -> pd.DataFrame:
-        """What the summary needs, as a frame (time, cause, incident, flow)."""
-        a = self.agg
-        t = np.array(a["time"], dtype="float64")
-        return pd.DataFrame({
-            "time": pd.to_datetime((t * 1000).round().astype("int64"), unit="ms", utc=True),
-            "cause": pd.Categorical(a["cause"], categories=list(CAUSES)),
-            "incident": np.array(a["incident"], dtype="int64"),
-            "src": np.array(a["src"], dtype=object), "sport": np.array(a["sport"], dtype=object),
-            "dst": np.array(a["dst"], dtype=object)})
 
     def close(self) -> None:
-        self._fh.write("".join(self._buf))
-        self._buf.clear()
+        self._rows.flush()
         self._fh.close()
         os.replace(self.tmp, self.path)
 
@@ -285,6 +232,11 @@ class CsvStream:
             self.tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+# The fields of a reset record a CSV row shows, in one C call; records that
+# lack one (hand-written, older) take the .get path.
+_row_fields = operator.itemgetter(*ROW_FIELDS)
 
 
 # ---- summary ---------------------------------------------------------------
@@ -300,17 +252,18 @@ def _flow(src: Any, sport: Any, dst: Any) -> str:
     return f"{src}:{sport} -> {dst}"
 
 
-def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Finding],
+def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding],
               fixes: list[Fix] | None = None, warnings: list[str] | None = None,
-              top: int = 5, bins: int = 12) -> Summary:
+              top: int = 5, bins: int = 12, ram_bytes: int | None = None) -> Summary:
     """Resets per cause, top flows, resets over time, config findings,
     conntrack trouble (including what caused no reset) and the fixes."""
     rows: list[tuple[str, str, Any, str]] = []     # section, name, value, detail
     lines: list[str] = []
-    n = len(df)
-    incidents = int(df["incident"].nunique()) if n else 0
+    n = tally.n
+    incidents = tally.incidents
     if n:
-        t0, t1 = df["time"].min(), df["time"].max()
+        t0 = pd.Timestamp(tally.ms_min, unit="ms", tz="UTC")
+        t1 = pd.Timestamp(tally.ms_max, unit="ms", tz="UTC")
         lines.append(f"{n} resets in {incidents} incidents, "
                      f"{t0:%Y-%m-%d %H:%M:%S} to {t1:%H:%M:%S} UTC")
     else:
@@ -320,7 +273,7 @@ def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Fin
     if n:
         lines.append("")
         lines.append("resets per cause")
-        per = df["cause"].value_counts()
+        per = tally.causes
         for cause in CAUSES:
             k = int(per.get(cause, 0))
             if k:
@@ -329,10 +282,7 @@ def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Fin
 
         lines.append("")
         lines.append(f"top {top} flows (reset sender -> reset host)")
-        g = df.groupby(["src", "sport", "dst"], sort=False, dropna=False).size().nlargest(top)
-        for (src, sport, dst), k in g.items():
-            sub = df.loc[(df["src"] == src) & (df["sport"] == sport) & (df["dst"] == dst), "cause"]
-            main = sub.value_counts().index[0]
+        for (src, sport, dst), k, main in tally.top_flows(top, {c: i for i, c in enumerate(CAUSES)}):
             flow = printable(_flow(src, sport, dst))
             lines.append(f"  {flow[:52]:<52} {int(k):>7}  {main}")
             rows.append(("flow", flow, int(k), main))
@@ -342,9 +292,10 @@ def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Fin
         width = max(1.0, span / bins)
         step = next((s for s in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400) if s >= width), 86400)
         lines.append(f"resets over time (per {step} s)")
-        per_bin = df["time"].dt.floor(f"{step}s").value_counts().sort_index()
-        peak = int(per_bin.max())
-        for ts, k in per_bin.items():
+        per_bin = tally.over_time(step)
+        peak = max(k for _, k in per_bin)
+        for sec, k in per_bin:
+            ts = pd.Timestamp(sec, unit="s", tz="UTC")
             bar = "#" * max(1, round(30 * int(k) / peak))
             lines.append(f"  {ts:%H:%M:%S} {int(k):>9} {bar}")
             rows.append(("time", f"{ts:%Y-%m-%dT%H:%M:%SZ}", int(k), f"{step}s"))
@@ -357,7 +308,7 @@ def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Fin
             rows.append(("finding", f.key, f.severity, printable(f.message)))
 
     if context is not None:
-        ct_lines = _conntrack_trouble(context, rows)
+        ct_lines = _conntrack_trouble(context, rows, ram_bytes)
         if ct_lines:
             lines.append("")
             lines.append("conntrack trouble (with or without resets)")
@@ -381,15 +332,17 @@ def summarize(df: pd.DataFrame, context: ContextStore | None, findings: list[Fin
     return Summary("\n".join(lines) + "\n", frame, list(warnings or ()))
 
 
-def _conntrack_trouble(ctx: ContextStore, rows: list) -> list[str]:
+def _conntrack_trouble(ctx: ContextStore, rows: list, ram_bytes: int | None = None) -> list[str]:
     out: list[str] = []
-    for t_first, t_last, count, nss in ctx.full_episodes:
-        named = ", ".join(printable(ctx.label(ns)) for ns in sorted(nss, key=lambda x: (x is None, x or 0))
-                          if ns is not None) or "netns not named in the log"
-        ts = pd.Timestamp(t_first, unit="s", tz="UTC")
-        dur = t_last - t_first
-        out.append(f"  table full at {ts:%H:%M:%S} for {dur:.0f} s ({count} log lines): {named}")
-        rows.append(("ct_full_episode", f"{ts:%Y-%m-%dT%H:%M:%SZ}", count, f"{dur:.1f}s {named}"))
+    for ep in conntrack_episodes(ctx, ram_bytes=ram_bytes):
+        ts = pd.Timestamp(ep.t_first, unit="s", tz="UTC")
+        dur = ep.t_last - ep.t_first
+        out.append(f"  table full at {ts:%H:%M:%S} for {dur:.0f} s in {printable(ep.label)} ({ep.confidence}):")
+        out.append(f"    {printable(ep.facts)}")
+        rows.append(("ct_full_episode", f"{ts:%Y-%m-%dT%H:%M:%SZ}", ep.raw.log_lines,
+                     f"{dur:.1f}s {printable(ep.label)}: {printable(ep.evidence)}"))
+    if ctx.episodes_dropped:
+        out.append(f"  ... {ctx.episodes_dropped} more episodes not kept")
     for ns, tot in sorted(ctx.totals.items()):
         parts = []
         if tot.first is not None and tot.last is not None:
@@ -438,11 +391,9 @@ def parse_time(text: str | float | None) -> float | None:
 
 def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeouts: dict[str, float] | None,
             pair_window_s: float, since: float | None, until: float | None, cause: str | None,
-            ram_bytes: int | None) -> tuple[Classifier, Any, dict[str, Any] | None, dict[int, list[Fix]]]:
-    from rsttrace.tracer.recording import iter_recording
-
-    reader, it = iter_recording(path)
-    first = next(it, None)
+            ram_bytes: int | None) -> tuple[Classifier, Any, dict[int, list[Fix]]]:
+    reader, batches = iter_batches(path)
+    first = next(batches, None)
     header = reader.header or {}
     names: dict[int, str] = {}
     for k, v in (header.get("netns_names") or {}).items():
@@ -453,7 +404,6 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
     clf = Classifier(window_s=window_s, idle_timeouts=idle_timeouts, pair_window_s=pair_window_s,
                      netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"))
     sink.names = clf.context.names
-    latest_ctx: dict[str, Any] | None = None
     fix_lists: dict[int, list[Fix]] = {}
     timed = since is not None or until is not None
 
@@ -471,25 +421,33 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
             if v.fixes and id(v.fixes) not in fix_lists:
                 fix_lists[id(v.fixes)] = v.fixes
 
-    feed = clf.feed
-    if first is not None:
-        for rec in _chain(first, it):
-            if rec.get("kind") == "ctx":
-                latest_ctx = rec
-            vs = feed(rec)
-            if vs:
-                take(vs)
-    take(clf.flush())
-    return clf, reader, latest_ctx, fix_lists
+    # The replay makes millions of short-lived dicts that never form
+    # cycles (records, verdicts): reference counting frees them, and the
+    # cyclic collector would only walk the live ones again and again
+    # (a third of the run time on a million resets).
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        if first is not None:
+            take(clf.feed_many(first))
+            for batch in batches:
+                take(clf.feed_many(batch))
+        take(clf.flush())
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return clf, reader, fix_lists
 
 
-def _finish(df: pd.DataFrame, clf: Classifier, reader: Any, latest_ctx: dict[str, Any] | None,
-            fix_lists: dict[int, list[Fix]], idle_timeouts: dict[str, float] | None) -> Summary:
+def _finish(tally: Tally, clf: Classifier, reader: Any, fix_lists: dict[int, list[Fix]],
+            idle_timeouts: dict[str, float] | None) -> Summary:
+    latest_ctx = clf.context.latest_ctx
     findings = audit(latest_ctx, idle_timeouts) if latest_ctx else []
     warnings = list(reader.warnings)
     if reader.totals and reader.totals.get("lost"):
         warnings.append(f"{reader.totals['lost']} events were lost in the kernel while recording")
-    return summarize(df, clf.context, findings, _unique_fixes(fix_lists.values()), warnings)
+    return summarize(tally, clf.context, findings, _unique_fixes(fix_lists.values()), warnings,
+                     ram_bytes=clf.ram_bytes)
 
 
 def report_recording(path: str | os.PathLike[str], window_s: float = 10.0,
@@ -502,10 +460,9 @@ def report_recording(path: str | os.PathLike[str], window_s: float = 10.0,
     classification, so a reset just after `since` still sees the context
     recorded before it."""
     rows = Rows()
-    clf, reader, latest_ctx, fix_lists = _replay(path, rows, window_s, idle_timeouts, pair_window_s,
-                                                 since, until, cause, ram_bytes)
-    df = rows.frame()
-    return df, _finish(df, clf, reader, latest_ctx, fix_lists, idle_timeouts)
+    clf, reader, fix_lists = _replay(path, rows, window_s, idle_timeouts, pair_window_s,
+                                     since, until, cause, ram_bytes)
+    return rows.frame(), _finish(rows.tally, clf, reader, fix_lists, idle_timeouts)
 
 
 def write_report(path: str | os.PathLike[str], csv_path: str | os.PathLike[str], window_s: float = 10.0,
@@ -517,17 +474,10 @@ def write_report(path: str | os.PathLike[str], csv_path: str | os.PathLike[str],
     `rsttrace report -o` and `rsttrace record --csv`."""
     sink = CsvStream(csv_path)
     try:
-        clf, reader, latest_ctx, fix_lists = _replay(path, sink, window_s, idle_timeouts, pair_window_s,
-                                                     since, until, cause, ram_bytes)
-        df = sink.frame()
-        summary = _finish(df, clf, reader, latest_ctx, fix_lists, idle_timeouts)
+        clf, reader, fix_lists = _replay(path, sink, window_s, idle_timeouts, pair_window_s,
+                                         since, until, cause, ram_bytes)
+        sink.close()
     except BaseException:
         sink.abort()
         raise
-    sink.close()
-    return len(df), summary
-
-
-def _chain(first: dict[str, Any], it: Any):
-    yield first
-    yield from it
+    return sink.tally.n, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)

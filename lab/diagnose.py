@@ -4,7 +4,8 @@ Pure Python (no root, no bcc): the records of the scenario's time window go
 through the same `Classifier` as live use and reports; the verdicts on the
 scenario's client flows are its diagnosis. A scenario whose flows see no
 reset (conntrack full drops SYNs; the controls) is diagnosed from what the
-stream shows instead: "table full" lines and netfilter drops, or nothing.
+stream shows instead: the analysis' conntrack episodes (table-full lines,
+drop counters, a table at 95 % of max), or nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def _fix_text(fixes: list[Any]) -> str:
 
 def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[int, str]) -> Diagnosis:
     from rsttrace.analysis.classify import Classifier
+    from rsttrace.analysis.findings import conntrack_episodes
 
     c = Classifier(netns_names=netns_label)
     verdicts = []
@@ -74,28 +76,14 @@ def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[
             others = Counter(v.cause for v in mine[1:])
             evidence += "; then " + ", ".join(f"{n}x {c}" for c, n in sorted(others.items()))
         return Diagnosis(run.name, expected, first.cause, evidence, _fix_text(first.fixes), mine)
-    full = [r for r in records if r.get("kind") == "ct_full"]
-    drops = [r for r in records if r.get("kind") == "ct_drop"]
-    if full:
-        where = {netns_label.get(r.get("netns"), str(r.get("netns"))) for r in full}
-        return Diagnosis(run.name, expected, "conntrack_full",
-                         f"\"table full\" logged {len(full)}x in {', '.join(sorted(where))}; "
-                         f"{len(drops)} netfilter drops; no reset: new connections time out",
-                         _full_fix(records, {r.get("netns") for r in full}))
+    # No reset on the scenario's flows: a full table drops SYNs (clients
+    # time out), which the analysis reports as conntrack episodes.
+    episodes = conntrack_episodes(c.context, since=run.t_start)
+    if episodes:
+        ep = max(episodes, key=lambda e: (e.confidence == "high", e.t_last - e.t_first))
+        evidence = ep.evidence + "; no reset: new connections time out"
+        if len(episodes) > 1:
+            evidence += f" ({len(episodes)} episodes)"
+        return Diagnosis(run.name, expected, "conntrack_full", evidence, _fix_text(ep.fixes))
     return Diagnosis(run.name, expected, NONE,
                      f"no reset on the scenario's flows ({len(run.flows)} connections)", "")
-
-
-def _full_fix(records: list[dict[str, Any]], nss: set[Any]) -> str:
-    """The analysis' own fix for a full table, sized from the context seen
-    while it was full (the lowered max, the peak count)."""
-    from rsttrace.analysis.fixes import conntrack_full_fixes
-    cur_max = buckets = None
-    peak = 0
-    for r in records:
-        for n in r.get("namespaces") or [] if r.get("kind") == "ctx" else []:
-            ct = n.get("ct") or {}
-            if n.get("netns") in nss and isinstance(ct.get("max"), int):
-                cur_max, buckets = ct["max"], ct.get("buckets")
-                peak = max(peak, int(ct.get("count") or 0))
-    return _fix_text(conntrack_full_fixes(cur_max, buckets, peak, True, None))

@@ -71,8 +71,29 @@ CASES = {
                                         sent(6), recv(6.001)], "peer_reset", "high"),
     "full_any_netns_when_path_unknown": ([ctx(0, ns(SRV, "srv", drop=1)), ctx(5, ns(SRV, "srv", drop=5)),
                                           recv(6)], "conntrack_full", "medium"),
+    # a line naming no namespace (older kernels) is a guess: medium, and
+    # ignored when the path's own counters, read after the reset, show nothing
     "full_log_line_without_netns": ([ctx(0, lb()), {"kind": "ct_full", "t": T0 + 5, "netns": None, "text": "x"},
-                                     sent(6)], "conntrack_full", "high"),
+                                     sent(6)], "conntrack_full", "medium"),
+    "full_log_line_without_netns_counters_quiet": (
+        [ctx(0, lb()), {"kind": "ct_full", "t": T0 + 5, "netns": None, "text": "x"}, sent(6), ctx(6.5, lb())],
+        "unknown", "low"),
+    # trouble elsewhere does not relabel a reset whose path is known
+    "full_elsewhere_not_on_receiver_path": (
+        [ctx(0, lb(drop=3), ns(CLI, "cli")), ctx(5, lb(drop=9), ns(CLI, "cli")), recv(6, idle_ms=100)],
+        "peer_reset", "medium"),
+    "full_line_elsewhere_not_on_receiver_path": (
+        [ctx(0, lb(), ns(CLI, "cli")), {"kind": "ct_full", "t": T0 + 5, "netns": LB, "text": "table full"},
+         ctx(5.5, lb(drop=16, count=6, mx=6), ns(CLI, "cli")), recv(6, idle_ms=100)], "peer_reset", "medium"),
+    "full_line_elsewhere_not_on_sender_path": (
+        [ctx(0, lb(), ns(SRV, "srv")), {"kind": "ct_full", "t": T0 + 5, "netns": SRV, "text": "table full"},
+         sent(6, syn=True)], "no_listener", "high"),
+    "full_on_receiver_own_netns": (
+        [ctx(0, ns(CLI, "cli", drop=1)), ctx(5, ns(CLI, "cli", drop=4)), recv(6, idle_ms=100)],
+        "conntrack_full", "medium"),
+    "full_line_on_receiver_own_netns": (
+        [ctx(0, ns(CLI, "cli")), {"kind": "ct_full", "t": T0 + 5, "netns": CLI, "text": "table full"},
+         recv(6, idle_ms=100)], "conntrack_full", "high"),
     # conntrack_invalid
     "invalid_fresh_flow": ([ctx(0, lb(est=4, invalid=1)), ctx(5, lb(est=4, invalid=2)), sent(6),
                             recv(6.001, idle_ms=200)], "conntrack_invalid", "high"),

@@ -85,3 +85,41 @@ def test_stream_failure_leaves_nothing(tmp_path):
         write_report(bad, tmp_path / "r.csv")
     assert ":4:" in str(e.value)
     assert os.listdir(tmp_path) == ["bad.jsonl"]
+
+
+def _bench_recording(tmp_path, n):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", Path(__file__).resolve().parents[2] / "bench" / "bench_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    p = tmp_path / "bench.jsonl"
+    mod.generate(p, n)
+    return p
+
+
+def test_stream_equals_frame_on_many_resets(tmp_path):
+    rec = _bench_recording(tmp_path, 3000)
+    df, summary = report_recording(rec)
+    write_csv(df, tmp_path / "frame.csv")
+    n, summary2 = write_report(rec, tmp_path / "stream.csv")
+    assert n == len(df) == 3000
+    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
+    assert summary.text == summary2.text
+
+
+def test_summary_counts_match_the_rows(tmp_path):
+    rec = _bench_recording(tmp_path, 3000)
+    df, summary = report_recording(rec)
+    s = summary.frame
+    per_cause = {r.name: r.value for r in s[s["section"] == "cause"].itertuples()}
+    assert per_cause == {k: int(v) for k, v in df["cause"].value_counts().items()}
+    flows = df.groupby(["src", "sport", "dst"]).size()
+    for r in s[s["section"] == "flow"].itertuples():
+        src, rest = r.name.split(":", 1)
+        sport, dst = rest.split(" -> ")
+        assert flows[(src, int(sport), dst)] == r.value == flows.max()
+    step = int(s[s["section"] == "time"]["detail"].iloc[0][:-1])
+    bins = df["time"].dt.floor(f"{step}s").value_counts().sort_index()
+    assert [int(v) for v in s[s["section"] == "time"]["value"]] == [int(v) for v in bins.values]
+    assert f"3000 resets in {df['incident'].nunique()} incidents" in summary.text

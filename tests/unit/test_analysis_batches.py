@@ -1,0 +1,71 @@
+"""The fast batch reader yields what the recording reader yields, and fails
+the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rsttrace.analysis.batches import iter_batches
+from rsttrace.tracer.recording import RecordingError, iter_recording
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def both(path):
+    ref_reader, it = iter_recording(path)
+    ref = list(it)
+    reader, batches = iter_batches(path)
+    got = [r for b in batches for r in b]
+    return ref, ref_reader, got, reader
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIX.glob("*.jsonl")))
+def test_fixtures_read_the_same(name):
+    ref, ref_reader, got, reader = both(FIX / name)
+    assert got == ref
+    assert (reader.header, reader.totals, reader.truncated, reader.warnings) == \
+        (ref_reader.header, ref_reader.totals, ref_reader.truncated, ref_reader.warnings)
+
+
+def test_many_batches_and_lines_orjson_refuses(tmp_path, monkeypatch):
+    import rsttrace.analysis.batches as b
+    monkeypatch.setattr(b, "BLOCK_BYTES", 200)     # many small blocks
+    p = tmp_path / "r.jsonl"
+    lines = ['{"kind":"header","schema":1,"t":1}']
+    lines += [f'{{"kind":"reset","t":{i},"sport":{i}}}' for i in range(50)]
+    lines += ['{"kind":"ctx","t":60,"x":NaN}', "", '{"kind":"header","schema":1,"t":2}',
+              '{"kind":"totals","events":50}']
+    p.write_text("\n".join(lines) + "\n")
+    ref, ref_reader, got, reader = both(p)
+    assert got == ref and len(got) == 52 and reader.totals == {"kind": "totals", "events": 50}
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "empty file"),
+    ('{"kind":"reset","t":1}\n', "missing header"),
+    ('{"kind":"header","schema":1}\n{not json\n{"kind":"reset","t":1}\n', ":2: malformed line"),
+    ('{"kind":"header","schema":1}\n[1, 2]\n{"kind":"reset","t":1}\n', ":2: malformed line"),
+])
+def test_errors_are_the_recording_readers(tmp_path, text, msg):
+    p = tmp_path / "r.jsonl"
+    p.write_text(text)
+    with pytest.raises(RecordingError) as ref:
+        list(iter_recording(p)[1])
+    with pytest.raises(RecordingError) as got:
+        list(iter_batches(p)[1])
+    assert str(got.value) == str(ref.value) and msg in str(got.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecordingError, match="no such file"):
+        list(iter_batches(tmp_path / "nope.jsonl")[1])
+
+
+def test_cut_last_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"kind":"header","schema":1}\n{"kind":"reset","t":1}\n{"kind":"res')
+    reader, batches = iter_batches(p)
+    assert [r["t"] for b in batches for r in b] == [1]
+    assert reader.truncated and "cut off" in reader.warnings[0]
