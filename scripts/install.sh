@@ -15,7 +15,8 @@ fi
 # let bcc compile (rsttrace finds Debian's headers when the running kernel's
 # are absent); the rest is what the lab and the context collectors use.
 pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-pip
-      nftables conntrack iproute2 kmod mariadb-server mariadb-client ipvsadm tcpdump bpftool)
+      nftables conntrack iproute2 kmod mariadb-server mariadb-client ipvsadm tcpdump bpftool
+      prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,10 +29,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     # its own server in a namespace, so the system one is not needed.
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The system MariaDB is not used; keep it from holding port 3306 or memory.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mariadb 2>/dev/null; then
-    systemctl stop mariadb || true
-fi
+# The system MariaDB and Prometheus are not used (the lab and the exporter's
+# tests start their own); keep them from holding ports or memory.
+for svc in mariadb prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        systemctl stop "$svc" || true
+    fi
+done
 
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import bcc' 2>/dev/null; then

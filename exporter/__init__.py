@@ -1,0 +1,1 @@
+"""Prometheus exporter: metrics of resets by cause, conntrack and TCP state (rsttrace export)."""

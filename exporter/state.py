@@ -1,0 +1,121 @@
+"""What the exporter has counted so far: pure Python, no kernel, no HTTP.
+
+`ExportState.ingest(records)` takes the source's records (docs/EVENTS.md)
+in stream order: resets go through the classifier and are counted by cause
+when their verdict is out (after the classifier's pairing window);
+`ct_drop` / `ct_full` are counted as they come; the newest `ctx` record
+is kept whole for the gauges. `tick(now)` lets verdicts out when no new
+record arrives. The HTTP thread reads a consistent copy with `view()`.
+
+Memory is bounded: counters are keyed by (cause, direction, netns label)
+with a bounded label set (exporter/netns.py), the classifier's own state
+is bounded (analysis/classify.py), and only the newest ctx is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsttrace.analysis.classify import CAUSES, Classifier, Verdict
+
+from .netns import NetnsLabels
+
+
+@dataclass
+class View:
+    """A copy of the state for one scrape."""
+    resets: dict[tuple[str, str, str], int]
+    incidents: dict[str, int]
+    nf_drops: dict[str, int]
+    full_logs: dict[str, int]
+    namespaces: list[tuple[str, dict[str, Any]]]   # (label, ctx entry) of labelled namespaces
+    omitted: int
+    ctx_t: float | None
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+class ExportState:
+    def __init__(self, classifier: Classifier | None = None, labels: NetnsLabels | None = None,
+                 header: dict[str, Any] | None = None):
+        self.header = dict(header or {})
+        names = self.header.get("netns_names") or {}
+        self.classifier = classifier or Classifier(netns_names=names)
+        self.labels = labels or NetnsLabels(names=names)
+        self._lock = threading.Lock()
+        self.resets: Counter[tuple[str, str, str]] = Counter()
+        # every cause present from the start, so rate()/increase() see the first incident
+        self.incidents: dict[str, int] = dict.fromkeys(CAUSES, 0)
+        self.nf_drops: Counter[str] = Counter()
+        self.full_logs: Counter[str] = Counter()
+        self._ctx: dict[str, Any] | None = None
+        self.verdicts = 0
+
+    # -- input (the polling thread) ----------------------------------------
+    def ingest(self, records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for rec in records:
+                kind = rec.get("kind")
+                t = rec.get("t")
+                t = float(t) if isinstance(t, (int, float)) else 0.0
+                if kind == "ct_drop":
+                    self.nf_drops[self.labels.for_event(rec.get("netns"), t)] += 1
+                elif kind == "ct_full":
+                    self.full_logs[self.labels.for_event(rec.get("netns"), t)] += 1
+                elif kind == "ctx":
+                    self._take_ctx(rec, t)
+            feed_many = getattr(self.classifier, "feed_many", None)
+            if feed_many is not None:
+                self._count(feed_many(records))
+            else:
+                for rec in records:
+                    self._count(self.classifier.feed(rec))
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            self._count(self.classifier.tick(now))
+
+    def flush(self) -> None:
+        """Decides every open incident now (the source ended)."""
+        with self._lock:
+            self._count(self.classifier.flush())
+
+    def _take_ctx(self, rec: dict[str, Any], t: float) -> None:
+        self._ctx = rec
+        for label in self.labels.observe(rec.get("namespaces") or (), t):
+            self._drop_label(label)
+
+    def _drop_label(self, label: str) -> None:
+        for key in [k for k in self.resets if k[2] == label]:
+            del self.resets[key]
+        self.nf_drops.pop(label, None)
+        self.full_logs.pop(label, None)
+
+    def _count(self, verdicts: list[Verdict]) -> None:
+        for v in verdicts:
+            self.verdicts += 1
+            self.incidents[v.cause] = self.incidents.get(v.cause, 0) + 1
+            for ev in v.events:
+                t = ev.get("t")
+                label = self.labels.for_event(ev.get("netns"), float(t) if isinstance(t, (int, float)) else 0.0)
+                direction = "sent" if ev.get("dir") == "sent" else "recv"
+                self.resets[(v.cause, direction, label)] += 1
+
+    # -- output (the HTTP thread) -----------------------------------------
+    def view(self) -> View:
+        with self._lock:
+            labelled = self.labels.labelled()
+            nss = []
+            omitted = 0
+            for ns in (self._ctx or {}).get("namespaces") or ():
+                label = labelled.get(ns.get("netns"))
+                if label is not None:
+                    nss.append((label, ns))
+                else:
+                    omitted += 1
+            t = (self._ctx or {}).get("t")
+            return View(dict(self.resets), dict(self.incidents), dict(self.nf_drops),
+                        dict(self.full_logs), nss, omitted,
+                        float(t) if isinstance(t, (int, float)) else None, self.header)
