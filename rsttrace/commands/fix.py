@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rsttrace.remedy.apply import ApplyError, apply_plan, reapply, rollback_last
     from rsttrace.remedy.handover import add_handovers
     from rsttrace.remedy.model import Proposal
+    from rsttrace.remedy.model import RemedyError
     from rsttrace.remedy.netns import NetnsError, SystemAccess, resolve, self_target
     from rsttrace.remedy.paths import Paths
     from rsttrace.remedy.planner import PlanOptions, make_plan
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     opts = PlanOptions(allow_explicit={K.CT_BE_LIBERAL} if args.be_liberal else set())
     try:
         plan = make_plan(proposals, access, node, opts)
-    except NetnsError as e:
+    except RemedyError as e:
         raise CLIError(str(e)) from None
     plan.handovers += g.handovers
     plan.skipped = notes + plan.skipped
@@ -168,7 +169,13 @@ def run(args: argparse.Namespace) -> int:
     if plan.errors:
         return 1
     if not plan.changes:
-        print("\nNothing to do: every value is already what the fixes ask for.")
+        if target is not None and not g.resets:
+            # nothing seen is not the same as nothing to fix
+            print(f"\nNo reset seen in {target.label} and its configuration alone asks for no "
+                  "change. If resets happened earlier, plan from their recording "
+                  "(--from FILE.jsonl) or watch while they happen (--observe S).")
+        else:
+            print("\nNothing to do: every value is already what the fixes ask for.")
         return 0
     if args.dry_run:
         print("\nDry run: nothing was changed.")
