@@ -354,8 +354,10 @@ class Classifier:
 
         # Timeouts of the tables on the path: the sender's namespace when
         # known, else every namespace here that NATs (a guess: medium at best).
+        # A sender paired across NAT (a backend resetting a tuple the node
+        # translated) is behind the translating tables: they count too.
         guessed = s is None
-        tb = self._tables(s_ns if s is not None else None, guessed)
+        tb = self._tables(s_ns if s is not None else None, guessed, inc.nat is not None)
         expired = self._ipvs_match(inc) if self._ipvs else None
 
         if s is not None and not syn and not s.get("has_sock"):
@@ -396,17 +398,18 @@ class Classifier:
 
         return "unknown", "low", self._seen(s, idle), []
 
-    def _tables(self, s_ns: Any, guessed: bool) -> _Tables:
+    def _tables(self, s_ns: Any, guessed: bool, via_nat: bool = False) -> _Tables:
         """Every conntrack/IPVS idle timeout on the path, derived once per
         path and context version."""
         ctx = self.context
-        key = (s_ns, guessed, ctx.version)
+        key = (s_ns, guessed, via_nat, ctx.version)
         hit = self._tables_cache.get(key)
         if hit is not None:
             return hit
         if len(self._tables_cache) > 1024:
             self._tables_cache.clear()
-        path = [ns for ns in ctx.namespaces() if (ctx.ctx(ns) or {}).get("nat")] if guessed else [s_ns]
+        nat = [ns for ns in ctx.namespaces() if (ctx.ctx(ns) or {}).get("nat")]
+        path = nat if guessed else [s_ns] + ([ns for ns in nat if ns != s_ns] if via_nat else [])
         tables: list[tuple[float, str, Any]] = []
         mismatch: list[tuple[Any, float, float]] = []
         for ns in path:

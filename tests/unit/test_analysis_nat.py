@@ -106,3 +106,35 @@ def test_live_equals_batch():
 def test_bad_nat_window():
     with pytest.raises(ValueError):
         Classifier(nat_window_s=2.0, pair_window_s=1.0)
+
+
+def ctx_record(t, *, node_est, node_ipvs):
+    ns = lambda inode, name, est, ipvs, nat: {  # noqa: E731
+        "netns": inode, "name": name, "nat": nat, "ipvs": ipvs,
+        "ct": {"count": 1, "max": 262144, "drop": 0, "early_drop": 0, "invalid": 0, "insert_failed": 0},
+        "sysctl": {"nf_conntrack_tcp_timeout_established": est, "tcp_keepalive_time": 7200}}
+    return {"kind": "ctx", "t": T0 + t, "namespaces": [
+        ns(CLI, "cli", 432000, None, False),
+        ns(NODE, "node", node_est, {"tcp": node_ipvs, "tcpfin": 2, "udp": 2}, True),
+        ns(DB, "db", 432000, None, False)]}
+
+
+def test_backend_no_socket_reset_behind_ipvs_is_timeout_mismatch():
+    """IPVS still holds the flow, the node's conntrack forgot it: the packet
+    reaches the backend un-masqueraded and the backend resets it. The pair
+    is across NAT, so the node's tables are on the path, not just the
+    backend's (seen on Debian 6.1 in the vm tier)."""
+    out = run([ctx_record(0.0, node_est=2, node_ipvs=3),
+               backend_sent(2.5, has_sock=False, reason=None, dst=CLIENT, dport=40000),
+               client_recv(2.5019, idle_ms=2500)])
+    assert len(out) == 1
+    v = out[0]
+    assert v.cause == "timeout_mismatch", v.evidence
+    assert "paired by time across NAT" in v.evidence
+
+
+def test_backend_reset_across_nat_without_node_mismatch_stays_peer_reset():
+    out = run([ctx_record(0.0, node_est=432000, node_ipvs=900),
+               backend_sent(2.5, reason="TCP_ABORT_ON_LINGER"),
+               client_recv(2.5002, idle_ms=200)])
+    assert [v.cause for v in out] == ["peer_reset"]
