@@ -2,7 +2,7 @@
 # test tier. Both do all set-up first (scripts/install.sh is idempotent).
 PY := .venv/bin/python
 
-.PHONY: install demo doctor test unit kernel bench
+.PHONY: install demo doctor test test-vm unit kernel bench
 
 install:
 	bash scripts/install.sh
@@ -16,9 +16,15 @@ doctor: install
 test: install
 	bash scripts/test.sh
 
+# the vm tier: Debian's 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
+test-vm: install
+	bash scripts/vm/test.sh
+
 unit: install
 	$(PY) -m pytest tests/unit -q
 
 bench: install
 	$(PY) bench/bench_storm.py
 	$(PY) bench/bench_report.py
+	$(PY) bench/bench_export.py
+	$(PY) bench/bench_tui.py

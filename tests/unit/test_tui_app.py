@@ -1,0 +1,210 @@
+"""The live screen on replayed recordings, driven with Textual's Pilot."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from datetime import timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rsttrace.analysis.classify import Classifier
+from rsttrace.analysis.report import to_frame
+from rsttrace.tracer.recording import read_recording
+from rsttrace.tracer.replay import ReplaySource
+from rsttrace.tui.app import RstApp
+from rsttrace.tui.panels import DetailPane
+from rsttrace.tui.screens import FixPlanScreen, HelpScreen
+from rsttrace.tui.table import ResetTable
+from test_tui_fixtures import EVIL_COMM, T0, incident_records, storm_records, write
+
+
+def sync(fn):
+    """Runs an async Pilot test on its own event loop (no asyncio plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+def make_app(path: Path, tmp_path: Path, **kw) -> RstApp:
+    src = ReplaySource(path, speed=kw.pop("speed", 0))
+    return RstApp(src, Classifier(netns_names=src.header["netns_names"]), tz=timezone.utc,
+                  export_dir=tmp_path / "export", source_label="replay",
+                  wall=lambda: T0 + 100, **kw)
+
+
+async def settle(app: RstApp, pilot) -> None:
+    """Waits (bounded) until the whole recording has been drawn."""
+    for _ in range(200):
+        await pilot.pause(0.02)
+        if app.state.source_done and app.feeder.done:
+            break
+    await pilot.pause(0.15)  # the last batch after the source ended
+    assert app.state.source_done, "replay did not finish"
+
+
+def table_text(app: RstApp) -> list[str]:
+    t = app.query_one(ResetTable)
+    return [t.render_line(y).text for y in range(t.size.height)]
+
+
+@pytest.fixture
+def incidents(tmp_path) -> Path:
+    return write(tmp_path / "incidents.jsonl", incident_records(), lost=3)
+
+
+@sync
+async def test_rows_causes_header_and_untrusted_text(incidents, tmp_path):
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        lines = table_text(app)
+        assert "CAUSE" in lines[0]
+        assert "keepalive" in lines[1] and EVIL_COMM[:8] in lines[1]  # newest first
+        assert "no_listener" in lines[2] and "keepalive" in lines[3]
+        assert app.state.counts == {"keepalive": 2, "no_listener": 1}
+        assert app.state.lost == 3
+        detail = app.query_one(DetailPane)
+        assert detail.row is not None and detail.row.process == f"{EVIL_COMM}[4321]"
+
+
+@sync
+async def test_detail_pane_follows_selection_and_shows_fix(incidents, tmp_path):
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("down")
+        text = str(app.query_one("#detail").render())
+        assert "no_listener" in text and "nothing listens on 10.0.2.2:3307" in text
+        await pilot.press("down")
+        text = str(app.query_one("#detail").render())
+        assert "sent by  10.96.0.10:3306  in netns lb" in text
+        assert "reset    10.0.1.2:40001  in netns cli" in text
+        assert "ip netns exec cli sysctl -w net.ipv4.tcp_keepalive_time=" in text
+        await pilot.press("home")
+        assert app.query_one(ResetTable).selected.seq == 3
+
+
+@sync
+async def test_filter_and_cause_cycle(incidents, tmp_path):
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("slash")
+        await pilot.press(*"port:40001")
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert [r.verdict.dport for r in app.state.view] == [40001]
+        await pilot.press("slash", "ctrl+u", *"port:abc", "enter")
+        await pilot.pause(0.05)
+        assert "not a port" in str(app.screen.query_one("#filter-error").render())
+        await pilot.press("escape")
+        await pilot.press("slash", "ctrl+u", "enter")  # empty clears
+        await pilot.pause(0.05)
+        assert len(app.state.view) == 3
+        await pilot.press("c")
+        assert {r.cause for r in app.state.view} == {"keepalive"}
+        await pilot.press("c")
+        assert {r.cause for r in app.state.view} == {"no_listener"}
+        await pilot.press("c")
+        assert len(app.state.view) == 3
+
+
+@sync
+async def test_pause_keeps_counting(tmp_path):
+    rec = write(tmp_path / "slow.jsonl", storm_records(40, per_s=10))
+    app = make_app(rec, tmp_path, speed=10)  # 4 s of resets in about 0.6 s
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("p")
+        assert app.state.paused
+        await settle(app, pilot)
+        assert app.state.total == 40 and len(app.state.view) == 0
+        assert "PAUSED +40" in app.query_one("#header").render().plain
+        await pilot.press("p")
+        assert len(app.state.view) == 40
+
+
+@sync
+async def test_export_writes_the_report_columns(incidents, tmp_path):
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("e")
+        await pilot.pause(0.05)
+        path = app.last_export
+        assert path is not None and path.parent == tmp_path / "export"
+    df = pd.read_csv(path)
+    expected = to_frame([], {}).columns
+    assert list(df.columns) == list(expected)
+    assert len(df) == 5  # one row per reset event: two pairs and one refused SYN
+    assert sorted(df["cause"].unique()) == ["keepalive", "no_listener"]
+    assert EVIL_COMM in set(df["comm"].dropna())
+
+
+@sync
+async def test_fix_plan_and_help_screens(incidents, tmp_path):
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("f")
+        assert isinstance(app.screen, FixPlanScreen)
+        plan = str(app.screen.query_one("#plan").render())
+        assert "dry run" in plan and "sysctl -w net.ipv4.tcp_keepalive_time=" in plan
+        hint = str(app.screen.query_one("#plan-hint").render())
+        assert "not available" in hint  # no remedy engine given: commands only
+        await pilot.press("a")  # refused without an engine: still on the plan
+        assert isinstance(app.screen, FixPlanScreen)
+        await pilot.press("escape", "question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+@sync
+async def test_fix_apply_needs_explicit_confirmation(incidents, tmp_path):
+    applied: list[list] = []
+    app = make_app(incidents, tmp_path,
+                   apply_fixes=lambda fixes: applied.append(fixes) or "applied")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("f", "a", "n")  # declined
+        await pilot.pause(0.05)
+        assert applied == []
+        await pilot.press("a", "y")
+        for _ in range(50):
+            await pilot.pause(0.02)
+            if applied:
+                break
+        assert len(applied) == 1 and applied[0][0].key == "net.ipv4.tcp_keepalive_time"
+
+
+@sync
+async def test_quit_stops_source_and_completes_recording(tmp_path):
+    src_path = write(tmp_path / "in.jsonl", incident_records())
+    from rsttrace.tracer.recording import RecordingWriter
+    out = tmp_path / "out.jsonl"
+    src = ReplaySource(src_path, speed=0)
+    app = RstApp(src, Classifier(), tz=timezone.utc, recorder=RecordingWriter(out, src.header))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("q")
+    assert app.return_code == 0
+    assert any(b.key == "q" and b.action == "quit_clean" for b in RstApp.BINDINGS)
+    assert src.done
+    rec = read_recording(out)
+    assert rec.totals is not None and not rec.truncated
+    assert rec.records == incident_records()
+
+
+@sync
+async def test_storm_keeps_memory_bounded(tmp_path):
+    rec = write(tmp_path / "storm.jsonl", storm_records(5000, per_s=5000))
+    app = make_app(rec, tmp_path, capacity=300)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert app.state.total == 5000
+        assert len(app.state.ring) == 300 and len(app.state.view) == 300
+        assert app.state.row_at(0).t == pytest.approx(T0 + 8.0 + 4999 / 5000, abs=1e-3)

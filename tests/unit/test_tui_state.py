@@ -1,0 +1,111 @@
+"""LiveState and rows: filters, ring bounds, pause, untrusted text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from rsttrace.tui.rows import NetnsNames, detail_text, make_row
+from rsttrace.tui.state import Batch, FilterError, FilterSpec, LiveState
+from test_tui_fixtures import CLI, EVIL_COMM, LB, T0, VIP, reset_pair
+
+
+@dataclass
+class V:  # the Verdict's shape (analysis.classify.Verdict); a plain record here
+    incident: int
+    t: float
+    cause: str
+    events: list[dict[str, Any]]
+    confidence: str = "high"
+    evidence: str = "idle 7 s >= conntrack established timeout 4 s"
+    fixes: list = field(default_factory=list)
+    sender_netns: int | None = LB
+    receiver_netns: int | None = CLI
+    src: str = VIP
+    sport: int = 3306
+    dst: str = "10.0.1.2"
+    dport: int = 40001
+
+
+NAMES = NetnsNames({str(CLI): "cli", str(LB): "lb"})
+
+
+def row(i: int, cause: str = "keepalive", comm: str = "mysql", dport: int = 40001):
+    v = V(i, T0 + i, cause, reset_pair(T0 + i, dport, comm=comm), dport=dport)
+    return make_row(i, v, NAMES)
+
+
+def batch(rows, cap: int = 1000) -> Batch:
+    b = Batch.empty(cap)
+    for r in rows:
+        b.add_row(r)
+    b.now = max((r.t for r in rows), default=T0)
+    return b
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("port:3306", True), ("3306", True), ("cause:keep netns:lb", True), ("10.0.1.2", True),
+    ("addr:10.0", True), ("mysql", True), ("port:abc", False), ("port:70000", False),
+    ("netns:", False), ("99999", False),
+])
+def test_filter_parse(text, ok):
+    if ok:
+        assert FilterSpec.parse(text)
+    else:
+        with pytest.raises(FilterError):
+            FilterSpec.parse(text)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("port:3306", {1, 2, 3}), ("port:40002", {2}), ("cause:listener", {3}),
+    ("netns:cli", {1, 2, 3}), ("netns:srv", set()), ("addr:10.96.0.10", {1, 2, 3}),
+    ("10.0.1", {1, 2, 3}), ("mysql", {1, 3}), ("evil keepalive", {2}), ("", {1, 2, 3}),
+])
+def test_filter_matches(text, expected):
+    rows = [row(1), row(2, comm="evil", dport=40002), row(3, cause="no_listener")]
+    spec = FilterSpec.parse(text)
+    assert {r.seq for r in rows if spec.matches(r)} == expected
+
+
+def test_ring_is_bounded_and_counts_everything():
+    st = LiveState(capacity=50)
+    b = Batch.empty(50)
+    for i in range(1, 501):
+        b.add_row(row(i))
+    assert b.rows_dropped == 450
+    st.apply(b)
+    assert len(st.ring) == 50 and len(st.view) == 50
+    assert st.total == 500 and st.counts["keepalive"] == 500
+    assert st.row_at(0).seq == 500 and st.row_at(49).seq == 451
+    st.apply(batch([row(i) for i in range(501, 531)]))
+    assert len(st.ring) == 50 and st.row_at(0).seq == 530 and st.view[0].seq == 481
+    assert st.index_of(500) == 30 and st.index_of(400) is None
+
+
+def test_pause_keeps_counting_and_resume_shows_the_rows():
+    st = LiveState(capacity=100)
+    st.apply(batch([row(1)]))
+    assert st.toggle_pause() is True
+    st.apply(batch([row(2), row(3)]))
+    assert st.total == 3 and [r.seq for r in st.view] == [1]
+    assert st.toggle_pause() is False
+    assert [r.seq for r in st.view] == [1, 2, 3]
+
+
+def test_cycle_cause_goes_through_seen_causes_then_all():
+    st = LiveState()
+    st.apply(batch([row(1), row(2), row(3, cause="no_listener")]))
+    assert st.cycle_cause() == "keepalive" and len(st.view) == 2
+    assert st.cycle_cause() == "no_listener" and len(st.view) == 1
+    assert st.cycle_cause() is None and len(st.view) == 3
+
+
+def test_host_text_is_never_markup():
+    r = row(1, comm=EVIL_COMM)
+    assert r.process == f"{EVIL_COMM}[1234]"
+    txt = detail_text(r, NAMES)
+    assert EVIL_COMM in txt.plain  # parsed as markup it would read "x"
+    ctrl = row(2, comm="a\x1b[2Jb")
+    assert "\x1b" not in ctrl.process and "\N{REPLACEMENT CHARACTER}" in ctrl.process
