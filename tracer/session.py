@@ -170,6 +170,11 @@ class TraceSession:
         self._perf_lost += n
 
     @property
+    def stopped(self) -> bool:
+        """True once `stop()` has run (programs detached)."""
+        return self._stopped
+
+    @property
     def running(self) -> bool:
         return self._ring is not None or self._bpf is not None
 

@@ -70,4 +70,4 @@ def test_live_screen_shows_refused_connect(netns):
     assert {r.cause for r in rows} == {"no_listener"}
     assert {r.netns for r in rows} == {name}
     assert {p for r in rows for p in r.ports} >= {39901, 39902, 39903}
-    assert session._stopped  # quitting detached the BPF program
+    assert session.stopped  # quitting detached the BPF program
