@@ -1,0 +1,315 @@
+"""Other kernels under virtme-ng: Debian's 6.1 and 6.12, with IPVS and kprobes.
+
+This machine's kernel has neither IPVS nor kprobes. Debian 12 ships two
+kernel lines that have both, each with its exact headers (bcc compiles
+against them). `fetch()` downloads the image and headers packages with
+apt-get and unpacks them (dpkg -x, nothing is installed) under
+/var/cache/rsttrace-vm/<release>/root; `run()` boots that kernel with
+virtme-ng on a read-only view of this machine's filesystem and runs one
+command in it, returning its exit code and output.
+
+Inside the guest virtme-ng puts a tmpfs over /var/cache (and over
+/lib/modules, with a link to the kernel's modules), so the guest's first
+step is to lift that tmpfs again: the unpacked kernel then appears at the
+same absolute path as on the host, and the `build`/`source` links made here
+next to its modules lead bcc to its headers.
+
+KVM is not used: on this machine class qemu fails on MSR setup with it, and
+TCG boots the guest in a few seconds (BPF compiles ~50x slower, still fine).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path("/var/cache/rsttrace-vm")
+# kernel line -> the Debian 12 meta-packages that name its newest release
+KERNEL_LINES = {
+    "6.1": ("linux-image-amd64", "linux-headers-amd64"),
+    "6.12": ("linux-image-6.12-amd64", "linux-headers-6.12-amd64"),
+}
+REPO = Path(__file__).resolve().parent.parent
+GUEST_MEMORY = "2G"
+GUEST_CPUS = 2
+BOOT_TIMEOUT_S = 1500.0
+
+
+class VMError(Exception):
+    """The VM could not be prepared or run; the message says what to do."""
+
+
+@dataclass
+class Kernel:
+    line: str       # "6.1" | "6.12"
+    release: str    # uname -r inside the guest, e.g. 6.1.0-56-amd64
+
+    @property
+    def root(self) -> Path:
+        return CACHE / self.release / "root"
+
+    @property
+    def image(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.release}"
+
+    @property
+    def moddir(self) -> Path:
+        return self.root / "lib" / "modules" / self.release
+
+    @property
+    def headers(self) -> Path:
+        return self.root / "usr" / "src" / f"linux-headers-{self.release}"
+
+    @property
+    def ready(self) -> bool:
+        return (self.image.is_file() and (self.moddir / "modules.dep").is_file()
+                and (self.moddir / "build").is_symlink() and (self.headers / ".config").is_file())
+
+
+@dataclass
+class Result:
+    kernel: Kernel
+    returncode: int
+    output: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def _run(cmd: list[str], timeout: float = 600.0, cwd: Path | None = None) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except FileNotFoundError:
+        raise VMError(f"{cmd[0]} not found: run scripts/vm/provision.sh (it installs what the VM needs)") from None
+    except subprocess.TimeoutExpired:
+        raise VMError(f"`{shlex.join(cmd)}` did not finish in {timeout:.0f} s") from None
+    if p.returncode != 0:
+        raise VMError(f"`{shlex.join(cmd)}` failed: {(p.stderr or p.stdout).strip()[-600:]}")
+    return p.stdout
+
+
+def resolve(line: str) -> Kernel:
+    """The newest Debian release of a kernel line, from the apt metadata
+    (`apt-cache depends` of the line's meta-package)."""
+    if line not in KERNEL_LINES:
+        raise VMError(f"unknown kernel {line!r}: choose one of {', '.join(KERNEL_LINES)}")
+    meta = KERNEL_LINES[line][0]
+    out = _run(["apt-cache", "depends", meta], timeout=60)
+    m = re.search(r"Depends:\s+linux-image-(\S+-amd64)\b", out)
+    if not m:
+        raise VMError(f"apt-cache knows no release for {meta}: run `apt-get update` "
+                      "(Debian 12 sources are needed)")
+    return Kernel(line, m.group(1))
+
+
+def cached(line: str) -> Kernel | None:
+    """A kernel of this line already unpacked (newest first), without apt."""
+    if not CACHE.is_dir():
+        return None
+    pat = re.compile(rf"^{re.escape(line)}\.\d+" if line == "6.1" else rf"^{re.escape(line)}\.\d+\+")
+    found = [Kernel(line, d.name) for d in CACHE.iterdir() if pat.match(d.name)]
+    # 6.1's releases look like 6.1.0-56-amd64: the "6.1." prefix must not take 6.12's
+    found = [k for k in found if (line != "6.1" or k.release.startswith("6.1.0-")) and k.ready]
+    return max(found, key=lambda k: [int(x) for x in re.findall(r"\d+", k.release)], default=None)
+
+
+def fetch(line: str, say=lambda m: None) -> Kernel:
+    """Download and unpack a kernel line's image and headers (idempotent)."""
+    if os.geteuid() != 0:
+        raise VMError("preparing a VM kernel needs root (apt-get, depmod): run it with sudo")
+    k = resolve(line)
+    if k.ready:
+        return k
+    debs = CACHE / k.release / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    pkgs = [f"linux-image-{k.release}", f"linux-headers-{k.release}",
+            "linux-headers-" + k.release.removesuffix("-amd64") + "-common"]
+    have = {p.name.split("_")[0] for p in debs.glob("*.deb")}
+    want = [p for p in pkgs if p not in have]
+    if want:
+        say(f"downloading {', '.join(want)}")
+        _run(["apt-get", "download", *want], timeout=1200, cwd=debs)
+    tmp = Path(tempfile.mkdtemp(prefix="root.", dir=CACHE / k.release))
+    try:
+        for deb in sorted(debs.glob("*.deb")):
+            _run(["dpkg-deb", "-x", str(deb), str(tmp)], timeout=600)
+        if k.root.exists():
+            shutil.rmtree(k.root)
+        tmp.rename(k.root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not k.image.is_file():
+        raise VMError(f"{k.image} missing after unpacking: the image package changed layout")
+    say(f"depmod {k.release}")
+    _run(["depmod", "-b", str(k.root), k.release], timeout=300)
+    # bcc compiles against /lib/modules/<release>/build (and source). The
+    # links are absolute and valid both here and in the guest, where this
+    # cache shows at the same path.
+    common = k.root / "usr" / "src" / ("linux-headers-" + k.release.removesuffix("-amd64") + "-common")
+    for name, target in (("build", k.headers), ("source", common)):
+        link = k.moddir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    for d in debs.glob("*.deb"):   # unpacked: the packages are not needed again
+        d.unlink()
+    if not k.ready:
+        raise VMError(f"kernel {k.release} incomplete after unpacking under {k.root}")
+    return k
+
+
+def kernel_for(line: str, say=lambda m: None, offline_ok: bool = True) -> Kernel:
+    """A ready kernel of this line: fetched, or from the cache when apt has
+    no network."""
+    try:
+        return fetch(line, say)
+    except VMError:
+        k = cached(line) if offline_ok else None
+        if k is None:
+            raise
+        return k
+
+
+def vng_binary() -> str:
+    # the venv's console script sits next to its python
+    cand = Path(sys.executable).parent / "vng"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("vng")
+    if not found:
+        raise VMError("virtme-ng is not installed: run scripts/vm/provision.sh "
+                      "(pip install virtme-ng into the venv, qemu-system-x86 from Debian)")
+    return found
+
+
+# Run first inside the guest, as root, before the user's command. The
+# command's output and exit code go to a directory shared with the host
+# (virtme-ng's own stdio ports need udev in the guest, which this machine
+# class does not have; the console still shows the output live).
+GUEST_SCRIPT = """\
+umount /var/cache 2>/dev/null   # virtme-ng's tmpfs hides the unpacked kernel
+if ! test -d {moddir}/kernel; then
+    echo "rsttrace-vm: {moddir} not visible in the guest" > {out}/output; echo 97 > {out}/rc; exit 97
+fi
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+mkdir -p /run/netns
+modprobe ip_vs; modprobe nf_conntrack
+cd {repo}
+export PYTHONDONTWRITEBYTECODE=1 RSTTRACE_VM_KERNEL={line} RSTTRACE_VM_OUT={out}
+( {command}
+) 2>&1 | tee {out}/output
+echo "${{PIPESTATUS[0]}}" > {out}/rc.tmp && mv {out}/rc.tmp {out}/rc
+"""
+KMSG = re.compile(r"^\[\s*\d+\.\d+\] ")
+
+
+def guest_script(k: Kernel, command: str, out: Path) -> str:
+    q = shlex.quote
+    return GUEST_SCRIPT.format(moddir=q(str(k.moddir)), repo=q(str(REPO)), line=k.line,
+                               out=q(str(out)), command=command)
+
+
+def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
+        memory: str = GUEST_MEMORY, cpus: int = GUEST_CPUS, stream=None) -> Result:
+    """Boot `k`, run the shell `command` as root in the repository, power off.
+    `stream`, when given, receives the guest's console output line by line
+    (kernel log lines left out)."""
+    if os.geteuid() != 0:
+        raise VMError("booting a VM kernel needs root: run it with sudo")
+    if not k.ready:
+        raise VMError(f"kernel {k.release} is not prepared: run `scripts/vm/provision.sh` "
+                      f"or lab.vm.fetch({k.line!r}) first")
+    for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static")):
+        if shutil.which(tool) is None:
+            raise VMError(f"{tool} not found: apt-get install {pkg} (scripts/vm/provision.sh does it)")
+    out = Path(tempfile.mkdtemp(prefix="rsttrace-vm-", dir="/tmp"))
+    try:
+        script = out / "guest.sh"
+        script.write_text(guest_script(k, command, out))
+        cmd = [vng_binary(), "--run", str(k.image), "--disable-kvm", "--user", "root",
+               "--memory", memory, "--cpus", str(cpus), "--cwd", str(REPO), "--rwdir", str(out),
+               "--force-9p", "--verbose", "--exec", f"bash {shlex.quote(str(script))}"]
+        t0 = time.monotonic()
+        console: list[str] = []
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                    start_new_session=True, env=_env())
+        except OSError as e:
+            raise VMError(f"cannot start virtme-ng: {e}") from None
+        try:
+            deadline = t0 + timeout_s
+            _pump(proc, deadline, console, stream)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise VMError(f"the {k.release} guest did not finish in {timeout_s:.0f} s "
+                          f"(last output: {_tail(console)})") from None
+        except BaseException:
+            _kill(proc)
+            raise
+        seconds = time.monotonic() - t0
+        try:
+            rc = int((out / "rc").read_text().strip())
+        except (OSError, ValueError):
+            raise VMError(f"the {k.release} guest ended (vng exit {proc.returncode}) without "
+                          f"running the command to its end; console: {_tail(console)}") from None
+        try:
+            output = (out / "output").read_text(errors="replace")
+        except OSError:
+            output = ""
+        return Result(k, rc, output, seconds)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _tail(console: list[str], n: int = 8) -> str:
+    return " | ".join(line.strip() for line in console[-n:])[-800:]
+
+
+def _env() -> dict[str, str]:
+    # vng calls virtme-run by name: the venv's bin must be on PATH
+    env = dict(os.environ)
+    env["PATH"] = str(Path(vng_binary()).parent) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    return env
+
+
+def _pump(proc: subprocess.Popen, deadline: float, lines: list[str], stream) -> None:
+    """Read the guest's output until it ends or the deadline passes (a
+    reader thread, so a silent hung guest cannot block past the deadline)."""
+    import threading
+
+    def reader() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if stream is not None and not KMSG.match(line):
+                stream(line)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    t.join(max(0.0, deadline - time.monotonic()))
+    if t.is_alive():
+        raise subprocess.TimeoutExpired("vng", 0)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """qemu runs in the session started for vng: stop the whole group."""
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What the vm tier (and `rsttrace demo --vm`) needs on a Debian 12 machine, as
+# root, idempotent: the base set-up (scripts/install.sh), qemu and busybox
+# for virtme-ng, virtme-ng in the venv, and Debian's 6.1 and 6.12 kernels
+# unpacked under /var/cache/rsttrace-vm (lab/vm.py).
+# The Vagrantfile runs it too (RSTTRACE_VM_KERNELS= skips the kernels there:
+# the box boots its own Debian kernel, which has IPVS and kprobes).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+bash scripts/install.sh
+pkgs=(qemu-system-x86 busybox-static ipvsadm kmod)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "provision: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -x .venv/bin/vng ]; then
+    echo "provision: pip install '.[vm]' (virtme-ng)"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test,vm]"
+fi
+for k in ${RSTTRACE_VM_KERNELS-6.1 6.12}; do
+    .venv/bin/python -c "import sys; from rsttrace.lab import vm; k = vm.fetch(sys.argv[1], say=lambda m: print('provision:', m)); print('provision: kernel', k.release, 'ready')" "$k"
+done
