@@ -95,21 +95,10 @@ def get_sysctl(ns: str, name: str) -> str:
 
 
 def conntrack_stats(ns: str) -> dict[str, int]:
-    """`/proc/net/stat/nf_conntrack` of `ns`, summed over CPUs (hex per-CPU rows)."""
-    text = ns_exec(ns, ["cat", "/proc/net/stat/nf_conntrack"]).stdout.split("\n")
-    cols = text[0].split()
-    total = dict.fromkeys(cols, 0)
-    for line in text[1:]:
-        vals = line.split()
-        if len(vals) != len(cols):
-            continue
-        for c, v in zip(cols, vals):
-            total[c] += int(v, 16)
-    # `entries` is the same global-per-netns count on every row, not per CPU.
-    rows = max(1, sum(1 for line in text[1:] if len(line.split()) == len(cols)))
-    if "entries" in total:
-        total["entries"] //= rows
-    return total
+    """`/proc/net/stat/nf_conntrack` of `ns`, summed over CPUs, read the way
+    the tracer's context collector reads it."""
+    from rsttrace.tracer.context import parse_ct_stat
+    return parse_ct_stat(ns_exec(ns, ["cat", "/proc/net/stat/nf_conntrack"]).stdout)
 
 
 def alive(pid: int) -> bool:

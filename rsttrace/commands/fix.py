@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if plan.errors:
         return 1
     if not plan.changes:
-        if target is not None and not g.resets:
+        if target is not None and not g.resets and not sets:
             # nothing seen is not the same as nothing to fix
             print(f"\nNo reset seen in {target.label} and its configuration alone asks for no "
                   "change. If resets happened earlier, plan from their recording "

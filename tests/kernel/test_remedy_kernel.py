@@ -87,6 +87,11 @@ def test_apply_verify_persist_idempotent_rollback(ns, env, paths):
     assert again.returncode == 0 and "Nothing to do" in again.stdout
     assert len(load_journal(paths)["entries"]) == 1
 
+    # no --set, nothing seen in a short watch: not "nothing to do", but how to see more
+    quiet = cli(["fix", "--netns", ns, "--dry-run", "--observe", "1"], env)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "No reset seen in" in flat(quiet.stdout) and "--from FILE.jsonl" in quiet.stdout
+
     back = cli(["fix", "--rollback"], env)
     assert back.returncode == 0, back.stderr
     assert (ns_read(ns, K.KEEPALIVE_TIME), ns_read(ns, K.KEEPALIVE_INTVL),
