@@ -38,41 +38,6 @@ CONNECT_CLOSED = textwrap.dedent("""
         s.close()
 """)
 
-ECHO_SERVER = textwrap.dedent("""
-    import socket, threading
-    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("10.78.2.2", 3306)); srv.listen(8)
-    print("ready", flush=True)
-    def serve(c):
-        # keep the server's side open after the reset, like a real database
-        while True:
-            d = c.recv(100)
-            if not d:
-                return
-            c.sendall(d)
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-""")
-
-IDLE_CLIENT = textwrap.dedent("""
-    import socket, sys, time, json
-    c = socket.socket()
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-    c.settimeout(5)
-    c.connect(("10.96.7.10", 3306))
-    c.sendall(b"ping"); c.recv(4)
-    time.sleep(float(sys.argv[1]))
-    err = ""
-    try:
-        c.sendall(b"again"); c.recv(5)
-    except OSError as e:
-        err = repr(e)
-    print(json.dumps({"port": c.getsockname()[1], "err": err}))
-""")
-
-
 @pytest.fixture
 def lab(netns):
     """The tracer tier's namespace helper, under this module's own prefix."""
@@ -88,31 +53,11 @@ def refused_connects(lab, n: int) -> str:
 
 
 def conntrack_expiry(lab, pause: float = 3.0) -> tuple[str, str]:
-    """Client -> router (VIP on lo, DNAT + masquerade, conntrack established
-    timeout 2 s) -> server. The client idles `pause` s with keepalive at
-    60 s; the router has forgotten the flow and resets the next segment.
-    Returns the (client, router) namespace names."""
-    cli, lb, srv = lab.add("cli"), lab.add("lb"), lab.add("srv")
-    lab.link(cli, "10.78.1.2/24", lb, "10.78.1.1/24")
-    lab.link(lb, "10.78.2.1/24", srv, "10.78.2.2/24")
-    lab.run(cli, "ip route add default via 10.78.1.1")
-    lab.run(srv, "ip route add default via 10.78.2.1")
-    lab.run(lb, "ip addr add 10.96.7.10/32 dev lo && sysctl -qw net.ipv4.ip_forward=1")
-    lab.run(lb, "sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=2 "
-                "net.netfilter.nf_conntrack_tcp_loose=0")
-    nft = """
-    table ip lab {
-      chain pre { type nat hook prerouting priority dstnat; ip daddr 10.96.7.10 tcp dport 3306 dnat to 10.78.2.2:3306; }
-      chain post { type nat hook postrouting priority srcnat; ip daddr 10.78.2.2 masquerade; }
-    }"""
-    subprocess.run(["ip", "netns", "exec", lb, "nft", "-f", "-"], input=nft, text=True, check=True)
-    server = lab.python(srv, ECHO_SERVER)
-    assert server.stdout.readline().strip() == "ready"
-    p = subprocess.run(["ip", "netns", "exec", cli, sys.executable, "-c", IDLE_CLIENT, str(pause)],
-                       capture_output=True, text=True, timeout=30, check=True)
-    out = json.loads(p.stdout)
+    """The tracer tier's DNAT router whose conntrack forgets an idle flow
+    (tests/kernel/conftest.py); returns the (client, router) namespaces."""
+    out = lab.conntrack_expiry(pause)
     assert "ConnectionResetError" in out["err"], out
-    return cli, lb
+    return out["cli"], out["lb"]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

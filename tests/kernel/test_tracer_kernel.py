@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -100,68 +99,13 @@ def test_abort_with_linger_zero(session, collect, netns):
         assert s["reason"] and s["reason"] != "NO_SOCKET" and not s["reason"].isdigit()
 
 
-ECHO_SERVER = textwrap.dedent("""
-    import socket, threading
-    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("10.77.2.2", 3306)); srv.listen(8)
-    print("ready", flush=True)
-    def serve(c):
-        # keep the connection open after a reset on the other side
-        while True:
-            d = c.recv(100)
-            if not d:
-                return
-            c.sendall(d)
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-""")
-
-IDLE_CLIENT = textwrap.dedent("""
-    import socket, sys, time, json
-    pause = float(sys.argv[1])
-    c = socket.socket()
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-    c.settimeout(5)
-    c.connect(("10.96.0.10", 3306))
-    c.sendall(b"ping"); c.recv(4)
-    time.sleep(pause)
-    err = ""
-    try:
-        c.sendall(b"again"); c.recv(5)
-    except OSError as e:
-        err = repr(e)
-    print(json.dumps({"port": c.getsockname()[1], "err": err}))
-""")
-
-
 def test_conntrack_expiry_reset_through_dnat_router(session, collect, netns):
     """Client -> router (VIP on lo, DNAT + masquerade, conntrack established
     timeout 2 s) -> server. After a 3 s pause the router has forgotten the
     flow; the client's next segment meets no socket on the VIP and is reset."""
-    cli, lb, srv = netns.add("cli"), netns.add("lb"), netns.add("srv")
-    netns.link(cli, "10.77.1.2/24", lb, "10.77.1.1/24")
-    netns.link(lb, "10.77.2.1/24", srv, "10.77.2.2/24")
-    netns.run(cli, "ip route add default via 10.77.1.1")
-    netns.run(srv, "ip route add default via 10.77.2.1")
-    netns.run(lb, "ip addr add 10.96.0.10/32 dev lo && sysctl -qw net.ipv4.ip_forward=1")
-    netns.run(lb, "sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=2 "
-                  "net.netfilter.nf_conntrack_tcp_loose=0")
-    nft = """
-    table ip lab {
-      chain pre { type nat hook prerouting priority dstnat; ip daddr 10.96.0.10 tcp dport 3306 dnat to 10.77.2.2:3306; }
-      chain post { type nat hook postrouting priority srcnat; ip daddr 10.77.2.2 masquerade; }
-    }"""
-    subprocess.run(["ip", "netns", "exec", lb, "nft", "-f", "-"], input=nft, text=True, check=True)
-    server = netns.python(srv, ECHO_SERVER)
-    assert server.stdout.readline().strip() == "ready"
     pause = 3.0
-    p = subprocess.run(["ip", "netns", "exec", cli, sys.executable, "-c", IDLE_CLIENT, str(pause)],
-                       capture_output=True, text=True, timeout=30, check=True)
-    out = json.loads(p.stdout)
+    out = netns.conntrack_expiry(pause)
+    cli, lb, srv = out["cli"], out["lb"], out["srv"]
     assert "ConnectionResetError" in out["err"], out
     cport = out["port"]
     lb_ino, cli_ino = netns.inode(lb), netns.inode(cli)
