@@ -118,8 +118,18 @@ def _nat_match(s: dict[str, Any], r: dict[str, Any]) -> bool:
     return (s.get("syn") is True) == (r.get("state") == "SYN_SENT")
 
 
+_SECS: dict[float, str] = {}
+
+
 def _secs(x: float) -> str:
-    return f"{x:.0f} s" if x >= 10 or x == int(x) else f"{x:.1f} s"
+    # Durations repeat (timeouts, idle times in ms): rendered once each.
+    # Equal keys (10 and 10.0) render alike.
+    txt = _SECS.get(x)
+    if txt is None:
+        if len(_SECS) > 4096:
+            _SECS.clear()
+        txt = _SECS[x] = f"{x:.0f} s" if x >= 10 or x == int(x) else f"{x:.1f} s"
+    return txt
 
 
 def _num(v: Any) -> float | None:
@@ -307,7 +317,7 @@ class Classifier:
 
     def _where(self, ns: Any, pid: Any = None) -> Where:
         # One Where per (netns, pid, name): fix caches key on them by value.
-        name = self.context.name(ns)
+        name = self.context.names.get(ns) if ns is not None else None
         key = (ns, pid)
         w = self._wheres.get(key)
         if w is None or w.name != name:

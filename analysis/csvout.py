@@ -107,6 +107,7 @@ class RowWriter:
         self._buf: list[str] = []
         self._cells = Cells()
         self._sec: dict[int, str] = {}
+        self._idle: dict[int, str] = {}
 
     def _prefix(self, sec: int) -> str:
         if len(self._sec) > 65536:
@@ -129,6 +130,7 @@ class RowWriter:
         flows, per_s = tally.flows, tally.per_s
         lo, hi = tally.ms_min, tally.ms_max
         buf = self._buf
+        idles = self._idle
         for (t, d, ns, pid, comm, src, sport, dst, dport, state, reason, idle, ka_on, ka, fam, ck,
              pod, name) in rows:
             ms = round(t * 1000)
@@ -141,12 +143,20 @@ class RowWriter:
                 lo = ms
             if hi is None or ms > hi:
                 hi = ms
+            if type(idle) is int:
+                ic = idles.get(idle)
+                if ic is None:
+                    if len(idles) > 65536:
+                        idles.clear()
+                    ic = idles[idle] = f"{idle / 1000.0}"
+            else:
+                ic = f"{idle / 1000.0}" if isinstance(idle, (int, float)) else ""
             buf.append(
                 f"{p}.{frac:03d}Z,{c[d]},{'' if ns is None else ns},{c[pod]},"
                 f"{'' if pid is None else pid},{c[comm]},{c[src]},"
                 f"{sport if type(sport) is int else c[sport]},{c[dst]},"
                 f"{dport if type(dport) is int else c[dport]},{c[state or None]},{c[reason]},"
-                f"{idle / 1000.0 if isinstance(idle, (int, float)) else ''},"
+                f"{ic},"
                 f"{'' if ka is None or not ka_on else ka},"
                 f"{mid},{c[name]},{tail},{'' if fam is None else fam},{'' if ck is None else ck}\n")
         tally.ms_min, tally.ms_max = lo, hi

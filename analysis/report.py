@@ -7,9 +7,13 @@ frame and does the aggregation.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import operator
 import os
+import pickle
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -186,18 +190,39 @@ class CsvStream:
     """Writes report rows as verdicts arrive, without holding them: the
     bytes equal `write_csv(to_frame(verdicts))`. Atomic like write_csv:
     `close()` renames the finished file into place, `abort()` removes it.
-    It keeps only what the summary counts (`tally`)."""
+    It keeps only what the summary counts (`tally`, complete after `close()`).
 
-    def __init__(self, path: str | os.PathLike[str], names: dict[int, str] | None = None):
+    Formatting a million rows costs about as much as classifying them, so
+    where it can (fork, no other thread running) the rows go through a pipe
+    to a writer process that formats them while this one classifies the
+    next batch: the same `RowWriter` code, so the same bytes."""
+
+    def __init__(self, path: str | os.PathLike[str], names: dict[int, str] | None = None,
+                 writer_process: bool | None = None):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.names = names if names is not None else {}
         self._fh = open(self.tmp, "w", encoding="utf-8", newline="")
         self._fh.write(",".join(COLUMNS) + "\n")
-        self._rows = RowWriter(self._fh)
-        self.tally = self._rows.tally
         self._fix_text: dict[int, tuple[list[Fix], str]] = {}
         self.n = 0
+        self._pending: list[tuple[tuple, list[tuple]]] = []
+        self._pending_rows = 0
+        self._child: _WriterProcess | None = None
+        if writer_process is None:
+            writer_process = hasattr(os, "fork") and threading.active_count() == 1
+        if writer_process:
+            try:
+                self._fh.flush()
+                self._child = _WriterProcess(self._fh)
+            except OSError:
+                self._child = None
+        if self._child is None:
+            self._rows: RowWriter | None = RowWriter(self._fh)
+            self.tally = self._rows.tally
+        else:
+            self._rows = None
+            self.tally = Tally()    # filled by close()
 
     def add(self, v: Verdict, events: list[dict[str, Any]] | None = None) -> None:
         fixes = v.fixes
@@ -217,21 +242,174 @@ class CsvStream:
             except KeyError:
                 fields = tuple(map(e.get, ROW_FIELDS))
             rows.append(fields + (e.get("pod"), names.get(fields[2])))
-        self._rows.add((v.cause, v.confidence, v.evidence, fix, v.incident, v.sender_netns,
-                        v.receiver_netns), rows)
+        vc = (v.cause, v.confidence, v.evidence, fix, v.incident, v.sender_netns, v.receiver_netns)
         self.n += 1
+        if self._rows is not None:
+            self._rows.add(vc, rows)
+            return
+        self._pending.append((vc, rows))
+        self._pending_rows += len(rows)
+        if self._pending_rows >= _PIPE_ROWS:
+            self._send()
+
+    def _send(self) -> None:
+        batch, self._pending, self._pending_rows = self._pending, [], 0
+        if batch:
+            self._child.send(batch)
 
     def close(self) -> None:
-        self._rows.flush()
-        self._fh.close()
+        if self._rows is not None:
+            self._rows.flush()
+            self._fh.close()
+        else:
+            self._send()
+            child, self._child = self._child, None
+            self._fh.close()
+            self.tally = child.finish()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        if self._child is not None:
+            child, self._child = self._child, None
+            child.kill()
         self._fh.close()
         try:
             self.tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+_PIPE_ROWS = 2048    # rows per message to the writer process (~170 kB)
+_PIPE_BYTES = 1 << 20
+
+
+class _WriterProcess:
+    """A forked child that formats rows (pickled batches of
+    (verdict cells, rows) from a pipe) into the already open file with a
+    RowWriter and sends back its Tally, or the exception that stopped it."""
+
+    def __init__(self, fh: Any):
+        rows_r, rows_w = os.pipe()
+        try:
+            res_r, res_w = os.pipe()
+        except OSError:
+            os.close(rows_r)
+            os.close(rows_w)
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (rows_r, rows_w, res_r, res_w):
+                os.close(fd)
+            raise
+        if pid == 0:    # the writer
+            code = 1
+            try:
+                os.close(rows_w)
+                os.close(res_r)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent decides
+                code = _writer_main(fh, rows_r, res_w)
+            finally:
+                os._exit(code)
+        os.close(rows_r)
+        os.close(res_w)
+        self.pid = pid
+        try:
+            # Room for a few batches, so this process runs ahead of the writer.
+            fcntl.fcntl(rows_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+        except OSError:
+            pass
+        self._out = os.fdopen(rows_w, "wb")
+        self._res = res_r
+
+    def send(self, batch: list) -> None:
+        try:
+            # flushed now: the writer must not wait for the next batch
+            pickle.dump(batch, self._out, protocol=pickle.HIGHEST_PROTOCOL)
+            self._out.flush()
+        except BrokenPipeError:
+            self._fail()
+
+    def _result(self) -> Any:
+        res, self._res = self._res, None
+        with os.fdopen(res, "rb") as f:
+            data = f.read()
+        self._reap()
+        if not data:
+            raise OSError("the CSV writer process ended without a result")
+        return pickle.loads(data)
+
+    def _fail(self) -> None:
+        try:
+            self._out.close()
+        except OSError:
+            pass
+        kind, val = self._result()
+        if kind == "err":
+            raise val
+        raise OSError("the CSV writer process stopped early")
+
+    def finish(self) -> Tally:
+        try:
+            pickle.dump(None, self._out, protocol=pickle.HIGHEST_PROTOCOL)
+            self._out.close()
+        except BrokenPipeError:
+            self._fail()
+        kind, val = self._result()
+        if kind == "err":
+            raise val
+        return val
+
+    def _reap(self) -> None:
+        if self.pid is not None:
+            pid, self.pid = self.pid, None
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._out.close()
+        except OSError:
+            pass
+        if self._res is not None:
+            res, self._res = self._res, None
+            os.close(res)
+        self._reap()
+
+
+def _writer_main(fh: Any, rows_fd: int, res_fd: int) -> int:
+    try:
+        writer = RowWriter(fh)
+        with os.fdopen(rows_fd, "rb", buffering=1 << 20) as src:
+            load = pickle.load
+            add = writer.add
+            while True:
+                batch = load(src)
+                if batch is None:
+                    break
+                for vc, rows in batch:
+                    add(vc, rows)
+        writer.flush()
+        fh.close()
+        result: tuple = ("ok", writer.tally)
+        code = 0
+    except BaseException as e:      # noqa: BLE001 - handed to the parent
+        try:
+            pickle.dumps(e)
+            result = ("err", e)
+        except Exception:           # noqa: BLE001
+            result = ("err", OSError(f"the CSV writer process failed: {e!r}"))
+        code = 1
+    with os.fdopen(res_fd, "wb") as out:
+        out.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    return code
 
 
 # The fields of a reset record a CSV row shows, in one C call; records that

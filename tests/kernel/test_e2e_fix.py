@@ -12,9 +12,7 @@ to a temporary directory (RSTTRACE_*_DIR), never /etc.
 
 from __future__ import annotations
 
-import csv
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +26,8 @@ from rsttrace.lab.scenarios import (POOL_CT_ESTABLISHED_S, POOL_IDLE_PAUSE_S, Sc
                                     run_scenario)
 from rsttrace.lab.topology import CLIENT, VIP, Lab
 from rsttrace.tracer.recording import read_recording
+
+from e2e_record import record_scenario
 
 pytestmark = pytest.mark.kernel
 
@@ -69,36 +69,6 @@ def rsttrace(args: list[str], env: dict[str, str],
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def recorded(lab: Lab, tmp: Path, tag: str) -> tuple[ScenarioRun, list[dict], Path]:
-    """The scenario under `rsttrace record`, then `rsttrace report` to CSV."""
-    rec = tmp / f"{tag}.jsonl"
-    cmd = RSTTRACE + ["record", "-o", str(rec), "--ctx-period", "0.5", "-q"]
-    for ns in (lab.cli, lab.node, lab.db):
-        cmd += ["--netns", ns]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        # The header is written once BPF is attached and the first snapshot taken.
-        while time.monotonic() < deadline and p.poll() is None:
-            if rec.exists() and rec.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.1)
-        assert p.poll() is None, p.communicate()[1]
-        run = run_scenario(lab, SCENARIO)
-        time.sleep(1.5)  # the classifier's pairing window and one more snapshot
-    finally:
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
-    out = tmp / f"{tag}.csv"
-    r = subprocess.run(RSTTRACE + ["report", str(rec), "-o", str(out)], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return run, rows, rec
-
-
 def client_resets(rows: list[dict]) -> list[dict]:
     return [r for r in rows
             if r["direction"] == "recv" and r["dst"] == CLIENT and r["sport"] == "3306"]
@@ -123,7 +93,7 @@ def assert_reset_diagnosed(lab: Lab, run: ScenarioRun, rows: list[dict]) -> None
 
 
 def assert_fixed_run_is_clean(lab: Lab, tmp: Path, tag: str) -> None:
-    run, rows, rec = recorded(lab, tmp, tag)
+    run, rows, rec = record_scenario(lab, SCENARIO, tmp, tag)
     assert run.errors == [] and len(run.flows) == 2, run.errors
     # Both pooled connections answered the query made after the pause.
     assert all(c["ok"] and c["t_last_recv"] - c["t_connect"] >= POOL_IDLE_PAUSE_S
@@ -148,7 +118,7 @@ def assert_plan_is_client_keepalive(lab: Lab, stdout: str) -> int:
 
 def test_fix_from_the_recording_removes_the_keepalive_reset(lab, env, client_keepalive, tmp_path):
     assert client_keepalive[KA_TIME] == "7200"
-    run, rows, rec = recorded(lab, tmp_path, "before")
+    run, rows, rec = record_scenario(lab, SCENARIO, tmp_path, "before")
     assert_reset_diagnosed(lab, run, rows)
 
     r = rsttrace(["--fix", "--yes", "--netns", lab.cli, "--from", str(rec)], env)

@@ -5,18 +5,16 @@ the controls must produce no reset at all."""
 
 from __future__ import annotations
 
-import csv
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from rsttrace.lab.scenarios import SCENARIOS, ScenarioRun, run_scenario
+from rsttrace.lab.scenarios import SCENARIOS, ScenarioRun
 from rsttrace.lab.topology import BACKEND, CLIENT, VIP, Lab
 from rsttrace.tracer.recording import read_recording
+
+from e2e_record import record_scenario
 
 pytestmark = pytest.mark.kernel
 
@@ -32,35 +30,6 @@ def lab():
         yield lab
 
 
-def _recorded(lab: Lab, name: str, tmp: Path) -> tuple[ScenarioRun, list[dict], Path]:
-    rec = tmp / f"{name}.jsonl"
-    cmd = RSTTRACE + ["record", "-o", str(rec), "--ctx-period", "0.5", "-q"]
-    for ns in (lab.cli, lab.node, lab.db):
-        cmd += ["--netns", ns]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        # The header is written once BPF is attached and the first snapshot taken.
-        while time.monotonic() < deadline and p.poll() is None:
-            if rec.exists() and rec.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.1)
-        assert p.poll() is None, p.communicate()[1]
-        run = run_scenario(lab, name)
-        time.sleep(1.5)  # the classifier's pairing window and one more snapshot
-    finally:
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
-    out = tmp / f"{name}.csv"
-    r = subprocess.run(RSTTRACE + ["report", str(rec), "-o", str(out)], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return run, rows, rec
-
-
 def _mine(rows: list[dict], run: ScenarioRun) -> list[dict]:
     port = str(run.expect.service_port)
     return [r for r in rows if CLIENT in (r["src"], r["dst"]) and port in (r["sport"], r["dport"])]
@@ -68,7 +37,7 @@ def _mine(rows: list[dict], run: ScenarioRun) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["keepalive", "conntrack_invalid", "peer_reset"])
 def test_established_flow_resets_are_diagnosed(lab, name, tmp_path):
-    run, rows, _ = _recorded(lab, name, tmp_path)
+    run, rows, _ = record_scenario(lab, name, tmp_path)
     ex = run.expect
     assert run.errors, "the scenario did not reproduce"
     mine = _mine(rows, run)
@@ -100,7 +69,7 @@ def test_established_flow_resets_are_diagnosed(lab, name, tmp_path):
 
 
 def test_keepalive_recording_carries_keepalive_fields(lab, tmp_path):
-    run, _, rec = _recorded(lab, "keepalive", tmp_path)
+    run, _, rec = record_scenario(lab, "keepalive", tmp_path)
     resets = [r for r in read_recording(rec).records
               if r["kind"] == "reset" and r["dir"] == "recv" and r["dst"] == CLIENT]
     assert len(resets) == len(run.flows) == 2
@@ -110,7 +79,7 @@ def test_keepalive_recording_carries_keepalive_fields(lab, tmp_path):
 
 
 def test_no_listener_is_diagnosed(lab, tmp_path):
-    run, rows, _ = _recorded(lab, "no_listener", tmp_path)
+    run, rows, _ = record_scenario(lab, "no_listener", tmp_path)
     mine = _mine(rows, run)
     recv = [r for r in mine if r["direction"] == "recv"]
     assert len(recv) == 1 and recv[0]["cause"] == "no_listener" and recv[0]["state"] == "SYN_SENT"
@@ -122,14 +91,14 @@ def test_no_listener_is_diagnosed(lab, tmp_path):
 
 @pytest.mark.parametrize("name", ["keepalive_fixed", "conntrack_invalid_fixed"])
 def test_controls_produce_no_reset(lab, name, tmp_path):
-    run, rows, rec = _recorded(lab, name, tmp_path)
+    run, rows, rec = record_scenario(lab, name, tmp_path)
     assert run.errors == [] and run.flows
     assert _mine(rows, run) == []
     assert not [r for r in read_recording(rec).records if r["kind"] == "reset"]
 
 
 def test_conntrack_full_is_seen(lab, tmp_path):
-    run, rows, rec = _recorded(lab, "conntrack_full", tmp_path)
+    run, rows, rec = record_scenario(lab, "conntrack_full", tmp_path)
     timed_out = [e for e in run.errors if "timed out" in e]
     assert timed_out
     records = read_recording(rec).records
