@@ -20,41 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-HERE = Path(__file__).resolve().parent
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def out_rsts(ns: str) -> int:
-    text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout.splitlines()
-    tcp = [line.split() for line in text if line.startswith("Tcp:")]
-    return int(tcp[1][tcp[0].index("OutRsts")])
-
-
-def storm(ns: str, binary: str, seconds: float, max_n: int) -> tuple[int, float]:
-    _n, refused, elapsed = sh("ip", "netns", "exec", ns, binary, str(seconds), str(max_n)).stdout.split()
-    return int(refused), float(elapsed)
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(cpu seconds of the process and its threads, peak RSS bytes)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    return cpu, hwm
+from stormlab import out_rsts, proc_stats, storm, storm_namespace
 
 
 def scrape(url: str) -> tuple[dict, float]:
@@ -83,88 +55,79 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_export needs root (namespaces, BPF)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="rtexp-bench-"))
-    binary = str(tmp / "storm")
-    sh("gcc", "-O2", "-o", binary, str(HERE / "storm.c"))
-    ns = "rtexp-bench-" + uuid.uuid4().hex[:6]
-    sh("ip", "netns", "add", ns)
     exp = None
     res: dict = {}
-    try:
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        storm(ns, binary, 0.5, args.max)   # warm up
-        refused, elapsed = storm(ns, binary, args.seconds, args.max)
-        res["untraced_rate"] = refused / elapsed
+    with storm_namespace("rtexp-bench") as (ns, binary):
+        try:
+            storm(ns, binary, 0.5, args.max)   # warm up
+            refused, elapsed = storm(ns, binary, args.seconds, args.max)
+            res["untraced_rate"] = refused / elapsed
 
-        exp = subprocess.Popen([sys.executable, "-m", "rsttrace", "export", "--listen", "127.0.0.1:0",
-                                "--duration", str(args.idle + args.seconds + args.catch_up + 60)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        url = exp.stdout.readline().strip()
-        if not url.startswith("http://"):
-            print("bench_export: the exporter did not start", file=sys.stderr)
-            return 1
-        time.sleep(2.0)    # attach and the first context snapshots
-        scrape(url)
+            exp = subprocess.Popen([sys.executable, "-m", "rsttrace", "export", "--listen", "127.0.0.1:0",
+                                    "--duration", str(args.idle + args.seconds + args.catch_up + 60)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            url = exp.stdout.readline().strip()
+            if not url.startswith("http://"):
+                print("bench_export: the exporter did not start", file=sys.stderr)
+                return 1
+            time.sleep(2.0)    # attach and the first context snapshots
+            scrape(url)
 
-        # idle: scraped every second, like an eager Prometheus
-        cpu0, _ = proc_stats(exp.pid)
-        t0 = time.monotonic()
-        lat = []
-        while time.monotonic() - t0 < args.idle:
-            lat.append(scrape(url)[1])
-            time.sleep(1.0)
-        cpu1, _ = proc_stats(exp.pid)
-        res["idle_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
-        res["scrape_ms_median"] = 1000 * sorted(lat)[len(lat) // 2]
+            # idle: scraped every second, like an eager Prometheus
+            cpu0, _ = proc_stats(exp.pid)
+            t0 = time.monotonic()
+            lat = []
+            while time.monotonic() - t0 < args.idle:
+                lat.append(scrape(url)[1])
+                time.sleep(1.0)
+            cpu1, _ = proc_stats(exp.pid)
+            res["idle_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+            res["scrape_ms_median"] = 1000 * sorted(lat)[len(lat) // 2]
 
-        # storm: the workload's rate, then the time until the exporter has counted it
-        base = out_rsts(ns)
-        before, _ = scrape(url)
-        counted0 = sent_resets(before, ns)
-        cpu0, _ = proc_stats(exp.pid)
-        t0 = time.monotonic()
-        refused, elapsed = storm(ns, binary, args.seconds, args.max)
-        truth = out_rsts(ns) - base
-        res["traced_rate"] = refused / elapsed
-        res["storm_resets"] = truth
-        counted = counted0
-        samples = before
-        lost0 = before.get(("rsttrace_events_lost_total", ()), 0.0)
-        busy = 0.0
-        last_change = time.monotonic()
-        # done when every reset is counted (or lost), or when the counts
-        # have not moved for 3 s (some lost events were not resets)
-        while time.monotonic() - t0 < args.seconds + args.catch_up:
-            samples, _ = scrape(url)
-            c = sent_resets(samples, ns)
-            if c != counted:
-                counted, last_change = c, time.monotonic()
-                busy = last_change - t0
-            lost = samples.get(("rsttrace_events_lost_total", ()), 0.0) - lost0
-            if counted - counted0 + lost >= truth or time.monotonic() - last_change > 3:
-                break
-            time.sleep(0.2)
-        cpu1, hwm = proc_stats(exp.pid)
-        res["counted"] = counted - counted0
-        res["lost"] = samples.get(("rsttrace_events_lost_total", ()), 0.0) - lost0
-        res["catch_up_s"] = max(0.0, busy - elapsed)
-        # the CPU to the last count (the few seconds of waiting after it are idle)
-        res["storm_cpu_s"] = cpu1 - cpu0
-        res["cpu_us_per_reset"] = 1e6 * (cpu1 - cpu0) / max(truth, 1)
-        res["peak_rss_mib"] = hwm / 2**20
-        res["workload_cost_pct"] = 100 * (1 - res["traced_rate"] / res["untraced_rate"])
-    finally:
-        if exp is not None and exp.poll() is None:
-            exp.terminate()
-            try:
-                exp.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                exp.kill()
-                exp.wait(timeout=5)
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+            # storm: the workload's rate, then the time until the exporter has counted it
+            base = out_rsts(ns)
+            before, _ = scrape(url)
+            counted0 = sent_resets(before, ns)
+            cpu0, _ = proc_stats(exp.pid)
+            t0 = time.monotonic()
+            refused, elapsed = storm(ns, binary, args.seconds, args.max)
+            truth = out_rsts(ns) - base
+            res["traced_rate"] = refused / elapsed
+            res["storm_resets"] = truth
+            counted = counted0
+            samples = before
+            lost0 = before.get(("rsttrace_events_lost_total", ()), 0.0)
+            busy = 0.0
+            last_change = time.monotonic()
+            # done when every reset is counted (or lost), or when the counts
+            # have not moved for 3 s (some lost events were not resets)
+            while time.monotonic() - t0 < args.seconds + args.catch_up:
+                samples, _ = scrape(url)
+                c = sent_resets(samples, ns)
+                if c != counted:
+                    counted, last_change = c, time.monotonic()
+                    busy = last_change - t0
+                lost = samples.get(("rsttrace_events_lost_total", ()), 0.0) - lost0
+                if counted - counted0 + lost >= truth or time.monotonic() - last_change > 3:
+                    break
+                time.sleep(0.2)
+            cpu1, hwm = proc_stats(exp.pid)
+            res["counted"] = counted - counted0
+            res["lost"] = samples.get(("rsttrace_events_lost_total", ()), 0.0) - lost0
+            res["catch_up_s"] = max(0.0, busy - elapsed)
+            # the CPU to the last count (the few seconds of waiting after it are idle)
+            res["storm_cpu_s"] = cpu1 - cpu0
+            res["cpu_us_per_reset"] = 1e6 * (cpu1 - cpu0) / max(truth, 1)
+            res["peak_rss_mib"] = hwm / 2**20
+            res["workload_cost_pct"] = 100 * (1 - res["traced_rate"] / res["untraced_rate"])
+        finally:
+            if exp is not None and exp.poll() is None:
+                exp.terminate()
+                try:
+                    exp.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    exp.kill()
+                    exp.wait(timeout=5)
 
     print(f"idle: {res['idle_cpu_pct']:.2f} % of a CPU, scraped every 1 s "
           f"(scrape {res['scrape_ms_median']:.1f} ms median)")

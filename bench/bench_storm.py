@@ -19,39 +19,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def out_rsts(ns: str) -> int:
-    text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout.splitlines()
-    tcp = [line.split() for line in text if line.startswith("Tcp:")]
-    return int(tcp[1][tcp[0].index("OutRsts")])
-
-
-def storm(ns: str, binary: str, seconds: float) -> tuple[int, float]:
-    n, refused, elapsed = sh("ip", "netns", "exec", ns, binary, str(seconds)).stdout.split()
-    return int(refused), float(elapsed)
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(cpu seconds, peak RSS bytes) of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    hwm = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    return cpu, hwm
+from stormlab import out_rsts, proc_stats, storm, storm_namespace
 
 
 def main() -> int:
@@ -63,14 +34,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_storm needs root (namespaces, BPF)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="rsttrace-bench-"))
-    binary = str(tmp / "storm")
-    sh("gcc", "-O2", "-o", binary, str(HERE / "storm.c"))
-    ns = "rtbench-" + uuid.uuid4().hex[:6]
-    sh("ip", "netns", "add", ns)
     results = {"untraced": [], "traced": []}
-    try:
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    with storm_namespace("rtbench") as (ns, binary):
+        tmp = Path(binary).parent
         storm(ns, binary, 0.5)  # warm up
         for rnd in range(args.rounds):
             refused, elapsed = storm(ns, binary, args.seconds)
@@ -105,8 +71,6 @@ def main() -> int:
                 "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
             })
             rec.unlink()
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
     un = [r["rate"] for r in results["untraced"]]
     tr = [r["rate"] for r in results["traced"]]
     ratio = (sum(tr) / len(tr)) / (sum(un) / len(un))

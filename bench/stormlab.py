@@ -1,0 +1,62 @@
+"""What the storm benchmarks share: a throwaway namespace with the storm
+binary (bench/storm.c) compiled for it, the kernel's own reset count, and
+a process's CPU and peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+HERE = Path(__file__).resolve().parent
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+@contextlib.contextmanager
+def storm_namespace(prefix: str) -> Iterator[tuple[str, str]]:
+    """(namespace, storm binary); both removed afterwards, even on failure.
+    The storm connects to a closed port on the namespace's loopback, so
+    nothing leaves it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    binary = str(tmp / "storm")
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    try:
+        sh("gcc", "-O2", "-o", binary, str(HERE / "storm.c"))
+        sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns, binary
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def out_rsts(ns: str) -> int:
+    """Resets the namespace's kernel says it sent (TcpOutRsts)."""
+    text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout.splitlines()
+    tcp = [line.split() for line in text if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("OutRsts")])
+
+
+def storm(ns: str, binary: str, seconds: float, max_n: int = 10_000_000) -> tuple[int, float]:
+    """(refused connects, elapsed s) of one bounded storm."""
+    _n, refused, elapsed = sh("ip", "netns", "exec", ns, binary, str(seconds), str(max_n)).stdout.split()
+    return int(refused), float(elapsed)
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(cpu seconds of the process and its threads, peak RSS bytes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
