@@ -66,6 +66,16 @@ class Episode:
         """A table-full signal, not only netfilter drops (a DROP rule makes those too)."""
         return bool(self.log_lines or self.drop or self.early_drop or self.full_snapshots)
 
+    def note_size(self, ct: dict) -> None:
+        """The table's size as a snapshot saw it, for the fix's numbers."""
+        c, m, b = ct.get("count"), ct.get("max"), ct.get("buckets")
+        if isinstance(c, int) and c > self.peak_count:
+            self.peak_count = c
+        if isinstance(m, int):
+            self.max = m
+        if isinstance(b, int):
+            self.buckets = b
+
 
 @dataclass
 class Rise:
@@ -208,23 +218,13 @@ class ContextStore:
                         if grew:
                             ep.drop += max(0, (ct.get("drop") or 0) - (prev.get("drop") or 0))
                             ep.early_drop += max(0, (ct.get("early_drop") or 0) - (prev.get("early_drop") or 0))
-                        if isinstance(c, int) and c > ep.peak_count:
-                            ep.peak_count = c
-                        if isinstance(m, int):
-                            ep.max = m
-                        if isinstance(ct.get("buckets"), int):
-                            ep.buckets = ct["buckets"]
+                        ep.note_size(ct)
                 else:
                     # A quiet snapshot inside an open episode (e.g. one found
                     # from log lines) still tells its size, for the fix.
                     ep = self._open.get(ns)
                     if ep is not None and t - ep.t_last <= self.window_s:
-                        if isinstance(c, int) and c > ep.peak_count:
-                            ep.peak_count = c
-                        if isinstance(m, int):
-                            ep.max = m
-                        if isinstance(ct.get("buckets"), int):
-                            ep.buckets = ct["buckets"]
+                        ep.note_size(ct)
                 tot = self._tot(ns)
                 if tot.first is None:
                     tot.first = ct
