@@ -180,7 +180,7 @@ def load_detached(program: Program, ports: list[int] | None, netns: list[int] | 
         parent.close()
         proc.wait(timeout=30)
     if "error" in meta:
-        raise LoadError(f"BPF program failed to load: {meta['error']}")
+        raise LoadError(meta["error"])
     return Attached({name: fds[i] for name, i in meta["maps"].items()},
                     [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"])
 
@@ -189,6 +189,14 @@ def load_inprocess(program: Program, ports: list[int] | None, netns: list[int] |
     """Compile and attach here; returns the bcc BPF object. Used for the
     perf-buffer fallback (kernels without a ring buffer), whose reading
     goes through bcc."""
+    return compile_and_attach(program.text, program.cflags, program.attach, ports, netns)
+
+
+def compile_and_attach(text: str, cflags: list[str], attach: list, ports: list[int] | None,
+                       netns: list[int] | None):
+    """bcc compile + load (tracepoint programs attach themselves), the
+    filters filled, kprobes attached. Used in this process and in the
+    loader process (loader_child.py)."""
     try:
         from bcc import BPF
     except ImportError:
@@ -196,17 +204,17 @@ def load_inprocess(program: Program, ports: list[int] | None, netns: list[int] |
                         "python3-bpfcc and a venv that can see it)") from None
     with _quiet_stderr() as errlog:
         try:
-            b = BPF(text=program.text, cflags=program.cflags)
+            b = BPF(text=text, cflags=cflags)
         except Exception as e:
             errlog.seek(0)
-            msg = errlog.read().decode(errors="replace")[-2000:]
+            msg = errlog.read().decode(errors="replace")[-3000:]
             raise LoadError(f"BPF program failed to load: {e}\n{msg}") from None
     for name, values in (("port_filter", ports), ("netns_filter", netns)):
         if values:
             table = b[name]
             for v in values:
                 table[table.Key(v)] = table.Leaf(1)
-    for kind, target, fn in program.attach:
+    for kind, target, fn in attach:
         if kind == "kprobe":
             b.attach_kprobe(event=target, fn_name=fn)
         elif kind == "kretprobe":

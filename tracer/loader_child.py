@@ -13,7 +13,6 @@ stdin: {"text", "cflags", "attach", "ports", "netns", "maps"}.
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
@@ -23,10 +22,12 @@ import sys
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     req = json.load(sys.stdin)
+    from rsttrace.tracer.loader import LoadError
     try:
         meta, fds = load(req)
-    except Exception as e:  # reported to the parent, which raises LoadError
-        msg = json.dumps({"error": str(e)[-4000:]}).encode()
+    except Exception as e:  # reported to the parent, which raises LoadError with it
+        text = str(e) if isinstance(e, LoadError) else f"BPF program failed to load: {e}"
+        msg = json.dumps({"error": text[-4000:]}).encode()
         sock.sendall(len(msg).to_bytes(4, "little") + msg)
         sock.close()
         os._exit(1)
@@ -39,30 +40,10 @@ def main() -> None:
 
 def load(req: dict) -> tuple[dict, list[int]]:
     import ctypes
-    import tempfile
 
-    from bcc import BPF
-    # clang warnings from the foreign headers go to a file, shown on failure only
-    err = tempfile.TemporaryFile()
-    saved = os.dup(2)
-    os.dup2(err.fileno(), 2)
-    try:
-        b = BPF(text=req["text"], cflags=req["cflags"])
-    except Exception as e:
-        os.dup2(saved, 2)
-        err.seek(0)
-        raise RuntimeError(f"{e}\n{err.read().decode(errors='replace')[-3000:]}") from None
-    os.dup2(saved, 2)
-    for name, values in (("port_filter", req.get("ports")), ("netns_filter", req.get("netns"))):
-        if values:
-            t = b[name]
-            for v in values:
-                t[t.Key(v)] = t.Leaf(1)
-    for kind, target, fn in req["attach"]:
-        if kind == "kprobe":
-            b.attach_kprobe(event=target, fn_name=fn)
-        else:
-            b.attach_kretprobe(event=target, fn_name=fn)
+    from rsttrace.tracer.loader import compile_and_attach
+    b = compile_and_attach(req["text"], req["cflags"], req["attach"], req.get("ports"),
+                           req.get("netns"))
     fds: list[int] = []
     maps = {}
     for name in req["maps"]:
