@@ -2,6 +2,7 @@
 # Idempotent set-up for a Debian 12 machine, as root: Debian packages, a
 # virtual environment that can see Debian's bcc, and rsttrace with its extras.
 # Called by `make demo` and `make test`; safe to run again (it skips what is there).
+# Arguments: more Debian packages to install the same way.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -17,6 +18,8 @@ fi
 pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-pip
       nftables conntrack iproute2 kmod mariadb-server mariadb-client ipvsadm tcpdump bpftool
       prometheus)
+# extra Debian packages a caller needs too (scripts/vm/provision.sh: qemu, busybox)
+pkgs+=("$@")
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,18 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
-bash scripts/install.sh
-pkgs=(qemu-system-x86 busybox-static ipvsadm kmod)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "provision: apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash scripts/install.sh qemu-system-x86 busybox-static
 if [ ! -x .venv/bin/vng ]; then
     echo "provision: pip install '.[vm]' (virtme-ng)"
     .venv/bin/pip install -q --disable-pip-version-check -e ".[test,vm]"
