@@ -13,7 +13,9 @@
  *
  * Configuration (-D): OFF_* offsets, ARG_* argument positions,
  * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, USE_RINGBUF, RINGBUF_PAGES,
- * FILTER_PORTS, FILTER_NETNS, HAVE_TP_* for each tracepoint to attach (bcc
+ * RESCUE_PAGES, the filters PORT_WANTED(p) and NETNS_WANTED(ns) (compared
+ * against constants: no map lookup per event), HAVE_TP_* for each
+ * tracepoint to attach (bcc
  * attaches every RAW_TRACEPOINT_PROBE it compiles), and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
  * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC.
@@ -29,13 +31,24 @@
 
 /* Owner of a socket, learned where the kernel runs in the owner's context:
  * connect() moves the socket to SYN_SENT in the calling task. A reset later
- * arrives in softirq context, where `current` is arbitrary. */
+ * arrives in softirq context, where `current` is arbitrary.
+ *
+ * Kept in a plain array indexed by a hash of the socket's address, two
+ * slots per socket (no hash-map locking on every connect and close: array
+ * lookups are inlined by the verifier). tcp_destroy_sock empties the slot,
+ * so a socket reusing the memory never inherits an owner. When both slots
+ * are taken the oldest entry is overwritten: that socket's owner becomes
+ * unknown, never wrong. `check` folds every field, so an entry torn by two
+ * CPUs writing the same slot at once is ignored rather than misread. */
 struct owner {
+	__u64 sk;
 	__u64 cgroup;
+	__u64 comm[2];
 	__u32 pid;
-	char comm[16];
+	__u32 check;
 };
-BPF_TABLE("lru_hash", __u64, struct owner, owners, 65536);
+#define OWNER_BITS 17
+BPF_ARRAY(owners, struct owner, 1 << OWNER_BITS);
 
 /* Never written: it makes bcc describe struct rst_event exactly as clang
  * laid it out, so a test can compare the Python layout with it. */
@@ -46,15 +59,13 @@ BPF_PERCPU_ARRAY(tcp_transitions, __u64, 256);
 /* Events the ring buffer could not take, counted here so loss is never silent. */
 BPF_PERCPU_ARRAY(lost, __u64, 1);
 
-#ifdef FILTER_PORTS
-BPF_HASH(port_filter, __u16, __u8, 64);
-#endif
-#ifdef FILTER_NETNS
-BPF_HASH(netns_filter, __u32, __u8, 64);
-#endif
 
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Taken only when `events` refuses a reservation (full, or its lock not
+ * granted: kernels with resilient spinlocks give up on a lock held too
+ * long, e.g. by a preempted vCPU). The consumer reads both. */
+BPF_RINGBUF_OUTPUT(rescue, RESCUE_PAGES);
 #else
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct rst_event, 1);
@@ -73,6 +84,8 @@ static __always_inline struct rst_event *ev_new(void)
 	struct rst_event *e;
 #ifdef USE_RINGBUF
 	e = events.ringbuf_reserve(sizeof(struct rst_event));
+	if (!e)
+		e = rescue.ringbuf_reserve(sizeof(struct rst_event));
 #else
 	int zero = 0;
 	e = scratch.lookup(&zero);
@@ -100,23 +113,49 @@ static __always_inline void ev_send(void *ctx, struct rst_event *e)
 
 static __always_inline int ports_wanted(__u16 a, __u16 b)
 {
-#ifdef FILTER_PORTS
-	if (!port_filter.lookup(&a) && !port_filter.lookup(&b))
-		return 0;
-#endif
+#ifdef PORT_WANTED
+	return PORT_WANTED(a) || PORT_WANTED(b);
+#else
 	return 1;
+#endif
 }
 
 static __always_inline int netns_wanted(__u32 ns)
 {
-#ifdef FILTER_NETNS
-	if (!netns_filter.lookup(&ns))
-		return 0;
-#endif
+#ifdef NETNS_WANTED
+	return NETNS_WANTED(ns);
+#else
 	return 1;
+#endif
 }
 
 #define RD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
+#define MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define MIN2(a, b) ((a) < (b) ? (a) : (b))
+/* a field of a block read into a local buffer */
+#define AT(buf, off, type) (*(type *)((char *)(buf) + (off)))
+
+/* Every probe read is a helper call, and in a reset storm they add up: the
+ * fields that sit together are read in one go. sock_common (addresses,
+ * ports, family, state, netns, cookie, flags) is one block at the start of
+ * every socket, full or mini. */
+#define SK_HEAD_LEN MAX2(MAX2(MAX2(OFF_SK_DADDR + 4, OFF_SK_RCV_SADDR + 4), \
+				   MAX2(OFF_SK_DPORT + 2, OFF_SK_NUM + 2)), \
+			  MAX2(MAX2(MAX2(OFF_SK_FAMILY + 2, OFF_SK_STATE + 1), \
+				    MAX2(OFF_SK_NET + 8, OFF_SK_COOKIE + 8)), \
+			       MAX2(MAX2(OFF_SK_V6_DADDR + 16, OFF_SK_V6_RCV_SADDR + 16), \
+				    OFF_SK_FLAGS + 8)))
+_Static_assert(SK_HEAD_LEN <= 192, "sock_common fields spread too far for one read");
+#define SK_HEAD_WORDS ((SK_HEAD_LEN + 7) / 8)
+
+/* sk_buff: the header offsets and head pointer, together in every kernel */
+#define SKB_BLK_START MIN2(MIN2(OFF_SKB_PROTOCOL, OFF_SKB_TRANSPORT_HEADER), \
+			   MIN2(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD))
+#define SKB_BLK_END MAX2(MAX2(OFF_SKB_PROTOCOL + 2, OFF_SKB_TRANSPORT_HEADER + 2), \
+			 MAX2(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8))
+_Static_assert(SKB_BLK_END - SKB_BLK_START <= 64, "sk_buff header fields spread too far");
+#define SKB_BLK_WORDS ((SKB_BLK_END - SKB_BLK_START + 7) / 8)
+#define SKB_AT(blk, off, type) AT(blk, (off) - SKB_BLK_START, type)
 
 static __always_inline __u32 net_inum(const void *net)
 {
@@ -133,7 +172,7 @@ static __always_inline const void *sk_net(const void *sk)
 	return net;
 }
 
-static __always_inline __u32 skb_dev_netns(const void *skb)
+static __always_inline __u32 dev_netns(const void *skb)
 {
 	const void *dev = 0, *net = 0;
 	RD(dev, skb, OFF_SKB_DEV);
@@ -145,7 +184,7 @@ static __always_inline __u32 skb_dev_netns(const void *skb)
 
 static __always_inline __u32 skb_netns(const void *skb)
 {
-	__u32 ns = skb_dev_netns(skb);
+	__u32 ns = dev_netns(skb);
 	if (!ns) {
 		/* locally generated packets may not have a device yet */
 		const void *sk = 0;
@@ -158,25 +197,20 @@ static __always_inline __u32 skb_netns(const void *skb)
 
 /* Socket facts that explain an idle reset: how long nothing was received
  * before it (a write that meets forgotten state has just set lsndtime, so
- * only received activity counts), and the keepalive in force. */
-static __always_inline void fill_sock(struct rst_event *e, const void *sk)
+ * only received activity counts), and the keepalive in force. `head` is
+ * the socket's sock_common, already read. */
+static __always_inline void fill_sock(struct rst_event *e, const void *sk, const __u64 *head,
+				      const void *net)
 {
-	__u64 skflags = 0;
 	__u32 rcv_tstamp = 0, lrcvtime = 0, last, kat = 0, kai = 0;
-	__u8 kap = 0, st = 0;
-	const void *net = sk_net(sk);
+	__u8 kap = 0, st = e->state;
 
 	e->flags |= EVF_HAS_SOCK;
-	e->netns = net_inum(net);
-	RD(st, sk, OFF_SK_STATE);
-	e->state = st;
 	/* time-wait and request minisocks have no tcp_sock fields */
 	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_)
 		return;
-	RD(e->cookie, sk, OFF_SK_COOKIE);
-
-	RD(skflags, sk, OFF_SK_FLAGS);
-	if (skflags & (1ULL << SOCK_KEEPOPEN_BIT))
+	e->cookie = AT(head, OFF_SK_COOKIE, __u64);
+	if (AT(head, OFF_SK_FLAGS, __u64) & (1ULL << SOCK_KEEPOPEN_BIT))
 		e->flags |= EVF_KEEPALIVE;
 	RD(rcv_tstamp, sk, OFF_TP_RCV_TSTAMP);
 	RD(lrcvtime, sk, OFF_ICSK_LRCVTIME);
@@ -189,32 +223,75 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk)
 		e->flags |= EVF_IDLE;
 	}
 
+#if OFF_TP_KA_INTVL == OFF_TP_KA_TIME + 4
+	{
+		__u32 ka[2] = {};
+		RD(ka, sk, OFF_TP_KA_TIME);
+		kat = ka[0];
+		kai = ka[1];
+	}
+#else
 	RD(kat, sk, OFF_TP_KA_TIME);
 	RD(kai, sk, OFF_TP_KA_INTVL);
+#endif
 	RD(kap, sk, OFF_TP_KA_PROBES);
 	if (kat)
 		e->flags |= EVF_KA_PER_SOCK;
-	else
-		RD(kat, net, OFF_NET_KA_TIME);
-	if (!kai)
-		RD(kai, net, OFF_NET_KA_INTVL);
-	if (!kap)
-		RD(kap, net, OFF_NET_KA_PROBES);
+	if (net && (!kat || !kai || !kap)) {
+		/* the namespace's sysctls, where the socket has no value of its own */
+#if OFF_NET_KA_INTVL == OFF_NET_KA_TIME + 4 && OFF_NET_KA_PROBES == OFF_NET_KA_TIME + 8
+		__u32 nka[3] = {};
+		RD(nka, net, OFF_NET_KA_TIME);
+		if (!kat)
+			kat = nka[0];
+		if (!kai)
+			kai = nka[1];
+		if (!kap)
+			kap = nka[2];
+#else
+		if (!kat)
+			RD(kat, net, OFF_NET_KA_TIME);
+		if (!kai)
+			RD(kai, net, OFF_NET_KA_INTVL);
+		if (!kap)
+			RD(kap, net, OFF_NET_KA_PROBES);
+#endif
+	}
 	e->ka_time = kat;
 	e->ka_intvl = kai;
 	e->ka_probes = kap;
 	e->flags |= EVF_KA;
 }
 
+static __always_inline __u32 owner_slot(__u64 sk, int way)
+{
+	return (__u32)((sk * 0x9E3779B97F4A7C15ULL) >> (64 - OWNER_BITS)) ^ way;
+}
+
+static __always_inline __u32 owner_check(__u64 sk, __u64 cgroup, const __u64 *comm, __u32 pid)
+{
+	__u64 x = sk ^ (cgroup * 31) ^ (comm[0] * 7) ^ (comm[1] * 3) ^ pid;
+	return (__u32)(x ^ (x >> 32)) | 1;
+}
+
 static __always_inline void fill_owner(struct rst_event *e, __u64 skaddr)
 {
-	struct owner *o = owners.lookup(&skaddr);
-	if (!o)
+#pragma unroll
+	for (int way = 0; way < 2; way++) {
+		__u32 slot = owner_slot(skaddr, way);
+		struct owner *o = owners.lookup(&slot);
+		if (!o || o->sk != skaddr)
+			continue;
+		__u64 cgroup = o->cgroup, comm[2] = {o->comm[0], o->comm[1]};
+		__u32 pid = o->pid;
+		if (o->check != owner_check(skaddr, cgroup, comm, pid) || o->sk != skaddr)
+			continue;  /* being rewritten: unknown rather than wrong */
+		e->pid = pid;
+		e->cgroup = cgroup;
+		__builtin_memcpy(e->comm, comm, sizeof(e->comm));
+		e->flags |= EVF_OWNER;
 		return;
-	e->pid = o->pid;
-	e->cgroup = o->cgroup;
-	__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
-	e->flags |= EVF_OWNER;
+	}
 }
 
 static __always_inline void ev_drop(struct rst_event *e)
@@ -227,32 +304,31 @@ static __always_inline void ev_drop(struct rst_event *e)
 /* A socket's addresses (sock_common, valid for full and mini sockets) as
  * the reset's source and destination: a sent reset leaves the local end,
  * a received one arrives at it. */
-static __always_inline void sock_addrs(struct rst_event *e, const void *sk, int sent)
+static __always_inline void sock_addrs(struct rst_event *e, const void *sk, const __u64 *head,
+				       int sent)
 {
-	__u16 fam = 0, num = 0, rport = 0;
+	__u16 fam = AT(head, OFF_SK_FAMILY, __u16), num, rport;
+	__u8 st = AT(head, OFF_SK_STATE, __u8);
 	__u8 *local = sent ? e->saddr : e->daddr;
 	__u8 *remote = sent ? e->daddr : e->saddr;
 
-	__u8 st = 0;
-
-	RD(fam, sk, OFF_SK_FAMILY);
-	RD(st, sk, OFF_SK_STATE);
 	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_) {
 		/* minisocks are not inet_socks: sock_common's port is all they have */
-		RD(num, sk, OFF_SK_NUM);
+		num = AT(head, OFF_SK_NUM, __u16);
 	} else {
+		num = 0;
 		RD(num, sk, OFF_INET_SPORT);
 		num = ntohs(num);
 	}
-	RD(rport, sk, OFF_SK_DPORT);
-	rport = ntohs(rport);
+	rport = ntohs(AT(head, OFF_SK_DPORT, __u16));
 	e->family = fam;
+	e->state = st;
 	if (fam == AF_INET6) {
-		bpf_probe_read_kernel(local, 16, (const char *)sk + OFF_SK_V6_RCV_SADDR);
-		bpf_probe_read_kernel(remote, 16, (const char *)sk + OFF_SK_V6_DADDR);
+		__builtin_memcpy(local, (const char *)head + OFF_SK_V6_RCV_SADDR, 16);
+		__builtin_memcpy(remote, (const char *)head + OFF_SK_V6_DADDR, 16);
 	} else {
-		bpf_probe_read_kernel(local, 4, (const char *)sk + OFF_SK_RCV_SADDR);
-		bpf_probe_read_kernel(remote, 4, (const char *)sk + OFF_SK_DADDR);
+		__builtin_memcpy(local, (const char *)head + OFF_SK_RCV_SADDR, 4);
+		__builtin_memcpy(remote, (const char *)head + OFF_SK_DADDR, 4);
 	}
 	e->sport = sent ? num : rport;
 	e->dport = sent ? rport : num;
@@ -263,16 +339,15 @@ static __always_inline void sock_addrs(struct rst_event *e, const void *sk, int 
  * reset goes from the segment's destination back to its source). */
 static __always_inline void skb_trigger(struct rst_event *e, const void *skb, int addrs)
 {
-	const unsigned char *head = 0;
-	__u16 nh = 0, th = 0;
-	__u8 ver = 0, tcph[14] = {};
+	__u64 blk[SKB_BLK_WORDS] = {}, ip[5] = {};
+	const unsigned char *head;
+	__u8 tcph[14] = {};
 
-	if (!skb)
+	if (!skb || bpf_probe_read_kernel(blk, sizeof(blk), (const char *)skb + SKB_BLK_START))
 		return;
-	RD(head, skb, OFF_SKB_HEAD);
-	RD(nh, skb, OFF_SKB_NETWORK_HEADER);
-	RD(th, skb, OFF_SKB_TRANSPORT_HEADER);
-	if (!head || bpf_probe_read_kernel(tcph, sizeof(tcph), head + th))
+	head = SKB_AT(blk, OFF_SKB_HEAD, const unsigned char *);
+	if (!head || bpf_probe_read_kernel(tcph, sizeof(tcph),
+					   head + SKB_AT(blk, OFF_SKB_TRANSPORT_HEADER, __u16)))
 		return;
 	e->trigger_flags = tcph[13];
 	e->flags |= EVF_TRIGGER;
@@ -280,15 +355,16 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 		return;
 	e->sport = (tcph[2] << 8) | tcph[3];
 	e->dport = (tcph[0] << 8) | tcph[1];
-	bpf_probe_read_kernel(&ver, 1, head + nh);
-	if ((ver >> 4) == 6) {
+	/* the first 40 bytes of the IP header hold both addresses (v4 and v6) */
+	bpf_probe_read_kernel(ip, sizeof(ip), head + SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16));
+	if ((((__u8 *)ip)[0] >> 4) == 6) {
 		e->family = AF_INET6;
-		bpf_probe_read_kernel(e->saddr, 16, head + nh + 24);
-		bpf_probe_read_kernel(e->daddr, 16, head + nh + 8);
+		__builtin_memcpy(e->saddr, (const char *)ip + 24, 16);
+		__builtin_memcpy(e->daddr, (const char *)ip + 8, 16);
 	} else {
 		e->family = AF_INET;
-		bpf_probe_read_kernel(e->saddr, 4, head + nh + 16);
-		bpf_probe_read_kernel(e->daddr, 4, head + nh + 12);
+		__builtin_memcpy(e->saddr, (const char *)ip + 16, 4);
+		__builtin_memcpy(e->daddr, (const char *)ip + 12, 4);
 	}
 }
 
@@ -298,8 +374,18 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 				       __u32 reason, int has_reason)
 {
 	struct rst_event *e;
-	__u32 ns = sk ? net_inum(sk_net(sk)) : skb_dev_netns(skb);
+	__u64 head[SK_HEAD_WORDS] = {};
+	const void *net = 0;
+	__u32 ns;
 
+	if (sk) {
+		if (bpf_probe_read_kernel(head, sizeof(head), sk))
+			return;
+		net = AT(head, OFF_SK_NET, const void *);
+		ns = net_inum(net);
+	} else {
+		ns = dev_netns(skb);
+	}
 	if (!netns_wanted(ns))
 		return;
 	e = ev_new();
@@ -307,19 +393,19 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		return;
 	e->kind = EV_RESET;
 	e->dir = sent ? DIR_SENT : DIR_RECV;
+	e->netns = ns;
 	if (has_reason) {
 		e->reason = reason;
 		e->flags |= EVF_REASON;
 	}
 	if (sk) {
-		sock_addrs(e, sk, sent);
-		fill_sock(e, sk);
+		sock_addrs(e, sk, head, sent);
+		fill_sock(e, sk, head, net);
 		fill_owner(e, (__u64)sk);
 		if (sent)
 			skb_trigger(e, skb, 0);
 	} else {
 		skb_trigger(e, skb, 1);
-		e->netns = ns;
 		e->dev_netns = ns;
 	}
 	if (!ports_wanted(e->sport, e->dport)) {
@@ -376,11 +462,28 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	if (cnt)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
-		struct owner o = {};
-		o.pid = bpf_get_current_pid_tgid() >> 32;
-		o.cgroup = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(&o.comm, sizeof(o.comm));
-		owners.update(&skaddr, &o);
+		__u64 cgroup = bpf_get_current_cgroup_id(), comm[2] = {};
+		__u32 pid = bpf_get_current_pid_tgid() >> 32, slot = owner_slot(skaddr, 0);
+		struct owner *o = owners.lookup(&slot);
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (o && o->sk && o->sk != skaddr) {
+			/* first way taken by another live socket: the second, unless
+			 * that one is taken too (then the first is overwritten) */
+			__u32 slot2 = owner_slot(skaddr, 1);
+			struct owner *o2 = owners.lookup(&slot2);
+			if (o2 && (!o2->sk || o2->sk == skaddr))
+				o = o2;
+		}
+		if (o) {
+			o->sk = 0;
+			o->cgroup = cgroup;
+			o->comm[0] = comm[0];
+			o->comm[1] = comm[1];
+			o->pid = pid;
+			o->check = owner_check(skaddr, cgroup, comm, pid);
+			o->sk = skaddr;
+		}
 	}
 	return 0;
 }
@@ -392,7 +495,13 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 	/* the socket's memory may be reused by another socket: forget it so
 	 * no reset is ever attributed to a wrong process */
 	__u64 skaddr = (__u64)ctx->args[ARG_DS_SK];
-	owners.delete(&skaddr);
+#pragma unroll
+	for (int way = 0; way < 2; way++) {
+		__u32 slot = owner_slot(skaddr, way);
+		struct owner *o = owners.lookup(&slot);
+		if (o && o->sk == skaddr)
+			o->sk = 0;
+	}
 	return 0;
 }
 #endif

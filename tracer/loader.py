@@ -40,6 +40,10 @@ _SIGNAL_TPS = {
     "owner": ("sock:inet_sock_set_state", "tcp:tcp_destroy_sock"),
 }
 RINGBUF_PAGES = 4096  # 16 MiB: ~77,000 events, 0.5 s of the fastest storm measured here
+# the second ring, used only when the first refuses a reservation
+RESCUE_PAGES = 256
+# filters are compiled in as comparisons with constants
+MAX_FILTER_VALUES = 64
 
 
 class LoadError(Exception):
@@ -61,11 +65,14 @@ class Program:
     layout: KernelLayout
     headers: Headers
     attach: list[tuple[str, str, str]] = field(default_factory=list)
+    ring_pages: int = RINGBUF_PAGES
+    rescue_pages: int = RESCUE_PAGES
 
 
 def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
           ports: list[int] | None, netns: list[int] | None,
-          btf: BTF | None = None) -> Program:
+          btf: BTF | None = None, ring_pages: int = RINGBUF_PAGES,
+          rescue_pages: int = RESCUE_PAGES) -> Program:
     headers = find_headers()
     if headers.build is None:
         raise LoadError(headers.note)
@@ -99,12 +106,29 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
     layout.sources.update({k: "btf_trace_" + RAW_TP_ARGS[k][0] for k in args})
     defines += [f"-D{TRACEPOINT_DEFINES[tp]}" for tp in sorted(tps)]
     if use_ringbuf:
-        defines += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
+        for pages in (ring_pages, rescue_pages):
+            if pages < 1 or pages & (pages - 1):
+                raise LoadError(f"ring buffer pages must be a power of 2, got {pages}")
+        defines += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={ring_pages}", f"-DRESCUE_PAGES={rescue_pages}"]
     if ports:
-        defines.append("-DFILTER_PORTS")
+        defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
-        defines.append("-DFILTER_NETNS")
-    return Program(program_text(), defines, layout, headers, attach)
+        defines.append(filter_define("NETNS_WANTED", netns, 0xFFFFFFFF))
+    return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages)
+
+
+def filter_define(name: str, values: list[int], top: int) -> str:
+    """-DNAME(x)=((x)==v1||(x)==v2...): a filter the program evaluates
+    with no map lookup."""
+    values = sorted(set(int(v) for v in values))
+    if not values:
+        raise LoadError(f"{name}: empty filter")
+    if len(values) > MAX_FILTER_VALUES:
+        raise LoadError(f"at most {MAX_FILTER_VALUES} values per filter, got {len(values)}")
+    bad = [v for v in values if not 0 <= v <= top]
+    if bad:
+        raise LoadError(f"{name}: {bad[0]} is out of range")
+    return f"-D{name}(x)=(" + "||".join(f"(x)=={v}U" for v in values) + ")"
 
 
 @contextlib.contextmanager
@@ -123,7 +147,7 @@ def _quiet_stderr():
 
 
 # maps the consumer needs after loading
-MAPS = ("events", "lost", "owners", "port_filter", "netns_filter", "tcp_transitions")
+MAPS = ("events", "rescue", "lost", "owners", "tcp_transitions")
 
 
 @dataclass
@@ -147,13 +171,12 @@ class Attached:
                 pass
 
 
-def load_detached(program: Program, ports: list[int] | None, netns: list[int] | None,
-                  timeout_s: float = 120.0) -> Attached:
+def load_detached(program: Program, timeout_s: float = 120.0) -> Attached:
     """Compile and attach in a short-lived loader process (bcc and LLVM stay
     there) and take over its descriptors."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
-                      "ports": ports or [], "netns": netns or [], "maps": list(MAPS)})
+                      "maps": list(MAPS)})
     # Debian's bcc lives in /usr/lib/python3/dist-packages: same interpreter
     proc = subprocess.Popen([sys.executable, "-m", "rsttrace.tracer.loader_child", str(child.fileno())],
                             stdin=subprocess.PIPE, pass_fds=[child.fileno()], text=True)
@@ -185,17 +208,16 @@ def load_detached(program: Program, ports: list[int] | None, netns: list[int] | 
                     [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"])
 
 
-def load_inprocess(program: Program, ports: list[int] | None, netns: list[int] | None):
+def load_inprocess(program: Program):
     """Compile and attach here; returns the bcc BPF object. Used for the
     perf-buffer fallback (kernels without a ring buffer), whose reading
     goes through bcc."""
-    return compile_and_attach(program.text, program.cflags, program.attach, ports, netns)
+    return compile_and_attach(program.text, program.cflags, program.attach)
 
 
-def compile_and_attach(text: str, cflags: list[str], attach: list, ports: list[int] | None,
-                       netns: list[int] | None):
-    """bcc compile + load (tracepoint programs attach themselves), the
-    filters filled, kprobes attached. Used in this process and in the
+def compile_and_attach(text: str, cflags: list[str], attach: list):
+    """bcc compile + load (tracepoint programs attach themselves), kprobes
+    attached. Used in this process and in the
     loader process (loader_child.py)."""
     try:
         from bcc import BPF
@@ -209,11 +231,6 @@ def compile_and_attach(text: str, cflags: list[str], attach: list, ports: list[i
             errlog.seek(0)
             msg = errlog.read().decode(errors="replace")[-3000:]
             raise LoadError(f"BPF program failed to load: {e}\n{msg}") from None
-    for name, values in (("port_filter", ports), ("netns_filter", netns)):
-        if values:
-            table = b[name]
-            for v in values:
-                table[table.Key(v)] = table.Leaf(1)
     for kind, target, fn in attach:
         if kind == "kprobe":
             b.attach_kprobe(event=target, fn_name=fn)

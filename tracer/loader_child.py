@@ -8,7 +8,7 @@ once the parent holds them the loader can go, and the long-running tracer
 stays small (RSS is a target in bench/).
 
 Run as `python -m rsttrace.tracer.loader_child FD` with a JSON request on
-stdin: {"text", "cflags", "attach", "ports", "netns", "maps"}.
+stdin: {"text", "cflags", "attach", "maps"}.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def load(req: dict) -> tuple[dict, list[int]]:
     import ctypes
 
     from rsttrace.tracer.loader import compile_and_attach
-    b = compile_and_attach(req["text"], req["cflags"], req["attach"], req.get("ports"),
-                           req.get("netns"))
+    b = compile_and_attach(req["text"], req["cflags"], req["attach"])
     fds: list[int] = []
     maps = {}
     for name in req["maps"]:

@@ -25,9 +25,10 @@ from . import kernel, probe
 from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
-from .loader import RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
+from .loader import RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
 
 POLL_INTERVAL_S = 0.02
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class SessionError(Exception):
@@ -43,11 +44,13 @@ def preflight() -> None:
 class TraceSession:
     def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
                  ctx_period_s: float = 1.0, use_ringbuf: bool | None = None,
-                 netns_names: dict[int, str] | None = None):
+                 netns_names: dict[int, str] | None = None,
+                 ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES):
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
         self._force_ringbuf = use_ringbuf
+        self._ring_pages = (ring_pages, rescue_pages)
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -55,7 +58,7 @@ class TraceSession:
         self.attach_s: float | None = None
         self._bpf = None        # bcc object: perf-buffer fallback only
         self._attached = None   # descriptors from the loader process (ring buffer)
-        self._ring: RingReader | None = None
+        self._rings: list[RingReader] = []
         self.layout: dict = {}
         self._chunks: list[bytes] = []
         self._ctx_queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -63,6 +66,8 @@ class TraceSession:
         self._collector: Collector | None = None
         self._sampler: PeriodicSampler | None = None
         self._events = 0
+        self._rescued = 0
+        self._last_drain = 0.0
         self._perf_lost = 0
         self._lock = threading.Lock()
         self._stopped = False
@@ -82,17 +87,20 @@ class TraceSession:
                                + "; ".join(h.why for h in self.hooks.values()))
         use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
         try:
-            self.program = build(self.caps, self.hooks, use_rb, self.ports, self.netns)
+            self.program = build(self.caps, self.hooks, use_rb, self.ports, self.netns,
+                                 ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1])
             if use_rb:
-                self._attached = load_detached(self.program, self.ports, self.netns)
+                self._attached = load_detached(self.program)
                 self.layout = self._attached.layout
             else:
-                self._bpf = load_inprocess(self.program, self.ports, self.netns)
+                self._bpf = load_inprocess(self.program)
         except LoadError as e:
             raise SessionError(str(e)) from None
         self.transport = "ringbuf" if use_rb else "perfbuf"
         if use_rb:
-            self._ring = RingReader(self._attached.maps["events"], RINGBUF_PAGES * 4096, EVENT_DTYPE)
+            maps = self._attached.maps
+            self._rings = [RingReader(maps["events"], self.program.ring_pages * PAGE, EVENT_DTYPE),
+                           RingReader(maps["rescue"], self.program.rescue_pages * PAGE, EVENT_DTYPE)]
         else:
             self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
@@ -146,9 +154,9 @@ class TraceSession:
             self._sampler.stop()
         if self._collector:
             self._collector.close()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for ring in self._rings:
+            ring.close()
+        self._rings = []
         if self._attached is not None:
             self._attached.close()
             self._attached = None
@@ -176,11 +184,17 @@ class TraceSession:
 
     @property
     def running(self) -> bool:
-        return self._ring is not None or self._bpf is not None
+        return bool(self._rings) or self._bpf is not None
 
     def _drain_kernel(self) -> np.ndarray:
-        if self._ring is not None:
-            arr = self._ring.read()
+        if self._rings:
+            arr = self._rings[0].read()
+            rescued = self._rings[1].read()
+            if len(rescued):
+                # the rare events the main ring refused, back in time order
+                self._rescued += len(rescued)
+                arr = np.concatenate([arr, rescued])
+                arr = arr[np.argsort(arr["ts_ns"], kind="stable")]
         elif self._bpf is not None:
             self._bpf.perf_buffer_poll(timeout=0)
             chunks, self._chunks = self._chunks, []
@@ -200,14 +214,22 @@ class TraceSession:
 
     def poll_raw(self, timeout_s: float = 0.1) -> tuple[np.ndarray, list[dict]]:
         """The next batch as raw events (decode with `self.decoder`) and
-        context records; waits up to `timeout_s` for one."""
+        context records; waits up to `timeout_s` for one.
+
+        The kernel buffer is drained at most once per POLL_INTERVAL_S, even
+        when called in a tight loop: a storm then arrives in batches of
+        thousands, and the per-batch work is paid fifty times a second, not
+        once per handful of events."""
         deadline = time.monotonic() + timeout_s
         while True:
+            wait = self._last_drain + POLL_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            self._last_drain = time.monotonic()
             arr = self._drain_kernel()
             ctx = self._drain_ctx()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx
-            time.sleep(POLL_INTERVAL_S)
 
     def poll(self, timeout_s: float = 0.1) -> list[dict]:
         """The next batch of records; waits up to `timeout_s` for one."""
@@ -254,4 +276,6 @@ class TraceSession:
         return out
 
     def stats(self) -> dict[str, int]:
-        return {"events": self._events, "lost": self.lost()}
+        """events read, events lost (counted in the kernel), and how many of
+        the events read came through the rescue ring."""
+        return {"events": self._events, "lost": self.lost(), "rescued": self._rescued}

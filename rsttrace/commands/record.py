@@ -133,7 +133,7 @@ def run(args) -> int:
         session.stop()
         if writer is not None:
             writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
-                          "kernel_events": stats["events"],
+                          "kernel_events": stats["events"], "rescued": stats.get("rescued", 0),
                           "duration_s": round(time.monotonic() - t0, 3)})
         for s, h in old.items():
             signal.signal(s, h)

@@ -210,3 +210,60 @@ def test_record_with_csv_writes_the_report(tmp_path, netns):
     assert len(rows) == 2 and {r["direction"] for r in rows} == {"sent", "recv"}
     assert {r["cause"] for r in rows} == {"no_listener"}
     assert rows[0]["incident"] == rows[1]["incident"]
+
+
+CONNECT_PORTS = textwrap.dedent("""
+    import socket, sys
+    for port in map(int, sys.argv[1:]):
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass
+        s.close()
+""")
+
+
+def test_port_and_netns_filters_are_applied_in_the_kernel(netns):
+    """--port and --netns are compiled into the programs: resets on other
+    ports and in other namespaces never reach the ring buffer."""
+    from rsttrace.tracer.session import TraceSession
+    wanted, other = netns.add("fw"), netns.add("fo")
+    s = TraceSession(ports=[19, 21], netns=[netns.inode(wanted)], ctx_period_s=0).start()
+    try:
+        for ns in (wanted, other):
+            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_PORTS,
+                            "9", "19", "21", "23"], capture_output=True, text=True, timeout=20,
+                           check=True)
+        got: list[dict] = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            got += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+    finally:
+        s.stop()
+    assert {r["netns"] for r in got} == {netns.inode(wanted)}
+    # two resets (sent, received) for each wanted port, none for the others
+    assert sorted(r["sport"] for r in got) == [19, 19, 21, 21], got
+
+
+def test_full_ring_spills_to_rescue_then_counts_lost(netns):
+    """Rings of one page each and nobody reading: the first events fill the
+    main ring, the next the rescue ring, the rest are counted lost. Every
+    reset is accounted for: read + lost == made."""
+    from rsttrace.tracer.session import TraceSession
+    ns = netns.add("r")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, ring_pages=1, rescue_pages=1).start()
+    try:
+        n = 200
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_PORTS,
+                        *["9"] * n], capture_output=True, text=True, timeout=30, check=True)
+        got = []
+        for _ in range(5):
+            got += [r for r in s.poll(0.1) if r["kind"] == "reset"]
+        st = s.stats()
+    finally:
+        s.stop()
+    per_page = 4096 // (8 + 208)
+    assert st["rescued"] > 0 and st["lost"] > 0, st
+    assert len(got) <= 2 * per_page
+    assert len(got) + st["lost"] == 2 * n, (len(got), st)

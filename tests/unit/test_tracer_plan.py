@@ -1,5 +1,7 @@
 """Attach-plan choices on fake kernels."""
 
+import pytest
+
 from rsttrace.tracer.kernel import parse_format
 from rsttrace.tracer.probe import Capabilities, plan, transport
 
@@ -97,3 +99,13 @@ def test_parse_format_fields_and_symbols():
     assert tp.fields == {"skaddr": (16, 8), "saddr": (32, 28), "msg": (8, 4)}
     assert tp.symbols["reason"] == {0: "NOT_SPECIFIED", 1: "NO_SOCKET"}
     assert "state" not in tp.symbols  # unresolved macro names are not guessed
+
+
+def test_filters_compile_to_constant_comparisons():
+    from rsttrace.tracer.loader import MAX_FILTER_VALUES, LoadError, filter_define
+    assert filter_define("PORT_WANTED", [3306, 9, 3306], 0xFFFF) == \
+        "-DPORT_WANTED(x)=((x)==9U||(x)==3306U)"
+    with pytest.raises(LoadError, match="out of range"):
+        filter_define("PORT_WANTED", [70000], 0xFFFF)
+    with pytest.raises(LoadError, match="at most"):
+        filter_define("NETNS_WANTED", list(range(MAX_FILTER_VALUES + 1)), 0xFFFFFFFF)
