@@ -16,6 +16,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_OBJ_GET_INFO_BY_FD = 15
 
 # include/uapi/linux/bpf.h: ring buffer record header bits (stable UAPI)
 BPF_RINGBUF_BUSY_BIT = 1 << 31
@@ -55,6 +56,19 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     attr[2] = ctypes.addressof(vbuf)
     _bpf(BPF_MAP_LOOKUP_ELEM, attr)
     return vbuf.raw
+
+
+def prog_info_u64(fd: int, offset: int) -> int:
+    """A u64 of a program's struct bpf_prog_info, at `offset` (from BTF)."""
+    info = ctypes.create_string_buffer(offset + 8)
+    # union bpf_attr { u32 bpf_fd; u32 info_len; u64 info; }
+    attr = (ctypes.c_uint32 * 4)()
+    attr[0] = fd
+    attr[1] = len(info)
+    ptr = ctypes.addressof(info)
+    attr[2], attr[3] = ptr & 0xFFFFFFFF, ptr >> 32
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return struct.unpack_from("<Q", info.raw, offset)[0]
 
 
 def percpu_u64_sums(fd: int, keys: range) -> list[int]:

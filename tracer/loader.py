@@ -67,6 +67,9 @@ class Program:
     attach: list[tuple[str, str, str]] = field(default_factory=list)
     ring_pages: int = RINGBUF_PAGES
     rescue_pages: int = RESCUE_PAGES
+    # where struct bpf_prog_info keeps the runs the kernel skipped because
+    # the program was already running on that CPU (None: kernel too old)
+    misses_at: int | None = None
 
 
 def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
@@ -114,7 +117,12 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
         defines.append(filter_define("NETNS_WANTED", netns, 0xFFFFFFFF))
-    return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages)
+    try:
+        misses_at = btf.field("bpf_prog_info", "recursion_misses")[0]
+    except BTFError:
+        misses_at = None
+    return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
+                   misses_at)
 
 
 def filter_define(name: str, values: list[int], top: int) -> str:
@@ -158,13 +166,14 @@ class Attached:
     links: list[int]
     layout: dict
     tracepoints: list[str]
+    progs: list[int] = field(default_factory=list)
     _closed: bool = False
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for fd in [*self.links, *self.maps.values()]:
+        for fd in [*self.links, *self.progs, *self.maps.values()]:
             try:
                 os.close(fd)
             except OSError:
@@ -205,7 +214,8 @@ def load_detached(program: Program, timeout_s: float = 120.0) -> Attached:
     if "error" in meta:
         raise LoadError(meta["error"])
     return Attached({name: fds[i] for name, i in meta["maps"].items()},
-                    [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"])
+                    [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"],
+                    [fds[i] for i in meta.get("progs", [])])
 
 
 def load_inprocess(program: Program):

@@ -60,10 +60,16 @@ def load(req: dict) -> tuple[dict, list[int]]:
         for fd in by_fn.values():
             links.append(len(fds))
             fds.append(fd)
+    # the programs themselves, for the kernel's count of runs it skipped
+    progs = []
+    for fn in b.funcs.values():
+        if fn.fd is not None and fn.fd >= 0:
+            progs.append(len(fds))
+            fds.append(fn.fd)
     leaf = b["layout_check"].Leaf
     layout = {"size": ctypes.sizeof(leaf),
               "fields": {n: getattr(leaf, n).offset for n, *_ in leaf._fields_}}
-    return {"maps": maps, "links": links, "layout": layout,
+    return {"maps": maps, "links": links, "progs": progs, "layout": layout,
             "tracepoints": sorted(k.decode() if isinstance(k, bytes) else str(k)
                                   for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds])}, fds
 

@@ -22,7 +22,7 @@ import numpy as np
 from rsttrace import __version__
 
 from . import kernel, probe
-from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums
+from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
 from .loader import RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
@@ -250,12 +250,36 @@ class TraceSession:
         return rec
 
     def lost(self) -> int:
-        n = self._perf_lost
+        """Events that never reached us: refused by both rings (counted by
+        the programs), dropped by the perf buffer, and program runs the
+        kernel skipped because the same program was already running on
+        that CPU (a reset sent from softirq while one is being sent from
+        process context)."""
+        n = self._perf_lost + self.missed()
         if self._attached is not None:
             n += percpu_u64_sum(self._attached.maps["lost"])
         elif self._bpf is not None:
             n += sum(int(v) for v in self._bpf["lost"][ctypes.c_int(0)])
         return n
+
+    def missed(self) -> int:
+        """Program runs the kernel skipped (bpf_prog_info.recursion_misses)."""
+        at = self.program.misses_at if self.program is not None else None
+        if at is None:
+            return 0
+        if self._attached is not None:
+            fds = self._attached.progs
+        elif self._bpf is not None:
+            fds = [f.fd for f in self._bpf.funcs.values() if f.fd is not None and f.fd >= 0]
+        else:
+            return 0
+        total = 0
+        for fd in fds:
+            try:
+                total += prog_info_u64(fd, at)
+            except OSError:
+                pass
+        return total
 
     def tcp_transitions(self) -> dict[tuple[str, str], int]:
         """Cumulative TCP state transitions counted in the kernel since

@@ -267,3 +267,32 @@ def test_full_ring_spills_to_rescue_then_counts_lost(netns):
     assert st["rescued"] > 0 and st["lost"] > 0, st
     assert len(got) <= 2 * per_page
     assert len(got) + st["lost"] == 2 * n, (len(got), st)
+
+
+def test_program_info_is_read_for_skipped_runs(session, netns):
+    """lost() includes the runs the kernel skipped (recursion_misses of
+    struct bpf_prog_info, offset from BTF). The same read of run_cnt, with
+    run statistics switched on for the test (BPF_ENABLE_STATS: off again when
+    its descriptor closes), proves the programs are the ones attached."""
+    import ctypes
+    import os
+
+    from rsttrace.tracer import bpfsys
+    from rsttrace.tracer.btf import load_vmlinux
+    from rsttrace.tracer.offsets import enum_value
+    btf = load_vmlinux()
+    assert session.program.misses_at == btf.field("bpf_prog_info", "recursion_misses")[0]
+    run_cnt_at = btf.field("bpf_prog_info", "run_cnt")[0]
+    attr = (ctypes.c_uint32 * 4)()  # union bpf_attr { enum bpf_stats_type type; }
+    attr[0] = enum_value(btf, "bpf_stats_type", "BPF_STATS_RUN_TIME")
+    stats_fd = bpfsys._bpf(enum_value(btf, "bpf_cmd", "BPF_ENABLE_STATS"), attr)
+    try:
+        ns = netns.add("p")
+        before = sum(bpfsys.prog_info_u64(fd, run_cnt_at) for fd in session._attached.progs)
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, "127.0.0.1"],
+                       capture_output=True, text=True, timeout=20, check=True)
+        after = sum(bpfsys.prog_info_u64(fd, run_cnt_at) for fd in session._attached.progs)
+    finally:
+        os.close(stats_fd)
+    assert after - before >= 2  # at least the sent and the received reset
+    assert session.missed() == 0 and session.lost() == 0
