@@ -241,10 +241,24 @@ class Classifier:
             q.popleft()
         self._due = q[0].deadline if q else _INF
 
+    def _prune_buckets(self) -> None:
+        """Forget time buckets no pending incident can still pair in (the
+        oldest pending one looks one bucket back), each time a new bucket
+        opens: without this, a storm of resets that all pair directly would
+        keep every incident alive."""
+        order = self._bucket_order
+        if not order:
+            return
+        q = self._queue
+        keep = int(q[0].t / self._nat_w) - 2 if q else None
+        while order and (keep is None or order[0] < keep):
+            self._buckets.pop(order.popleft(), None)
+
     def _index(self, inc: _Incident) -> None:
         b = int(inc.t / self._nat_w)
         slot = self._buckets.get(b)
         if slot is None:
+            self._prune_buckets()
             slot = self._buckets[b] = []
             self._bucket_order.append(b)
         slot.append(inc)
@@ -257,9 +271,7 @@ class Classifier:
         one candidate fits, so a storm cannot mix flows."""
         w = self._nat_w
         b = int(inc.t / w)
-        order, buckets = self._bucket_order, self._buckets
-        while order and order[0] < b - 2:   # older halves were decided already
-            buckets.pop(order.popleft(), None)
+        buckets = self._buckets
         mine_sent = bool(inc.sent)
         e = inc.sent[0] if mine_sent else inc.recv[0]
         found: _Incident | None = None

@@ -29,6 +29,9 @@ from .loader import RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached
 
 POLL_INTERVAL_S = 0.02
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# events taken from the kernel per drain: a consumer that fell behind
+# catches up in bounded steps instead of decoding a whole ring at once
+MAX_BATCH = 16384
 
 
 class SessionError(Exception):
@@ -68,6 +71,7 @@ class TraceSession:
         self._events = 0
         self._rescued = 0
         self._last_drain = 0.0
+        self._behind = False   # the last drain was cut at MAX_BATCH: more is waiting
         self._perf_lost = 0
         self._lock = threading.Lock()
         self._stopped = False
@@ -188,8 +192,8 @@ class TraceSession:
 
     def _drain_kernel(self) -> np.ndarray:
         if self._rings:
-            arr = self._rings[0].read()
-            rescued = self._rings[1].read()
+            arr = self._rings[0].read(MAX_BATCH)
+            rescued = self._rings[1].read(MAX_BATCH)
             if len(rescued):
                 # the rare events the main ring refused, back in time order
                 self._rescued += len(rescued)
@@ -223,10 +227,11 @@ class TraceSession:
         deadline = time.monotonic() + timeout_s
         while True:
             wait = self._last_drain + POLL_INTERVAL_S - time.monotonic()
-            if wait > 0:
+            if wait > 0 and not self._behind:
                 time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
             self._last_drain = time.monotonic()
             arr = self._drain_kernel()
+            self._behind = len(arr) >= MAX_BATCH
             ctx = self._drain_ctx()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx

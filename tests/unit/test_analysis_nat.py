@@ -138,3 +138,22 @@ def test_backend_reset_across_nat_without_node_mismatch_stays_peer_reset():
                backend_sent(2.5, reason="TCP_ABORT_ON_LINGER"),
                client_recv(2.5002, idle_ms=200)])
     assert [v.cause for v in out] == ["peer_reset"]
+
+
+def test_time_buckets_do_not_keep_decided_incidents():
+    """A long storm of resets that pair directly (the NAT index is never
+    searched) must not keep every incident alive in the time buckets."""
+    c = Classifier()
+    decided = 0
+    for i in range(20_000):
+        t = i * 0.001  # 20 s of resets, 1000/s
+        sent = {"kind": "reset", "t": T0 + t, "netns": CLI, "dir": "sent", "family": 4,
+                "src": "127.0.0.1", "sport": 9, "dst": "127.0.0.1", "dport": 10_000 + i % 50_000,
+                "has_sock": False, "reason": "NO_SOCKET", "syn": True}
+        recv = dict(sent, dir="recv", has_sock=True, state="SYN_SENT")
+        decided += len(c.feed_many([sent, recv]))
+    decided += len(c.tick(T0 + 100))
+    assert decided == 20_000
+    # at most the buckets of the pairing window, not one per bucket ever seen
+    bound = c.pair_window_s / c._nat_w + 4
+    assert len(c._buckets) <= bound and len(c._bucket_order) <= bound
