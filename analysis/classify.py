@@ -239,7 +239,11 @@ class Classifier:
         out.append(self._finalise(inc))
         while q and q[0].done:      # halves merged into an earlier incident
             q.popleft()
-        self._due = q[0].deadline if q else _INF
+        if q:
+            self._due = q[0].deadline
+        else:
+            self._due = _INF
+            self._prune_buckets()   # nothing pending: nothing left to pair with
 
     def _prune_buckets(self) -> None:
         """Forget time buckets no pending incident can still pair in (the
