@@ -4,19 +4,22 @@
  * and reaches this file as a -D flag (tracer/offsets.py); installed headers
  * belong to another kernel here and their layouts are wrong.
  *
- * Hooks are raw tracepoints: the program gets the tracepoint's arguments
- * (sk, skb, reason, ...) without the kernel first building the tracefs
- * record, which costs more than the program itself in a reset storm. Their
- * positions come from the BTF prototype of each tracepoint (ARG_* flags),
- * and everything read through them uses BTF offsets, so one program serves
- * every kernel from 6.1 to 6.18.
+ * Hooks are tracepoints taken at their raw arguments (sk, skb, reason, ...),
+ * without the kernel first building the tracefs record. Two ways, one text:
+ *  - TP_BTF: BTF tracepoints (tp_btf). The verifier knows each argument's
+ *    type, so fields are plain loads it checks against BTF: no helper call
+ *    per field. bcc compiles these; tracer/loader.py loads and attaches them.
+ *  - otherwise raw tracepoints, attached by bcc, where every field is a
+ *    probe read (the fields that sit together read in one go).
+ * Argument positions come from the BTF prototype of each tracepoint (ARG_*
+ * flags), so one program serves every kernel from 6.1 to 6.18. kprobe
+ * fallbacks always use probe reads.
  *
  * Configuration (-D): OFF_* offsets, ARG_* argument positions,
- * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, USE_RINGBUF, RINGBUF_PAGES,
- * RESCUE_PAGES, the filters PORT_WANTED(p) and NETNS_WANTED(ns) (compared
- * against constants: no map lookup per event), HAVE_TP_* for each
- * tracepoint to attach (bcc
- * attaches every RAW_TRACEPOINT_PROBE it compiles), and the optional hooks
+ * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, USE_RINGBUF,
+ * RINGBUF_PAGES, RESCUE_PAGES, the filters PORT_WANTED(p) and
+ * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
+ * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
  * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC.
  */
@@ -24,6 +27,16 @@
 #include <linux/socket.h>
 #include <linux/in.h>
 #include "rsttrace.h"
+
+#ifdef TP_BTF
+#define TP_PROBE(name) int tpbtf__##name(unsigned long long *ctx)
+#define TP_ARG(i) (ctx[i])
+#define DIRECT 1
+#else
+#define TP_PROBE(name) RAW_TRACEPOINT_PROBE(name)
+#define TP_ARG(i) (ctx->args[i])
+#define DIRECT 0
+#endif
 
 #define TCP_SYN_SENT_ 2
 #define TCP_TIME_WAIT_ 6
@@ -130,6 +143,26 @@ static __always_inline int netns_wanted(__u32 ns)
 }
 
 #define RD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
+/* A plain load of `sz` (u8/u16/u32/u64) at `off` from `base`, written in
+ * BPF assembly so bcc's rewriter (which turns dereferences it cannot place
+ * into probe reads) leaves it alone; the verifier checks it against BTF. */
+#define LDA(sz, base, off) ({ __u64 __a; \
+	asm volatile("%0 = *(" #sz " *)(%1 + %2)" : "=r"(__a) : "r"(base), "i"(off)); __a; })
+#define LD_DIRECT(type, base, off) ((type)( \
+	sizeof(type) == 1 ? LDA(u8, base, off) : \
+	sizeof(type) == 2 ? LDA(u16, base, off) : \
+	sizeof(type) == 4 ? LDA(u32, base, off) : LDA(u64, base, off)))
+/* The field of type `type` at `off` in the kernel object at `base`: a plain
+ * load where the verifier knows the object's type (BTF tracepoint arguments
+ * and pointers read from them), a probe read otherwise. `direct` is a
+ * constant at every call site, so only one of the two is compiled. */
+#define LD(type, base, off, direct) ({ \
+	type __v = 0; \
+	if (direct) \
+		__v = LD_DIRECT(type, base, off); \
+	else \
+		bpf_probe_read_kernel(&__v, sizeof(__v), (const char *)(base) + (off)); \
+	__v; })
 #define MAX2(a, b) ((a) > (b) ? (a) : (b))
 #define MIN2(a, b) ((a) < (b) ? (a) : (b))
 /* a field of a block read into a local buffer */
@@ -157,106 +190,96 @@ _Static_assert(SKB_BLK_END - SKB_BLK_START <= 64, "sk_buff header fields spread 
 #define SKB_BLK_WORDS ((SKB_BLK_END - SKB_BLK_START + 7) / 8)
 #define SKB_AT(blk, off, type) AT(blk, (off) - SKB_BLK_START, type)
 
-static __always_inline __u32 net_inum(const void *net)
+static __always_inline __u32 net_inum(const void *net, int direct)
 {
-	__u32 inum = 0;
-	if (net)
-		RD(inum, net, OFF_NET_INUM);
-	return inum;
+	return net ? LD(__u32, net, OFF_NET_INUM, direct) : 0;
 }
 
-static __always_inline const void *sk_net(const void *sk)
+static __always_inline __u32 dev_netns(const void *skb, int direct)
 {
-	const void *net = 0;
-	RD(net, sk, OFF_SK_NET);
-	return net;
+	const void *dev = LD(const void *, skb, OFF_SKB_DEV, direct);
+	return dev ? net_inum(LD(const void *, dev, OFF_DEV_NET, direct), direct) : 0;
 }
 
-static __always_inline __u32 dev_netns(const void *skb)
+static __always_inline __u32 skb_netns(const void *skb, int direct)
 {
-	const void *dev = 0, *net = 0;
-	RD(dev, skb, OFF_SKB_DEV);
-	if (!dev)
-		return 0;
-	RD(net, dev, OFF_DEV_NET);
-	return net_inum(net);
-}
-
-static __always_inline __u32 skb_netns(const void *skb)
-{
-	__u32 ns = dev_netns(skb);
+	__u32 ns = dev_netns(skb, direct);
 	if (!ns) {
 		/* locally generated packets may not have a device yet */
-		const void *sk = 0;
-		RD(sk, skb, OFF_SKB_SK);
+		const void *sk = LD(const void *, skb, OFF_SKB_SK, direct);
 		if (sk)
-			ns = net_inum(sk_net(sk));
+			ns = net_inum(LD(const void *, sk, OFF_SK_NET, direct), direct);
 	}
 	return ns;
 }
 
+/* A socket's address as a number, for the owner table. BTF pointers allow
+ * no arithmetic but subtraction from another pointer, so there it is the
+ * distance from a fixed map value (the same in every BTF program); a raw
+ * pointer is a number already. (A kernel mixing both, a BTF set_state with
+ * the tcp_reset kprobe, would find no owner for those resets, never a
+ * wrong one: the two kinds of key never meet.) */
+static __always_inline __u64 sk_key(const void *sk, int direct)
+{
+	if (!direct)
+		return (__u64)sk;
+	int zero = 0;
+	struct owner *base = owners.lookup(&zero);
+	return base ? (__u64)sk - (__u64)base : 0;
+}
+
+/* sock_common of a socket (full or mini): read in one go for probe reads
+ * (`head`), a plain load per field otherwise. */
+#define SKF(type, off) (direct ? LD(type, sk, off, 1) : AT(head, off, type))
+
+/* The tcp_sock behind a socket, or 0 (time-wait and request minisocks have
+ * no tcp_sock fields). With BTF the helper hands out a pointer typed as
+ * tcp_sock, which the verifier then lets us read. */
+static __always_inline const void *tcp_sk_of(const void *sk, __u8 st, int direct)
+{
+	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_)
+		return 0;
+	if (direct)
+		return bpf_skc_to_tcp_sock((void *)sk);
+	return sk;
+}
+
 /* Socket facts that explain an idle reset: how long nothing was received
  * before it (a write that meets forgotten state has just set lsndtime, so
- * only received activity counts), and the keepalive in force. `head` is
- * the socket's sock_common, already read. */
-static __always_inline void fill_sock(struct rst_event *e, const void *sk, const __u64 *head,
-				      const void *net)
+ * only received activity counts), and the keepalive in force. */
+static __always_inline void fill_sock(struct rst_event *e, const void *sk, const void *tp,
+				      const __u64 *head, const void *net, int direct)
 {
-	__u32 rcv_tstamp = 0, lrcvtime = 0, last, kat = 0, kai = 0;
-	__u8 kap = 0, st = e->state;
+	__u32 last, kat, kai;
+	__u8 kap;
 
 	e->flags |= EVF_HAS_SOCK;
-	/* time-wait and request minisocks have no tcp_sock fields */
-	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_)
+	if (!tp)
 		return;
-	e->cookie = AT(head, OFF_SK_COOKIE, __u64);
-	if (AT(head, OFF_SK_FLAGS, __u64) & (1ULL << SOCK_KEEPOPEN_BIT))
+	e->cookie = SKF(__u64, OFF_SK_COOKIE);
+	if (SKF(__u64, OFF_SK_FLAGS) & (1ULL << SOCK_KEEPOPEN_BIT))
 		e->flags |= EVF_KEEPALIVE;
-	RD(rcv_tstamp, sk, OFF_TP_RCV_TSTAMP);
-	RD(lrcvtime, sk, OFF_ICSK_LRCVTIME);
-	last = rcv_tstamp;
+	last = LD(__u32, tp, OFF_TP_RCV_TSTAMP, direct);
+	__u32 lrcvtime = LD(__u32, tp, OFF_ICSK_LRCVTIME, direct);
 	if ((__s32)(lrcvtime - last) > 0)
 		last = lrcvtime;
 	/* a connecting socket has received nothing yet: no idle time */
-	if (st != TCP_SYN_SENT_ && last) {
+	if (e->state != TCP_SYN_SENT_ && last) {
 		e->idle_jiffies = (__u32)bpf_jiffies64() - last;
 		e->flags |= EVF_IDLE;
 	}
-
-#if OFF_TP_KA_INTVL == OFF_TP_KA_TIME + 4
-	{
-		__u32 ka[2] = {};
-		RD(ka, sk, OFF_TP_KA_TIME);
-		kat = ka[0];
-		kai = ka[1];
-	}
-#else
-	RD(kat, sk, OFF_TP_KA_TIME);
-	RD(kai, sk, OFF_TP_KA_INTVL);
-#endif
-	RD(kap, sk, OFF_TP_KA_PROBES);
+	kat = LD(__u32, tp, OFF_TP_KA_TIME, direct);
+	kai = LD(__u32, tp, OFF_TP_KA_INTVL, direct);
+	kap = LD(__u8, tp, OFF_TP_KA_PROBES, direct);
 	if (kat)
 		e->flags |= EVF_KA_PER_SOCK;
-	if (net && (!kat || !kai || !kap)) {
-		/* the namespace's sysctls, where the socket has no value of its own */
-#if OFF_NET_KA_INTVL == OFF_NET_KA_TIME + 4 && OFF_NET_KA_PROBES == OFF_NET_KA_TIME + 8
-		__u32 nka[3] = {};
-		RD(nka, net, OFF_NET_KA_TIME);
-		if (!kat)
-			kat = nka[0];
-		if (!kai)
-			kai = nka[1];
-		if (!kap)
-			kap = nka[2];
-#else
-		if (!kat)
-			RD(kat, net, OFF_NET_KA_TIME);
-		if (!kai)
-			RD(kai, net, OFF_NET_KA_INTVL);
-		if (!kap)
-			RD(kap, net, OFF_NET_KA_PROBES);
-#endif
-	}
+	else if (net)
+		kat = LD(__u32, net, OFF_NET_KA_TIME, direct);
+	/* the namespace's sysctls, where the socket has no value of its own */
+	if (!kai && net)
+		kai = LD(__u32, net, OFF_NET_KA_INTVL, direct);
+	if (!kap && net)
+		kap = LD(__u8, net, OFF_NET_KA_PROBES, direct);
 	e->ka_time = kat;
 	e->ka_intvl = kai;
 	e->ka_probes = kap;
@@ -274,17 +297,17 @@ static __always_inline __u32 owner_check(__u64 sk, __u64 cgroup, const __u64 *co
 	return (__u32)(x ^ (x >> 32)) | 1;
 }
 
-static __always_inline void fill_owner(struct rst_event *e, __u64 skaddr)
+static __always_inline void fill_owner(struct rst_event *e, __u64 key)
 {
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
-		__u32 slot = owner_slot(skaddr, way);
+		__u32 slot = owner_slot(key, way);
 		struct owner *o = owners.lookup(&slot);
-		if (!o || o->sk != skaddr)
+		if (!o || o->sk != key)
 			continue;
 		__u64 cgroup = o->cgroup, comm[2] = {o->comm[0], o->comm[1]};
 		__u32 pid = o->pid;
-		if (o->check != owner_check(skaddr, cgroup, comm, pid) || o->sk != skaddr)
+		if (o->check != owner_check(key, cgroup, comm, pid) || o->sk != key)
 			continue;  /* being rewritten: unknown rather than wrong */
 		e->pid = pid;
 		e->cgroup = cgroup;
@@ -304,31 +327,29 @@ static __always_inline void ev_drop(struct rst_event *e)
 /* A socket's addresses (sock_common, valid for full and mini sockets) as
  * the reset's source and destination: a sent reset leaves the local end,
  * a received one arrives at it. */
-static __always_inline void sock_addrs(struct rst_event *e, const void *sk, const __u64 *head,
-				       int sent)
+static __always_inline void sock_addrs(struct rst_event *e, const void *sk, const void *tp,
+				       const __u64 *head, int sent, int direct)
 {
-	__u16 fam = AT(head, OFF_SK_FAMILY, __u16), num, rport;
-	__u8 st = AT(head, OFF_SK_STATE, __u8);
-	__u8 *local = sent ? e->saddr : e->daddr;
-	__u8 *remote = sent ? e->daddr : e->saddr;
+	__u16 fam = SKF(__u16, OFF_SK_FAMILY), num, rport;
+	__u64 *local = (__u64 *)(sent ? e->saddr : e->daddr);
+	__u64 *remote = (__u64 *)(sent ? e->daddr : e->saddr);
 
-	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_) {
-		/* minisocks are not inet_socks: sock_common's port is all they have */
-		num = AT(head, OFF_SK_NUM, __u16);
-	} else {
-		num = 0;
-		RD(num, sk, OFF_INET_SPORT);
-		num = ntohs(num);
-	}
-	rport = ntohs(AT(head, OFF_SK_DPORT, __u16));
+	/* the port as sent on the wire (skc_num is zeroed when a closing socket
+	 * leaves the hash); minisocks have only sock_common's */
+	if (tp)
+		num = ntohs(LD(__u16, tp, OFF_INET_SPORT, direct));
+	else
+		num = SKF(__u16, OFF_SK_NUM);
+	rport = ntohs(SKF(__u16, OFF_SK_DPORT));
 	e->family = fam;
-	e->state = st;
 	if (fam == AF_INET6) {
-		__builtin_memcpy(local, (const char *)head + OFF_SK_V6_RCV_SADDR, 16);
-		__builtin_memcpy(remote, (const char *)head + OFF_SK_V6_DADDR, 16);
+		local[0] = SKF(__u64, OFF_SK_V6_RCV_SADDR);
+		local[1] = SKF(__u64, OFF_SK_V6_RCV_SADDR + 8);
+		remote[0] = SKF(__u64, OFF_SK_V6_DADDR);
+		remote[1] = SKF(__u64, OFF_SK_V6_DADDR + 8);
 	} else {
-		__builtin_memcpy(local, (const char *)head + OFF_SK_RCV_SADDR, 4);
-		__builtin_memcpy(remote, (const char *)head + OFF_SK_DADDR, 4);
+		*(__u32 *)local = SKF(__u32, OFF_SK_RCV_SADDR);
+		*(__u32 *)remote = SKF(__u32, OFF_SK_DADDR);
 	}
 	e->sport = sent ? num : rport;
 	e->dport = sent ? rport : num;
@@ -337,17 +358,28 @@ static __always_inline void sock_addrs(struct rst_event *e, const void *sk, cons
 /* The segment a reset answers: its TCP flags (a reset that answers a SYN
  * is a refused connection) and, with `addrs`, its addresses reversed (the
  * reset goes from the segment's destination back to its source). */
-static __always_inline void skb_trigger(struct rst_event *e, const void *skb, int addrs)
+static __always_inline void skb_trigger(struct rst_event *e, const void *skb, int addrs, int direct)
 {
 	__u64 blk[SKB_BLK_WORDS] = {}, ip[5] = {};
 	const unsigned char *head;
+	__u16 nh, th;
 	__u8 tcph[14] = {};
 
-	if (!skb || bpf_probe_read_kernel(blk, sizeof(blk), (const char *)skb + SKB_BLK_START))
+	if (!skb)
 		return;
-	head = SKB_AT(blk, OFF_SKB_HEAD, const unsigned char *);
-	if (!head || bpf_probe_read_kernel(tcph, sizeof(tcph),
-					   head + SKB_AT(blk, OFF_SKB_TRANSPORT_HEADER, __u16)))
+	if (direct) {
+		head = LD(const unsigned char *, skb, OFF_SKB_HEAD, 1);
+		nh = LD(__u16, skb, OFF_SKB_NETWORK_HEADER, 1);
+		th = LD(__u16, skb, OFF_SKB_TRANSPORT_HEADER, 1);
+	} else {
+		if (bpf_probe_read_kernel(blk, sizeof(blk), (const char *)skb + SKB_BLK_START))
+			return;
+		head = SKB_AT(blk, OFF_SKB_HEAD, const unsigned char *);
+		nh = SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16);
+		th = SKB_AT(blk, OFF_SKB_TRANSPORT_HEADER, __u16);
+	}
+	/* packet bytes are not described by BTF: probe reads either way */
+	if (!head || bpf_probe_read_kernel(tcph, sizeof(tcph), head + th))
 		return;
 	e->trigger_flags = tcph[13];
 	e->flags |= EVF_TRIGGER;
@@ -356,7 +388,7 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 	e->sport = (tcph[2] << 8) | tcph[3];
 	e->dport = (tcph[0] << 8) | tcph[1];
 	/* the first 40 bytes of the IP header hold both addresses (v4 and v6) */
-	bpf_probe_read_kernel(ip, sizeof(ip), head + SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16));
+	bpf_probe_read_kernel(ip, sizeof(ip), head + nh);
 	if ((((__u8 *)ip)[0] >> 4) == 6) {
 		e->family = AF_INET6;
 		__builtin_memcpy(e->saddr, (const char *)ip + 24, 16);
@@ -371,20 +403,24 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 /* One reset: sent by this host (sk may be NULL: no socket matched the
  * segment `skb`) or received by the local socket `sk`. */
 static __always_inline void emit_reset(void *ctx, const void *sk, const void *skb, int sent,
-				       __u32 reason, int has_reason)
+				       __u32 reason, int has_reason, int direct)
 {
 	struct rst_event *e;
 	__u64 head[SK_HEAD_WORDS] = {};
-	const void *net = 0;
+	const void *net = 0, *tp = 0;
 	__u32 ns;
+	__u8 st = 0;
 
 	if (sk) {
-		if (bpf_probe_read_kernel(head, sizeof(head), sk))
+		if (!direct && bpf_probe_read_kernel(head, sizeof(head), sk))
 			return;
-		net = AT(head, OFF_SK_NET, const void *);
-		ns = net_inum(net);
+		net = SKF(const void *, OFF_SK_NET);
+		ns = net_inum(net, direct);
 	} else {
-		ns = dev_netns(skb);
+		/* the verifier holds BTF tracepoints to their NULL checks */
+		if (!skb)
+			return;
+		ns = dev_netns(skb, direct);
 	}
 	if (!netns_wanted(ns))
 		return;
@@ -399,13 +435,16 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		e->flags |= EVF_REASON;
 	}
 	if (sk) {
-		sock_addrs(e, sk, head, sent);
-		fill_sock(e, sk, head, net);
-		fill_owner(e, (__u64)sk);
+		st = SKF(__u8, OFF_SK_STATE);
+		e->state = st;
+		tp = tcp_sk_of(sk, st, direct);
+		sock_addrs(e, sk, tp, head, sent, direct);
+		fill_sock(e, sk, tp, head, net, direct);
+		fill_owner(e, sk_key(sk, direct));
 		if (sent)
-			skb_trigger(e, skb, 0);
+			skb_trigger(e, skb, 0, direct);
 	} else {
-		skb_trigger(e, skb, 1);
+		skb_trigger(e, skb, 1, direct);
 		e->dev_netns = ns;
 	}
 	if (!ports_wanted(e->sport, e->dport)) {
@@ -416,10 +455,10 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 }
 
 #ifdef HAVE_TP_SEND_RESET
-RAW_TRACEPOINT_PROBE(tcp_send_reset)
+TP_PROBE(tcp_send_reset)
 {
-	const void *sk = (const void *)ctx->args[ARG_SR_SK];
-	const void *skb = (const void *)ctx->args[ARG_SR_SKB];
+	const void *sk = (const void *)TP_ARG(ARG_SR_SK);
+	const void *skb = (const void *)TP_ARG(ARG_SR_SKB);
 #ifdef WANT_KPROBE_SEND_RESET
 	/* before 6.10 this tracepoint fires only with a socket; the kprobe
 	 * sees the no-socket resets, so none is counted twice */
@@ -427,33 +466,30 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
 		return 0;
 #endif
 #ifdef HAVE_TP_SEND_RESET_REASON
-	emit_reset(ctx, sk, skb, 1, (__u32)ctx->args[ARG_SR_REASON], 1);
+	emit_reset(ctx, sk, skb, 1, (__u32)TP_ARG(ARG_SR_REASON), 1, DIRECT);
 #else
-	emit_reset(ctx, sk, skb, 1, 0, 0);
+	emit_reset(ctx, sk, skb, 1, 0, 0, DIRECT);
 #endif
 	return 0;
 }
 #endif
 
 #ifdef HAVE_TP_RECEIVE_RESET
-RAW_TRACEPOINT_PROBE(tcp_receive_reset)
+TP_PROBE(tcp_receive_reset)
 {
-	emit_reset(ctx, (const void *)ctx->args[ARG_RR_SK], 0, 0, 0, 0);
+	emit_reset(ctx, (const void *)TP_ARG(ARG_RR_SK), 0, 0, 0, 0, DIRECT);
 	return 0;
 }
 #endif
 
 #ifdef HAVE_TP_SET_STATE
-RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+TP_PROBE(inet_sock_set_state)
 {
-	const void *sk = (const void *)ctx->args[ARG_SS_SK];
-	int oldstate = (int)ctx->args[ARG_SS_OLD];
-	int newstate = (int)ctx->args[ARG_SS_NEW];
-	__u64 skaddr = (__u64)sk;
-	__u16 proto = 0;
+	const void *sk = (const void *)TP_ARG(ARG_SS_SK);
+	int oldstate = (int)TP_ARG(ARG_SS_OLD);
+	int newstate = (int)TP_ARG(ARG_SS_NEW);
 
-	RD(proto, sk, OFF_SK_PROTOCOL);
-	if (proto != IPPROTO_TCP)
+	if (LD(__u16, sk, OFF_SK_PROTOCOL, DIRECT) != IPPROTO_TCP)
 		return 0;
 	/* TCP state transitions counted here, so a state distribution costs
 	 * nothing per event in user space: slot = old * 16 + new */
@@ -462,17 +498,18 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	if (cnt)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
+		__u64 key = sk_key(sk, DIRECT);
 		__u64 cgroup = bpf_get_current_cgroup_id(), comm[2] = {};
-		__u32 pid = bpf_get_current_pid_tgid() >> 32, slot = owner_slot(skaddr, 0);
-		struct owner *o = owners.lookup(&slot);
+		__u32 pid = bpf_get_current_pid_tgid() >> 32, oslot = owner_slot(key, 0);
+		struct owner *o = owners.lookup(&oslot);
 
 		bpf_get_current_comm(comm, sizeof(comm));
-		if (o && o->sk && o->sk != skaddr) {
+		if (o && o->sk && o->sk != key) {
 			/* first way taken by another live socket: the second, unless
 			 * that one is taken too (then the first is overwritten) */
-			__u32 slot2 = owner_slot(skaddr, 1);
+			__u32 slot2 = owner_slot(key, 1);
 			struct owner *o2 = owners.lookup(&slot2);
-			if (o2 && (!o2->sk || o2->sk == skaddr))
+			if (o2 && (!o2->sk || o2->sk == key))
 				o = o2;
 		}
 		if (o) {
@@ -481,8 +518,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 			o->comm[0] = comm[0];
 			o->comm[1] = comm[1];
 			o->pid = pid;
-			o->check = owner_check(skaddr, cgroup, comm, pid);
-			o->sk = skaddr;
+			o->check = owner_check(key, cgroup, comm, pid);
+			o->sk = key;
 		}
 	}
 	return 0;
@@ -490,16 +527,16 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 #endif
 
 #ifdef HAVE_TP_DESTROY_SOCK
-RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
+TP_PROBE(tcp_destroy_sock)
 {
 	/* the socket's memory may be reused by another socket: forget it so
 	 * no reset is ever attributed to a wrong process */
-	__u64 skaddr = (__u64)ctx->args[ARG_DS_SK];
+	__u64 key = sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT);
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
-		__u32 slot = owner_slot(skaddr, way);
+		__u32 slot = owner_slot(key, way);
 		struct owner *o = owners.lookup(&slot);
-		if (o && o->sk == skaddr)
+		if (o && o->sk == key)
 			o->sk = 0;
 	}
 	return 0;
@@ -507,16 +544,15 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 #endif
 
 #ifdef HAVE_TP_KFREE_SKB
-RAW_TRACEPOINT_PROBE(kfree_skb)
+TP_PROBE(kfree_skb)
 {
 	struct rst_event *e;
-	const void *skb = (const void *)ctx->args[ARG_KS_SKB];
+	const void *skb = (const void *)TP_ARG(ARG_KS_SKB);
 	__u32 ns;
-	__u16 proto = 0;
 
-	if ((__u32)ctx->args[ARG_KS_REASON] != NETFILTER_DROP_REASON)
+	if ((__u32)TP_ARG(ARG_KS_REASON) != NETFILTER_DROP_REASON)
 		return 0;
-	ns = skb_netns(skb);
+	ns = skb_netns(skb, DIRECT);
 	if (!netns_wanted(ns))
 		return 0;
 	e = ev_new();
@@ -526,21 +562,21 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	e->netns = ns;
 	e->reason = NETFILTER_DROP_REASON;
 	e->flags |= EVF_REASON;
-	RD(proto, skb, OFF_SKB_PROTOCOL);
-	e->sport = ntohs(proto);  /* L3 protocol (ethertype) of the dropped packet */
+	/* L3 protocol (ethertype) of the dropped packet */
+	e->sport = ntohs(LD(__u16, skb, OFF_SKB_PROTOCOL, DIRECT));
 	ev_send(ctx, e);
 	return 0;
 }
 #endif
 
 #ifdef HAVE_TP_CONSOLE
-RAW_TRACEPOINT_PROBE(console)
+TP_PROBE(console)
 {
 	/* Only conntrack's and IPVS's lines: "nf_conntrack: table full in
 	 * netns N, dropping packet" (rate-limited by the kernel). */
 	struct rst_event *e;
 	char head[12] = {};
-	const char *msg = (const char *)ctx->args[ARG_CON_TEXT];
+	const char *msg = (const char *)TP_ARG(ARG_CON_TEXT);
 
 	bpf_probe_read_kernel(head, sizeof(head), msg);
 	if (!(head[0] == 'n' && head[1] == 'f' && head[2] == '_' && head[3] == 'c' &&
@@ -565,7 +601,7 @@ int kp_send_reset(struct pt_regs *ctx)
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	const void *skb = (const void *)PT_REGS_PARM2(ctx);
 	if (!sk && skb)
-		emit_reset(ctx, 0, skb, 1, 0, 0);
+		emit_reset(ctx, 0, skb, 1, 0, 0, 0);
 	return 0;
 }
 #endif
@@ -574,7 +610,7 @@ int kp_send_reset(struct pt_regs *ctx)
 /* Fallback where tcp:tcp_receive_reset is missing: tcp_reset(sk, skb). */
 int kp_tcp_reset(struct pt_regs *ctx)
 {
-	emit_reset(ctx, (const void *)PT_REGS_PARM1(ctx), 0, 0, 0, 0);
+	emit_reset(ctx, (const void *)PT_REGS_PARM1(ctx), 0, 0, 0, 0, 0);
 	return 0;
 }
 #endif
@@ -595,7 +631,7 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 	RD(ipvs, cp, OFF_IPVS_IPVS);
 	if (ipvs)
 		RD(net, ipvs, OFF_NETNS_IPVS_NET);
-	ns = net_inum(net);
+	ns = net_inum(net, 0);
 	if (!netns_wanted(ns))
 		return 0;
 #else

@@ -58,6 +58,60 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     return vbuf.raw
 
 
+class _ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr as BPF_PROG_LOAD reads it (stable UAPI, up to
+    attach_prog_fd; the kernel takes the rest as zero)."""
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32),
+                ("prog_btf_fd", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("func_info_cnt", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("line_info_cnt", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_prog_fd", ctypes.c_uint32), ("_rest", ctypes.c_uint8 * 64)]
+
+
+def load_btf_tracepoint(insns: bytes, name: str, btf_id: int, abi: dict[str, int],
+                        log_size: int = 1 << 20) -> int:
+    """Load `insns` as a BTF tracepoint program (BPF_PROG_TYPE_TRACING,
+    attach type BPF_TRACE_RAW_TP) for the tracepoint whose btf_trace_*
+    typedef is `btf_id`. `abi` holds the enum values, read from BTF by the
+    caller. On refusal the verifier's last words are in the error."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr()
+    attr.prog_type = abi["BPF_PROG_TYPE_TRACING"]
+    attr.expected_attach_type = abi["BPF_TRACE_RAW_TP"]
+    attr.attach_btf_id = btf_id
+    attr.insn_cnt = len(insns) // 8
+    attr.insns = ctypes.addressof(code)
+    attr.license = ctypes.addressof(lic)
+    attr.prog_name = name.encode()[:15]
+    try:
+        return _bpf(abi["BPF_PROG_LOAD"], attr)
+    except OSError as first:
+        log = ctypes.create_string_buffer(log_size)  # again, with the verifier's log
+        attr.log_level, attr.log_size, attr.log_buf = 1, log_size, ctypes.addressof(log)
+        try:
+            return _bpf(abi["BPF_PROG_LOAD"], attr)
+        except OSError:
+            tail = log.value.decode(errors="replace").strip().splitlines()[-6:]
+            raise BPFSysError(first.errno, f"{first.strerror}: " + " | ".join(tail)) from None
+
+
+def attach_btf_tracepoint(prog_fd: int, abi: dict[str, int]) -> int:
+    """Attach a loaded BTF tracepoint program; the returned descriptor keeps
+    it attached (BPF_RAW_TRACEPOINT_OPEN with no name: the program's
+    attach_btf_id names the tracepoint)."""
+    # union bpf_attr { u64 name; u32 prog_fd; ... }
+    attr = (ctypes.c_uint64 * 3)()
+    attr[1] = prog_fd
+    return _bpf(abi["BPF_RAW_TRACEPOINT_OPEN"], attr)
+
+
 def prog_info_u64(fd: int, offset: int) -> int:
     """A u64 of a program's struct bpf_prog_info, at `offset` (from BTF)."""
     info = ctypes.create_string_buffer(offset + 8)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .btf import BTF, BTFError, load_module, load_vmlinux
+from .btf import KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from .kernel import Headers, find_headers
-from .offsets import RAW_TP_ARGS, KernelLayout, kernel_layout, raw_tp_layout
+from .offsets import RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, kernel_layout, raw_tp_layout
+from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
 from .probe import Capabilities, Hook
 
 TRACEPOINT_DEFINES = {
@@ -70,12 +71,23 @@ class Program:
     # where struct bpf_prog_info keeps the runs the kernel skipped because
     # the program was already running on that CPU (None: kernel too old)
     misses_at: int | None = None
+    # BTF tracepoints: btf_trace_<name> type ids and the bpf() enum values
+    # to load them with (empty: raw tracepoints, attached by bcc)
+    btf_ids: dict[str, int] = field(default_factory=dict)
+    abi: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tp_btf(self) -> bool:
+        return bool(self.btf_ids)
 
 
 def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
           ports: list[int] | None, netns: list[int] | None,
           btf: BTF | None = None, ring_pages: int = RINGBUF_PAGES,
-          rescue_pages: int = RESCUE_PAGES) -> Program:
+          rescue_pages: int = RESCUE_PAGES, tp_btf: bool = False) -> Program:
+    """The program text and flags for this kernel. With `tp_btf` the
+    tracepoint programs are BTF tracepoints (fields read as plain loads,
+    loaded by us); without, raw tracepoints (probe reads, attached by bcc)."""
     headers = find_headers()
     if headers.build is None:
         raise LoadError(headers.note)
@@ -117,12 +129,24 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
         defines.append(filter_define("NETNS_WANTED", netns, 0xFFFFFFFF))
+    btf_ids: dict[str, int] = {}
+    abi: dict[str, int] = {}
+    if tp_btf:
+        try:
+            abi = btf_tracepoint_abi(btf)
+            for tp in sorted(tps):
+                name = tp.split(":")[1]
+                btf_ids[name] = btf.find(f"btf_trace_{name}", (KIND_TYPEDEF,))
+                attach.append(("tp_btf", name, f"tpbtf__{name}"))
+        except BTFError as e:
+            raise LoadError(f"BTF tracepoints: {e}") from None
+        defines.append("-DTP_BTF")
     try:
         misses_at = btf.field("bpf_prog_info", "recursion_misses")[0]
     except BTFError:
         misses_at = None
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
-                   misses_at)
+                   misses_at, btf_ids, abi)
 
 
 def filter_define(name: str, values: list[int], top: int) -> str:
@@ -185,7 +209,7 @@ def load_detached(program: Program, timeout_s: float = 120.0) -> Attached:
     there) and take over its descriptors."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
-                      "maps": list(MAPS)})
+                      "btf_ids": program.btf_ids, "abi": program.abi, "maps": list(MAPS)})
     # Debian's bcc lives in /usr/lib/python3/dist-packages: same interpreter
     proc = subprocess.Popen([sys.executable, "-m", "rsttrace.tracer.loader_child", str(child.fileno())],
                             stdin=subprocess.PIPE, pass_fds=[child.fileno()], text=True)
@@ -222,13 +246,17 @@ def load_inprocess(program: Program):
     """Compile and attach here; returns the bcc BPF object. Used for the
     perf-buffer fallback (kernels without a ring buffer), whose reading
     goes through bcc."""
-    return compile_and_attach(program.text, program.cflags, program.attach)
+    return compile_and_attach(program.text, program.cflags, program.attach, program.btf_ids,
+                              program.abi)
 
 
-def compile_and_attach(text: str, cflags: list[str], attach: list):
-    """bcc compile + load (tracepoint programs attach themselves), kprobes
-    attached. Used in this process and in the
-    loader process (loader_child.py)."""
+def compile_and_attach(text: str, cflags: list[str], attach: list,
+                       btf_ids: dict[str, int] | None = None, abi: dict[str, int] | None = None):
+    """bcc compile + load (raw tracepoint programs attach themselves), BTF
+    tracepoint programs loaded and attached from bcc's bytecode, kprobes
+    attached. Used in this process and in the loader process
+    (loader_child.py). The BTF tracepoints' descriptors are in
+    `b.rsttrace_btf_tps` as (prog fd, link fd)."""
     try:
         from bcc import BPF
     except ImportError:
@@ -241,8 +269,19 @@ def compile_and_attach(text: str, cflags: list[str], attach: list):
             errlog.seek(0)
             msg = errlog.read().decode(errors="replace")[-3000:]
             raise LoadError(f"BPF program failed to load: {e}\n{msg}") from None
+    b.rsttrace_btf_tps = []
     for kind, target, fn in attach:
-        if kind == "kprobe":
+        if kind == "tp_btf":
+            try:
+                prog = load_btf_tracepoint(b.dump_func(fn), fn, btf_ids[target], abi)
+                b.rsttrace_btf_tps.append((prog, attach_btf_tracepoint(prog, abi)))
+            except (OSError, KeyError) as e:
+                for fds in b.rsttrace_btf_tps:
+                    for fd in fds:
+                        os.close(fd)
+                b.cleanup()
+                raise LoadError(f"BTF tracepoint {target} refused: {e}") from None
+        elif kind == "kprobe":
             b.attach_kprobe(event=target, fn_name=fn)
         elif kind == "kretprobe":
             b.attach_kretprobe(event=target, fn_name=fn)

@@ -8,7 +8,7 @@ once the parent holds them the loader can go, and the long-running tracer
 stays small (RSS is a target in bench/).
 
 Run as `python -m rsttrace.tracer.loader_child FD` with a JSON request on
-stdin: {"text", "cflags", "attach", "maps"}.
+stdin: {"text", "cflags", "attach", "btf_ids", "abi", "maps"}.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def load(req: dict) -> tuple[dict, list[int]]:
     import ctypes
 
     from rsttrace.tracer.loader import compile_and_attach
-    b = compile_and_attach(req["text"], req["cflags"], req["attach"])
+    b = compile_and_attach(req["text"], req["cflags"], req["attach"], req.get("btf_ids"),
+                           req.get("abi"))
     fds: list[int] = []
     maps = {}
     for name in req["maps"]:
@@ -60,18 +61,25 @@ def load(req: dict) -> tuple[dict, list[int]]:
         for fd in by_fn.values():
             links.append(len(fds))
             fds.append(fd)
+    for _prog, link in b.rsttrace_btf_tps:
+        links.append(len(fds))
+        fds.append(link)
     # the programs themselves, for the kernel's count of runs it skipped
     progs = []
     for fn in b.funcs.values():
         if fn.fd is not None and fn.fd >= 0:
             progs.append(len(fds))
             fds.append(fn.fd)
+    for prog, _link in b.rsttrace_btf_tps:
+        progs.append(len(fds))
+        fds.append(prog)
     leaf = b["layout_check"].Leaf
     layout = {"size": ctypes.sizeof(leaf),
               "fields": {n: getattr(leaf, n).offset for n, *_ in leaf._fields_}}
     return {"maps": maps, "links": links, "progs": progs, "layout": layout,
-            "tracepoints": sorted(k.decode() if isinstance(k, bytes) else str(k)
-                                  for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds])}, fds
+            "tracepoints": sorted([k.decode() if isinstance(k, bytes) else str(k)
+                                   for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds]]
+                                  + [f"tp_btf:{t}" for k, t, _ in req["attach"] if k == "tp_btf"])}, fds
 
 
 if __name__ == "__main__":

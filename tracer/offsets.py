@@ -156,6 +156,15 @@ def enum_value(btf: BTF, enum_name: str, member: str) -> int:
     return values[member]
 
 
+def btf_tracepoint_abi(btf: BTF) -> dict[str, int]:
+    """The bpf() command, program type and attach type values for BTF
+    tracepoints, from the kernel's own enums."""
+    return {"BPF_PROG_LOAD": enum_value(btf, "bpf_cmd", "BPF_PROG_LOAD"),
+            "BPF_RAW_TRACEPOINT_OPEN": enum_value(btf, "bpf_cmd", "BPF_RAW_TRACEPOINT_OPEN"),
+            "BPF_PROG_TYPE_TRACING": enum_value(btf, "bpf_prog_type", "BPF_PROG_TYPE_TRACING"),
+            "BPF_TRACE_RAW_TP": enum_value(btf, "bpf_attach_type", "BPF_TRACE_RAW_TP")}
+
+
 def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
     out = KernelLayout()
     _resolve(btf, SOCKET_OFFSETS, out)

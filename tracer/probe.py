@@ -40,6 +40,8 @@ class Capabilities:
     fentry_note: str = ""
     ringbuf: bool = False
     btf: bool = False
+    tp_btf: bool = False     # BTF tracepoints load (fields read without helper calls)
+    tp_btf_note: str = ""
     netfilter_drop_reason: int | None = None
     conntrack: bool = False
     ipvs: bool = False
@@ -80,6 +82,24 @@ def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: 
 BPF_MAP_TYPE_RINGBUF = 27
 
 
+def _try_tp_btf() -> tuple[bool, str]:
+    """Load (and drop) an empty BTF tracepoint program: whether this kernel
+    and our privileges allow them."""
+    from .bpfsys import load_btf_tracepoint
+    from .btf import KIND_TYPEDEF, BTFError, load_vmlinux
+    try:
+        from .offsets import btf_tracepoint_abi
+        btf = load_vmlinux()
+        tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
+        # r0 = 0; exit
+        insns = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+        os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
+                                     log_size=4096))
+        return True, "BTF tracepoints load: fields are read without a helper call each"
+    except (BTFError, OSError) as e:
+        return False, f"BTF tracepoints do not load ({e}): raw tracepoints with probe reads"
+
+
 def probe() -> Capabilities:
     caps = Capabilities(kernel=os.uname().release)
     caps.tracefs, caps.tracefs_note = kernel.ensure_tracefs()
@@ -101,6 +121,7 @@ def probe() -> Capabilities:
     else:
         caps.fentry, caps.fentry_note = False, "not probed (unused: tracepoints cover every signal)"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    caps.tp_btf, caps.tp_btf_note = _try_tp_btf() if caps.btf else (False, "no BTF")
     if caps.btf:
         from .btf import BTFError, load_vmlinux
         try:
@@ -125,16 +146,17 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
     out: dict[str, Hook] = {}
     kp = caps.kprobes
     sym = caps.kprobe_symbols
+    tp = "BTF tracepoint" if caps.tp_btf and caps.ringbuf else "raw tracepoint"
 
     # reset sent: the tracepoint sees no-socket resets only from 6.10 (the
     # release that added `reason`); before, a kprobe on tcp_v{4,6}_send_reset
     # catches them and the tracepoint keeps the resets sent on a socket.
     if caps.has_tp("tcp:tcp_send_reset", "reason"):
-        out["reset_sent"] = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset",
+        out["reset_sent"] = Hook("reset_sent", True, f"{tp} tcp:tcp_send_reset",
                                  "tracepoint with reason (6.10+): sees no-socket resets too",
                                  ["HAVE_TP_SEND_RESET_REASON"])
     elif caps.has_tp("tcp:tcp_send_reset") and kp and sym.get("tcp_v4_send_reset"):
-        h = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset + kprobe tcp_v4_send_reset/tcp_v6_send_reset",
+        h = Hook("reset_sent", True, f"{tp} tcp:tcp_send_reset + kprobe tcp_v4_send_reset/tcp_v6_send_reset",
                  "tracepoint has no reason (before 6.10) and misses no-socket resets: kprobes add them",
                  ["WANT_KPROBE_SEND_RESET"],
                  [("kprobe", "tcp_v4_send_reset", "kp_send_reset")])
@@ -142,7 +164,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
             h.attach.append(("kprobe", "tcp_v6_send_reset", "kp_send_reset"))
         out["reset_sent"] = h
     elif caps.has_tp("tcp:tcp_send_reset"):
-        out["reset_sent"] = Hook("reset_sent", True, "raw tracepoint tcp:tcp_send_reset",
+        out["reset_sent"] = Hook("reset_sent", True, f"{tp} tcp:tcp_send_reset",
                                  "PARTIAL: before 6.10 this tracepoint misses resets sent with no "
                                  "socket and kprobes are unavailable (" + caps.kprobes_note + ")")
     elif kp and sym.get("tcp_v4_send_reset"):
@@ -155,7 +177,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                  "no tcp:tcp_send_reset tracepoint and no kprobes (" + caps.kprobes_note + ")")
 
     if caps.has_tp("tcp:tcp_receive_reset"):
-        out["reset_recv"] = Hook("reset_recv", True, "raw tracepoint tcp:tcp_receive_reset", "raw tracepoint")
+        out["reset_recv"] = Hook("reset_recv", True, f"{tp} tcp:tcp_receive_reset", "tracepoint")
     elif kp and sym.get("tcp_reset"):
         out["reset_recv"] = Hook("reset_recv", True, "kprobe tcp_reset", "no tracepoint: kprobe fallback",
                                  ["WANT_KPROBE_TCP_RESET"], [("kprobe", "tcp_reset", "kp_tcp_reset")])
@@ -171,7 +193,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
         out["ct_drop"] = Hook("ct_drop", False, None,
                               "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
     else:
-        h = Hook("ct_drop", True, "raw tracepoint skb:kfree_skb",
+        h = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
                  f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this kernel (from BTF)")
         if kp and sym.get("__nf_conntrack_alloc"):
             h.hook += " + kretprobe __nf_conntrack_alloc"
@@ -182,7 +204,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
     if not caps.conntrack:
         out["ct_full"] = Hook("ct_full", False, None, "conntrack not in this kernel")
     elif caps.has_tp("printk:console"):
-        out["ct_full"] = Hook("ct_full", True, "raw tracepoint printk:console",
+        out["ct_full"] = Hook("ct_full", True, f"{tp} printk:console",
                               "'table full' log lines (the kernel rate-limits them; drops count the rest)")
     else:
         out["ct_full"] = Hook("ct_full", False, None, "no printk:console tracepoint")
@@ -204,7 +226,7 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
 
     if caps.has_tp("sock:inet_sock_set_state"):
-        out["owner"] = Hook("owner", True, "raw tracepoint sock:inet_sock_set_state",
+        out["owner"] = Hook("owner", True, f"{tp} sock:inet_sock_set_state",
                             "process learned at connect(); accepted sockets have no owner")
     else:
         out["owner"] = Hook("owner", False, None, "no sock:inet_sock_set_state tracepoint")

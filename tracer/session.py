@@ -54,6 +54,7 @@ class TraceSession:
         self.ctx_period_s = ctx_period_s
         self._force_ringbuf = use_ringbuf
         self._ring_pages = (ring_pages, rescue_pages)
+        self.tp_btf_note = ""
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -91,10 +92,21 @@ class TraceSession:
                                + "; ".join(h.why for h in self.hooks.values()))
         use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
         try:
-            self.program = build(self.caps, self.hooks, use_rb, self.ports, self.netns,
-                                 ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1])
+            self.program = self._build(use_rb, tp_btf=use_rb and self.caps.tp_btf)
             if use_rb:
-                self._attached = load_detached(self.program)
+                try:
+                    self._attached = load_detached(self.program)
+                except LoadError as e:
+                    if not self.program.tp_btf:
+                        raise
+                    # a verifier that refuses what the probe's empty program
+                    # did not show: the same programs as raw tracepoints
+                    self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
+                    for h in self.hooks.values():
+                        if h.hook:
+                            h.hook = h.hook.replace("BTF tracepoint", "raw tracepoint")
+                    self.program = self._build(use_rb, tp_btf=False)
+                    self._attached = load_detached(self.program)
                 self.layout = self._attached.layout
             else:
                 self._bpf = load_inprocess(self.program)
@@ -120,6 +132,8 @@ class TraceSession:
             "hz": self._decoder.hz, "transport": self.transport,
             "plan": probe.plan_summary(self.hooks),
             "headers": self.program.headers.note,
+            "hooks": ("BTF tracepoints" if self.program.tp_btf else "raw tracepoints")
+                     + (f" ({self.tp_btf_note})" if self.tp_btf_note else ""),
             "filters": {"ports": self.ports or [], "netns": self.netns or []},
             "netns_names": {str(k): v for k, v in names.items()},
             "attach_s": round(self.attach_s, 3),
@@ -129,6 +143,10 @@ class TraceSession:
             self._sampler = PeriodicSampler(self._collector, self.ctx_period_s, self._ctx_queue.put)
             self._sampler.start()
         return self
+
+    def _build(self, use_rb: bool, tp_btf: bool):
+        return build(self.caps, self.hooks, use_rb, self.ports, self.netns,
+                     ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1], tp_btf=tp_btf)
 
     def _make_decoder(self) -> Decoder:
         hz = kernel.kernel_hz()
