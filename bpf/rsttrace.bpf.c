@@ -360,7 +360,7 @@ static __always_inline void sock_addrs(struct rst_event *e, const void *sk, cons
  * reset goes from the segment's destination back to its source). */
 static __always_inline void skb_trigger(struct rst_event *e, const void *skb, int addrs, int direct)
 {
-	__u64 blk[SKB_BLK_WORDS] = {}, ip[5] = {};
+	__u64 blk[SKB_BLK_WORDS] = {}, pkt[8] = {};
 	const unsigned char *head;
 	__u16 nh, th;
 	__u8 tcph[14] = {};
@@ -378,8 +378,17 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 		nh = SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16);
 		th = SKB_AT(blk, OFF_SKB_TRANSPORT_HEADER, __u16);
 	}
-	/* packet bytes are not described by BTF: probe reads either way */
-	if (!head || bpf_probe_read_kernel(tcph, sizeof(tcph), head + th))
+	/* packet bytes are not described by BTF: probe reads either way. The
+	 * IP header's first 40 bytes hold both addresses (v4 and v6); with no
+	 * IP options or extension headers the TCP header's flags follow within
+	 * the same 64 bytes, so one read serves. */
+	if (!head || bpf_probe_read_kernel(pkt, sizeof(pkt), head + nh))
+		return;
+	if (th == nh + 20)
+		__builtin_memcpy(tcph, (const char *)pkt + 20, sizeof(tcph));
+	else if (th == nh + 40)
+		__builtin_memcpy(tcph, (const char *)pkt + 40, sizeof(tcph));
+	else if (bpf_probe_read_kernel(tcph, sizeof(tcph), head + th))
 		return;
 	e->trigger_flags = tcph[13];
 	e->flags |= EVF_TRIGGER;
@@ -387,16 +396,14 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 		return;
 	e->sport = (tcph[2] << 8) | tcph[3];
 	e->dport = (tcph[0] << 8) | tcph[1];
-	/* the first 40 bytes of the IP header hold both addresses (v4 and v6) */
-	bpf_probe_read_kernel(ip, sizeof(ip), head + nh);
-	if ((((__u8 *)ip)[0] >> 4) == 6) {
+	if ((((__u8 *)pkt)[0] >> 4) == 6) {
 		e->family = AF_INET6;
-		__builtin_memcpy(e->saddr, (const char *)ip + 24, 16);
-		__builtin_memcpy(e->daddr, (const char *)ip + 8, 16);
+		__builtin_memcpy(e->saddr, (const char *)pkt + 24, 16);
+		__builtin_memcpy(e->daddr, (const char *)pkt + 8, 16);
 	} else {
 		e->family = AF_INET;
-		__builtin_memcpy(e->saddr, (const char *)ip + 16, 4);
-		__builtin_memcpy(e->daddr, (const char *)ip + 12, 4);
+		__builtin_memcpy(e->saddr, (const char *)pkt + 16, 4);
+		__builtin_memcpy(e->daddr, (const char *)pkt + 12, 4);
 	}
 }
 

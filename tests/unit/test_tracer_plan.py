@@ -35,6 +35,14 @@ def test_modern_kernel_uses_tracepoints_only():
     assert not p["ipvs_expire"].available and "IPVS" in p["ipvs_expire"].why
 
 
+def test_btf_tracepoints_where_they_load():
+    p = plan(caps(tp_btf=True))
+    assert p["reset_sent"].hook == "BTF tracepoint tcp:tcp_send_reset"
+    assert p["owner"].hook == "BTF tracepoint sock:inet_sock_set_state"
+    # the perf-buffer fallback keeps raw tracepoints (bcc attaches those)
+    assert plan(caps(tp_btf=True, ringbuf=False))["reset_sent"].hook.startswith("raw tracepoint")
+
+
 def test_old_kernel_with_kprobes_adds_send_reset_kprobes():
     c = caps(kprobes=True, kprobe_symbols={"tcp_v4_send_reset": True, "tcp_v6_send_reset": True})
     c.tracepoints["tcp:tcp_send_reset"] = SEND_RESET_61

@@ -77,13 +77,16 @@ def test_tracer_kernel_tests_pass(guest):
 
 def test_plan_uses_kprobes_where_the_kernel_needs_them(guest):
     k, output = guest
-    plan = _results(output)["plan"]
+    res = _results(output)
+    plan = res["plan"]
     assert plan["ipvs_expire"]["available"] and plan["ipvs_expire"]["hook"] == "kprobe ip_vs_conn_expire"
+    # both kernels load the tracepoint programs as BTF tracepoints
+    assert res["hooks"] == "BTF tracepoints", res["hooks"]
     if k.line == "6.1":
         # no reason, no no-socket resets in the 6.1 tracepoint: kprobes add them
         assert "kprobe tcp_v4_send_reset" in plan["reset_sent"]["hook"]
     else:
-        assert plan["reset_sent"]["hook"] == "raw tracepoint tcp:tcp_send_reset"
+        assert plan["reset_sent"]["hook"] == "BTF tracepoint tcp:tcp_send_reset"
 
 
 def _outcome(output: str, name: str) -> dict:
