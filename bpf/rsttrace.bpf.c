@@ -182,8 +182,10 @@ _Static_assert(SK_HEAD_LEN <= 192, "sock_common fields spread too far for one re
 #define SK_HEAD_WORDS ((SK_HEAD_LEN + 7) / 8)
 
 /* sk_buff: the header offsets and head pointer, together in every kernel */
-#define SKB_BLK_START MIN2(MIN2(OFF_SKB_PROTOCOL, OFF_SKB_TRANSPORT_HEADER), \
-			   MIN2(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD))
+/* (from an 8-byte boundary: the head pointer is read back from the stack
+ * copy, and the verifier wants 8-byte stack loads aligned) */
+#define SKB_BLK_START (MIN2(MIN2(OFF_SKB_PROTOCOL, OFF_SKB_TRANSPORT_HEADER), \
+			    MIN2(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD)) & ~7)
 #define SKB_BLK_END MAX2(MAX2(OFF_SKB_PROTOCOL + 2, OFF_SKB_TRANSPORT_HEADER + 2), \
 			 MAX2(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8))
 _Static_assert(SKB_BLK_END - SKB_BLK_START <= 64, "sk_buff header fields spread too far");

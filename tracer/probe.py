@@ -177,7 +177,8 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                  "no tcp:tcp_send_reset tracepoint and no kprobes (" + caps.kprobes_note + ")")
 
     if caps.has_tp("tcp:tcp_receive_reset"):
-        out["reset_recv"] = Hook("reset_recv", True, f"{tp} tcp:tcp_receive_reset", "tracepoint")
+        out["reset_recv"] = Hook("reset_recv", True, f"{tp} tcp:tcp_receive_reset",
+                                 "every reset a local socket receives")
     elif kp and sym.get("tcp_reset"):
         out["reset_recv"] = Hook("reset_recv", True, "kprobe tcp_reset", "no tracepoint: kprobe fallback",
                                  ["WANT_KPROBE_TCP_RESET"], [("kprobe", "tcp_reset", "kp_tcp_reset")])

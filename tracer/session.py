@@ -48,13 +48,15 @@ class TraceSession:
     def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
                  ctx_period_s: float = 1.0, use_ringbuf: bool | None = None,
                  netns_names: dict[int, str] | None = None,
-                 ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES):
+                 ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
+                 btf_tracepoints: bool | None = None):
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
         self._force_ringbuf = use_ringbuf
         self._ring_pages = (ring_pages, rescue_pages)
         self.tp_btf_note = ""
+        self._want_btf = btf_tracepoints   # None: where the kernel allows them
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -86,6 +88,8 @@ class TraceSession:
         self.caps = probe.probe()
         if not self.caps.tracefs:
             raise SessionError(self.caps.tracefs_note)
+        if self._want_btf is False:
+            self.caps.tp_btf, self.caps.tp_btf_note = False, "raw tracepoints asked for"
         self.hooks = probe.plan(self.caps)
         if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
             raise SessionError("no reset hook can attach on this kernel: "

@@ -45,6 +45,7 @@ def gather(load: bool) -> dict:
             "headers": headers.note,
             "kprobes": caps.kprobes_note,
             "fentry": caps.fentry_note,
+            "tp_btf": caps.tp_btf_note,
             "ring buffer": "yes" if caps.ringbuf else "no",
             "transport": transport_why,
             "conntrack": "yes" if caps.conntrack else "no",
@@ -58,7 +59,8 @@ def gather(load: bool) -> dict:
         from rsttrace.tracer.session import SessionError, TraceSession
         try:
             with TraceSession(ctx_period_s=0) as s:
-                report["facts"]["load"] = f"compiled, loaded and attached in {s.attach_s:.2f} s"
+                report["facts"]["load"] = (f"compiled, loaded and attached in {s.attach_s:.2f} s "
+                                           f"as {s.header['hooks']}")
         except SessionError as e:
             report["facts"]["load"] = f"FAILED: {e}"
         ok, note = try_fentry()

@@ -296,3 +296,33 @@ def test_program_info_is_read_for_skipped_runs(session, netns):
         os.close(stats_fd)
     assert after - before >= 2  # at least the sent and the received reset
     assert session.missed() == 0 and session.lost() == 0
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
+def test_raw_tracepoint_fallback_records_the_same(netns, addr):
+    """Where BTF tracepoints do not load, the same program text runs as raw
+    tracepoints with probe reads: the same reset, field for field."""
+    from rsttrace.tracer.session import TraceSession
+    ns = netns.add("w")
+    ino = netns.inode(ns)
+    got = {}
+    for btf in (True, False):
+        s = TraceSession(netns=[ino], ctx_period_s=0, btf_tracepoints=btf).start()
+        try:
+            assert s.program.tp_btf is btf
+            assert s.header["plan"]["reset_recv"]["hook"].startswith("BTF" if btf else "raw")
+            p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, addr],
+                               capture_output=True, text=True, timeout=20, check=True)
+            pid, port = map(int, p.stdout.split())
+            recs: list[dict] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len(recs) < 2:
+                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+        finally:
+            s.stop()
+        assert len(recs) == 2, recs
+        assert all(r["dport"] == port for r in recs)
+        assert next(r for r in recs if r["dir"] == "recv")["pid"] == pid
+        got[btf] = {r["dir"]: {k: v for k, v in r.items() if k not in ("t", "cookie", "dport", "pid")}
+                    for r in recs}
+    assert got[True] == got[False]
