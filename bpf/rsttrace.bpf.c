@@ -256,9 +256,14 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk, const
 	__u8 kap;
 
 	e->flags |= EVF_HAS_SOCK;
+	/* BTF: the kernel's own helper, which gives the socket its cookie if it
+	 * never had one (as `ss -e` does); raw: the cookie if it has one */
+	if (direct)
+		e->cookie = bpf_get_socket_cookie((void *)sk);
+	else if (tp)
+		e->cookie = SKF(__u64, OFF_SK_COOKIE);
 	if (!tp)
 		return;
-	e->cookie = SKF(__u64, OFF_SK_COOKIE);
 	if (SKF(__u64, OFF_SK_FLAGS) & (1ULL << SOCK_KEEPOPEN_BIT))
 		e->flags |= EVF_KEEPALIVE;
 	last = LD(__u32, tp, OFF_TP_RCV_TSTAMP, direct);

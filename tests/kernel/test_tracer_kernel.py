@@ -61,6 +61,9 @@ def test_connect_to_closed_port_no_socket(session, collect, netns, addr):
     assert r["state"] == "SYN_SENT" and r["idle_ms"] is None
     # the owner was learned at connect(); the child is the `ip netns exec` python
     assert r["pid"] == pid and r["comm"].startswith("python")
+    if session.program.tp_btf:
+        # the kernel's helper gives the socket a cookie if it had none
+        assert isinstance(r["cookie"], int) and r["cookie"] > 0
 
 
 LINGER_PAIR = textwrap.dedent("""
