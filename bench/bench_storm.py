@@ -2,7 +2,7 @@
 `rsttrace record`, in the same run, plus loss, consumer CPU, peak RSS and
 time to attach.
 
-    sudo .venv/bin/python bench/bench_storm.py [--seconds 3] [--rounds 3]
+    sudo .venv/bin/python bench/bench_storm.py [--seconds 3] [--rounds 3] [--floor]
 
 The storm (bench/storm.c, compiled here) runs in a throwaway network
 namespace, connecting to a closed loopback port: every attempt is answered
@@ -10,6 +10,10 @@ by a reset that never leaves the namespace. Rounds alternate untraced and
 traced so drift on a shared machine hits both alike. The kernel's own count
 of resets sent (TcpOutRsts in the namespace's /proc/net/snmp) is the truth
 the recording is compared with.
+
+--floor adds a third storm per round with the same programs attached but
+returning at once (BENCH_RETURN_EARLY): what running attached programs
+costs by itself, before any of their work.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="storm length per round")
     ap.add_argument("--rounds", type=int, default=3, help="untraced/traced pairs")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the programs attached but returning at once")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_storm needs root (namespaces, BPF)", file=sys.stderr)
         return 2
-    results = {"untraced": [], "traced": []}
+    results = {"untraced": [], "traced": [], "floor": []}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
         storm(ns, binary, 0.5)  # warm up
@@ -71,6 +77,8 @@ def main() -> int:
                 "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
             })
             rec.unlink()
+            if args.floor:
+                results["floor"].append({"rate": floor_round(ns, binary, args.seconds)})
     un = [r["rate"] for r in results["untraced"]]
     tr = [r["rate"] for r in results["traced"]]
     ratio = (sum(tr) / len(tr)) / (sum(un) / len(un))
@@ -82,9 +90,24 @@ def main() -> int:
               f"{t['attach_s']:>9}{t['start_to_attached_s']:>8}")
     print(f"traced/untraced rate ratio: {ratio:.3f} ({(1 - ratio) * 100:+.1f} % slowdown)")
     results["ratio"] = ratio
+    if results["floor"]:
+        fl = [r["rate"] for r in results["floor"]]
+        floor = (sum(fl) / len(fl)) / (sum(un) / len(un))
+        print(f"programs attached, returning at once: {[round(x) for x in fl]} resets/s, "
+              f"ratio {floor:.3f} ({(1 - floor) * 100:+.1f} %)")
+        results["floor_ratio"] = floor
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def floor_round(ns: str, binary: str, seconds: float) -> float:
+    """One storm with every program attached but returning at once."""
+    from rsttrace.tracer.session import TraceSession
+    ino = os.stat(f"/run/netns/{ns}").st_ino
+    with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=("BENCH_RETURN_EARLY",)):
+        refused, elapsed = storm(ns, binary, seconds)
+    return refused / elapsed
 
 
 if __name__ == "__main__":

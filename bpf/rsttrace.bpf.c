@@ -21,7 +21,8 @@
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC.
+ * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BENCH_RETURN_EARLY for
+ * the benchmark only.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
@@ -36,6 +37,14 @@
 #define TP_PROBE(name) RAW_TRACEPOINT_PROBE(name)
 #define TP_ARG(i) (ctx->args[i])
 #define DIRECT 0
+#endif
+
+/* bench/bench_storm.py --floor: every program returns at once, to measure
+ * what running attached programs costs by itself */
+#ifdef BENCH_RETURN_EARLY
+#define BENCH_EARLY() return 0
+#else
+#define BENCH_EARLY() do { } while (0)
 #endif
 
 #define TCP_SYN_SENT_ 2
@@ -471,6 +480,7 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 #ifdef HAVE_TP_SEND_RESET
 TP_PROBE(tcp_send_reset)
 {
+	BENCH_EARLY();
 	const void *sk = (const void *)TP_ARG(ARG_SR_SK);
 	const void *skb = (const void *)TP_ARG(ARG_SR_SKB);
 #ifdef WANT_KPROBE_SEND_RESET
@@ -491,6 +501,7 @@ TP_PROBE(tcp_send_reset)
 #ifdef HAVE_TP_RECEIVE_RESET
 TP_PROBE(tcp_receive_reset)
 {
+	BENCH_EARLY();
 	emit_reset(ctx, (const void *)TP_ARG(ARG_RR_SK), 0, 0, 0, 0, DIRECT);
 	return 0;
 }
@@ -499,6 +510,7 @@ TP_PROBE(tcp_receive_reset)
 #ifdef HAVE_TP_SET_STATE
 TP_PROBE(inet_sock_set_state)
 {
+	BENCH_EARLY();
 	const void *sk = (const void *)TP_ARG(ARG_SS_SK);
 	int oldstate = (int)TP_ARG(ARG_SS_OLD);
 	int newstate = (int)TP_ARG(ARG_SS_NEW);
@@ -543,6 +555,7 @@ TP_PROBE(inet_sock_set_state)
 #ifdef HAVE_TP_DESTROY_SOCK
 TP_PROBE(tcp_destroy_sock)
 {
+	BENCH_EARLY();
 	/* the socket's memory may be reused by another socket: forget it so
 	 * no reset is ever attributed to a wrong process */
 	__u64 key = sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT);
@@ -560,6 +573,7 @@ TP_PROBE(tcp_destroy_sock)
 #ifdef HAVE_TP_KFREE_SKB
 TP_PROBE(kfree_skb)
 {
+	BENCH_EARLY();
 	struct rst_event *e;
 	const void *skb = (const void *)TP_ARG(ARG_KS_SKB);
 	__u32 ns;
@@ -586,6 +600,7 @@ TP_PROBE(kfree_skb)
 #ifdef HAVE_TP_CONSOLE
 TP_PROBE(console)
 {
+	BENCH_EARLY();
 	/* Only conntrack's and IPVS's lines: "nf_conntrack: table full in
 	 * netns N, dropping packet" (rate-limited by the kernel). */
 	struct rst_event *e;
@@ -612,6 +627,7 @@ TP_PROBE(console)
  * tcp_v4_send_reset / tcp_v6_send_reset(const struct sock *sk, struct sk_buff *skb, ...). */
 int kp_send_reset(struct pt_regs *ctx)
 {
+	BENCH_EARLY();
 	const void *sk = (const void *)PT_REGS_PARM1(ctx);
 	const void *skb = (const void *)PT_REGS_PARM2(ctx);
 	if (!sk && skb)
@@ -624,6 +640,7 @@ int kp_send_reset(struct pt_regs *ctx)
 /* Fallback where tcp:tcp_receive_reset is missing: tcp_reset(sk, skb). */
 int kp_tcp_reset(struct pt_regs *ctx)
 {
+	BENCH_EARLY();
 	emit_reset(ctx, (const void *)PT_REGS_PARM1(ctx), 0, 0, 0, 0, 0);
 	return 0;
 }
@@ -635,6 +652,7 @@ int kp_tcp_reset(struct pt_regs *ctx)
  * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF). */
 int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 {
+	BENCH_EARLY();
 	const char *cp = (const char *)PT_REGS_PARM1(ctx) - OFF_IPVS_TIMER;
 	struct rst_event *e;
 	const void *ipvs = 0, *net = 0;
@@ -690,6 +708,7 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
  * and nothing could be early-dropped: the exact moment a flow is refused. */
 int kr_nf_conntrack_alloc(struct pt_regs *ctx)
 {
+	BENCH_EARLY();
 	long ret = PT_REGS_RC(ctx);
 	struct rst_event *e;
 	if (ret < 0 && ret > -4096) {

@@ -84,7 +84,8 @@ class Program:
 def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
           ports: list[int] | None, netns: list[int] | None,
           btf: BTF | None = None, ring_pages: int = RINGBUF_PAGES,
-          rescue_pages: int = RESCUE_PAGES, tp_btf: bool = False) -> Program:
+          rescue_pages: int = RESCUE_PAGES, tp_btf: bool = False,
+          extra_defines: tuple[str, ...] = ()) -> Program:
     """The program text and flags for this kernel. With `tp_btf` the
     tracepoint programs are BTF tracepoints (fields read as plain loads,
     loaded by us); without, raw tracepoints (probe reads, attached by bcc)."""
@@ -129,6 +130,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
         defines.append(filter_define("NETNS_WANTED", netns, 0xFFFFFFFF))
+    defines += [f"-D{d}" for d in extra_defines]   # the benchmark's BENCH_RETURN_EARLY
     btf_ids: dict[str, int] = {}
     abi: dict[str, int] = {}
     if tp_btf:

@@ -49,7 +49,7 @@ class TraceSession:
                  ctx_period_s: float = 1.0, use_ringbuf: bool | None = None,
                  netns_names: dict[int, str] | None = None,
                  ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
-                 btf_tracepoints: bool | None = None):
+                 btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = ()):
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
@@ -57,6 +57,7 @@ class TraceSession:
         self._ring_pages = (ring_pages, rescue_pages)
         self.tp_btf_note = ""
         self._want_btf = btf_tracepoints   # None: where the kernel allows them
+        self._extra_defines = tuple(extra_defines)
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -150,7 +151,8 @@ class TraceSession:
 
     def _build(self, use_rb: bool, tp_btf: bool):
         return build(self.caps, self.hooks, use_rb, self.ports, self.netns,
-                     ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1], tp_btf=tp_btf)
+                     ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1], tp_btf=tp_btf,
+                     extra_defines=self._extra_defines)
 
     def _make_decoder(self) -> Decoder:
         hz = kernel.kernel_hz()
