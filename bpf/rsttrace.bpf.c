@@ -116,7 +116,8 @@ static __always_inline struct rst_event *ev_new(void)
 		count_lost();
 		return 0;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
+	/* the log text is written (and zeroed) by the one kind that has it */
+	__builtin_memset(e, 0, offsetof(struct rst_event, text));
 	e->ts_ns = bpf_ktime_get_ns();
 	return e;
 }
@@ -616,6 +617,7 @@ TP_PROBE(console)
 	if (!e)
 		return 0;
 	e->kind = EV_CT_FULL;
+	__builtin_memset(e->text, 0, sizeof(e->text));
 	bpf_probe_read_kernel_str(e->text, sizeof(e->text), msg);
 	ev_send(ctx, e);
 	return 0;

@@ -61,7 +61,8 @@ struct rst_event {
 	__u16 ipvs_state;     /* IPVS: connection state */
 	__u32 _pad;
 	char  comm[16];       /* owner's comm */
-	char  text[96];       /* EV_CT_FULL: the log line (NUL-terminated or cut) */
+	char  text[96];       /* EV_CT_FULL: the log line (NUL-terminated or cut);
+	                       * left unwritten by the other kinds */
 };
 
 #endif
