@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,8 @@ class Decoder:
     rst_reasons: dict[int, str] = field(default_factory=dict)  # 1 -> "NO_SOCKET"
     drop_reasons: dict[int, str] = field(default_factory=dict)  # 12 -> "NETFILTER_DROP"
     ipvs_states: dict[int, str] = field(default_factory=dict)
+    # the owner's cgroup id -> its Kubernetes pod (tracer/pods.py), or None
+    pod_of: Callable[[int], str | None] | None = None
 
     def decode(self, buf: bytes | bytearray | memoryview) -> list[dict]:
         return self.decode_array(np.frombuffer(buf, dtype=EVENT_DTYPE))
@@ -137,8 +140,12 @@ class Decoder:
             Col.ints(a["pid"], owner),
             Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner),
             Col.ints(a["cgroup"], owner),
+            Categorical.lookup(a["cgroup"], self._pod, owner),
         ]
         return RESET_KEYS, cols
+
+    def _pod(self, cgroup: int) -> str | None:
+        return self.pod_of(cgroup) if self.pod_of is not None and cgroup else None
 
     def _ct_drop(self, a: np.ndarray):
         rr = a["reason"]
@@ -174,7 +181,7 @@ class Decoder:
 RESET_KEYS = ("kind", "t", "dir", "netns", "family", "src", "sport", "dst", "dport", "state",
               "state_raw", "reason", "reason_raw", "has_sock", "cookie", "syn", "trigger_flags",
               "idle_ms", "keepalive", "ka_time_s", "ka_intvl_s", "ka_probes", "ka_per_socket",
-              "dev_netns", "pid", "comm", "cgroup")
+              "dev_netns", "pid", "comm", "cgroup", "pod")
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 

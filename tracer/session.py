@@ -26,6 +26,7 @@ from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
 from .loader import RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
+from .pods import PodResolver
 
 POLL_INTERVAL_S = 0.02
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -171,7 +172,8 @@ class TraceSession:
         if tp:
             drops = tp.symbols.get("reason", {})
         return Decoder(hz=hz, mono_to_unix=time.time() - time.monotonic(),
-                       tcp_states=states, rst_reasons=rst, drop_reasons=drops)
+                       tcp_states=states, rst_reasons=rst, drop_reasons=drops,
+                       pod_of=PodResolver())
 
     def stop(self) -> None:
         with self._lock:

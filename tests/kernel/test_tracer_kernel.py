@@ -329,3 +329,45 @@ def test_raw_tracepoint_fallback_records_the_same(netns, addr):
         got[btf] = {r["dir"]: {k: v for k, v in r.items() if k not in ("t", "cookie", "dport", "pid")}
                     for r in recs}
     assert got[True] == got[False]
+
+
+def test_owner_in_a_pod_cgroup_gets_its_pod(netns):
+    """A process in a cgroup shaped like a kubelet's (…/pod<uid>/<container>)
+    is reset: the record names the pod (its UID here: no kubelet log dirs)."""
+    import os
+    import uuid
+
+    from rsttrace.tracer.pods import cgroup2_root
+    from rsttrace.tracer.session import TraceSession
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    uid = str(uuid.uuid4())
+    top = root / f"rsttrace-test-{uid[:8]}"
+    leaf = top / "kubepods" / "burstable" / f"pod{uid}" / "ctr"
+    ns = netns.add("pod")
+    leaf.mkdir(parents=True)
+    try:
+        s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0).start()
+        try:
+            import shlex
+            script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
+                      f"{sys.executable} -c {shlex.quote(CONNECT_CLOSED)} 127.0.0.1")
+            p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20,
+                               check=True)
+            pid = int(p.stdout.split()[0])
+            recs: list[dict] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(r.get("pid") == pid for r in recs):
+                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+        finally:
+            s.stop()
+        mine = [r for r in recs if r.get("pid") == pid]
+        assert mine and mine[0]["cgroup"] == os.stat(leaf).st_ino
+        assert mine[0]["pod"] == f"uid:{uid}"
+    finally:
+        for d in (leaf, leaf.parent, leaf.parent.parent, leaf.parent.parent.parent, top):
+            try:
+                d.rmdir()
+            except OSError:
+                pass

@@ -20,6 +20,7 @@ KERNELS = ("6.1", "6.12")
 # Tracer kernel tests not run in a VM, and why: each is a test-side
 # assumption about the host kernel or its speed, not a tracer fault.
 TCG_SLOW = {
+    "test_owner_in_a_pod_cgroup_gets_its_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_raw_tracepoint_fallback_records_the_same": "compiles the programs twice more (minutes under TCG); the host runs it",
     "test_attach_is_fast_and_plan_complete": "attach < 2 s is a host figure; TCG compiles in 30-45 s",
     "test_record_cli_ends_cleanly_on_sigterm": "waits 15 s for `record` to start; TCG needs ~40 s",
