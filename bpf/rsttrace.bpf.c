@@ -465,6 +465,19 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		sock_addrs(e, sk, tp, head, sent, direct);
 		fill_sock(e, sk, tp, head, net, direct);
 		fill_owner(e, sk_key(sk, direct));
+#ifdef OFF_SK_CGROUP
+		if (!(e->flags & EVF_OWNER) && tp) {
+			/* no owner learned (an accepted socket, or one connected
+			 * before tracing began): the socket's own cgroup still names
+			 * its pod */
+			const void *cg = LD(const void *, sk, OFF_SK_CGROUP, direct);
+			const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, direct) : 0;
+			if (kn) {
+				e->cgroup = LD(__u64, kn, OFF_KN_ID, direct);
+				e->flags2 |= EVF2_SK_CGROUP;
+			}
+		}
+#endif
 		if (sent)
 			skb_trigger(e, skb, 0, direct);
 	} else {

@@ -33,6 +33,10 @@ enum rst_dir {
 #define EVF_OWNER        0x40  /* pid/comm/cgroup are the socket's owner */
 #define EVF_KA           0x80  /* keepalive fields are valid (a full TCP socket) */
 
+/* bits of rst_event.flags2 */
+#define EVF2_SK_CGROUP   0x01  /* cgroup is the socket's own (its creator's, or for an
+                                * accepted socket its listener's), not a learned owner's */
+
 struct rst_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 cookie;         /* socket cookie, 0 when unknown */
@@ -59,7 +63,8 @@ struct rst_event {
 	__u8  raddr[16];      /* IPVS: real server */
 	__u16 rport;          /* IPVS: real server port */
 	__u16 ipvs_state;     /* IPVS: connection state */
-	__u32 _pad;
+	__u8  flags2;         /* EVF2_* */
+	__u8  _pad[3];
 	char  comm[16];       /* owner's comm */
 	char  text[96];       /* EV_CT_FULL: the log line (NUL-terminated or cut);
 	                       * left unwritten by the other kinds */

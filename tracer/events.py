@@ -25,7 +25,7 @@ EVENT_DTYPE = np.dtype([
     ("kind", "u1"), ("dir", "u1"), ("family", "u1"), ("state", "u1"),
     ("flags", "u1"), ("ka_probes", "u1"), ("trigger_flags", "u1"), ("proto", "u1"),
     ("saddr", "V16"), ("daddr", "V16"), ("raddr", "V16"),
-    ("rport", "<u2"), ("ipvs_state", "<u2"), ("_pad", "<u4"),
+    ("rport", "<u2"), ("ipvs_state", "<u2"), ("flags2", "u1"), ("_pad", "V3"),
     ("comm", "S16"), ("text", "S96"),
 ], align=True)
 
@@ -34,6 +34,7 @@ EV_RESET, EV_CT_DROP, EV_CT_FULL, EV_IPVS_EXPIRE, EV_CT_ALLOC_FAIL = 1, 2, 3, 4,
 DIR_SENT, DIR_RECV = 1, 2
 EVF_HAS_SOCK, EVF_KEEPALIVE, EVF_KA_PER_SOCK = 0x01, 0x02, 0x04
 EVF_IDLE, EVF_REASON, EVF_TRIGGER, EVF_OWNER, EVF_KA = 0x08, 0x10, 0x20, 0x40, 0x80
+EVF2_SK_CGROUP = 0x01
 TCP_SYN_FLAG = 0x02  # RFC 793 header bit, not a kernel value
 
 KINDS = {EV_RESET: "reset", EV_CT_DROP: "ct_drop", EV_CT_FULL: "ct_full",
@@ -108,6 +109,8 @@ class Decoder:
         idle = (f & EVF_IDLE) != 0
         ka = (f & EVF_KA) != 0
         owner = (f & EVF_OWNER) != 0
+        sk_cg = (a["flags2"] & EVF2_SK_CGROUP) != 0
+        has_cg = owner | sk_cg
         reason_ok = (f & EVF_REASON) != 0
         trig_ok = (f & EVF_TRIGGER) != 0
         fam = a["family"]
@@ -139,8 +142,9 @@ class Decoder:
             Col.ints(a["dev_netns"], a["dev_netns"] != 0),
             Col.ints(a["pid"], owner),
             Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner),
-            Col.ints(a["cgroup"], owner),
-            Categorical.lookup(a["cgroup"], self._pod, owner),
+            Col.ints(a["cgroup"], has_cg),
+            Categorical(np.where(owner, 0, 1), ["owner", "socket"], has_cg).col(),
+            Categorical.lookup(a["cgroup"], self._pod, has_cg),
         ]
         return RESET_KEYS, cols
 
@@ -181,7 +185,7 @@ class Decoder:
 RESET_KEYS = ("kind", "t", "dir", "netns", "family", "src", "sport", "dst", "dport", "state",
               "state_raw", "reason", "reason_raw", "has_sock", "cookie", "syn", "trigger_flags",
               "idle_ms", "keepalive", "ka_time_s", "ka_intvl_s", "ka_probes", "ka_per_socket",
-              "dev_netns", "pid", "comm", "cgroup", "pod")
+              "dev_netns", "pid", "comm", "cgroup", "cgroup_of", "pod")
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 

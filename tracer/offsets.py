@@ -48,6 +48,14 @@ SOCKET_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_DEV_NET": ("net_device", ("nd_net.net",)),
 }
 
+# The cgroup a socket was created in (cgroup v2): where missing (kernels
+# before 5.15 laid sock_cgroup_data out otherwise) the program leaves it out.
+SOCKET_OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
+    "OFF_SK_CGROUP": ("sock", ("sk_cgrp_data.cgroup",)),
+    "OFF_CGROUP_KN": ("cgroup", ("kn",)),
+    "OFF_KN_ID": ("kernfs_node", ("id",)),
+}
+
 # From the ip_vs module's BTF (only where IPVS is loaded).
 IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_IPVS_TIMER": ("ip_vs_conn", ("timer",)),
@@ -168,6 +176,12 @@ def btf_tracepoint_abi(btf: BTF) -> dict[str, int]:
 def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
     out = KernelLayout()
     _resolve(btf, SOCKET_OFFSETS, out)
+    try:
+        _resolve(btf, SOCKET_OPTIONAL, out)
+    except BTFError:
+        for define in SOCKET_OPTIONAL:
+            out.defines.pop(define, None)
+            out.sources.pop(define, None)
     # SOCK_KEEPOPEN is a bit number in enum sock_flags.
     out.defines["SOCK_KEEPOPEN_BIT"] = enum_value(btf, "sock_flags", "SOCK_KEEPOPEN")
     out.sources["SOCK_KEEPOPEN_BIT"] = "enum sock_flags.SOCK_KEEPOPEN"

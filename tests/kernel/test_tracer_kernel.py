@@ -371,3 +371,76 @@ def test_owner_in_a_pod_cgroup_gets_its_pod(netns):
                 d.rmdir()
             except OSError:
                 pass
+
+
+POD_SERVER = textwrap.dedent("""
+    import socket, sys
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0)); srv.listen(1)
+    print(srv.getsockname()[1], flush=True)
+    a, _ = srv.accept()
+    try:
+        a.recv(10); a.recv(10)
+    except ConnectionResetError:
+        print("RESET", flush=True)
+""")
+ABORTING_CLIENT = textwrap.dedent("""
+    import socket, struct, sys, time
+    c = socket.socket(); c.connect(("127.0.0.1", int(sys.argv[1]))); c.sendall(b"x")
+    time.sleep(0.2)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+""")
+
+
+def test_accepted_socket_names_its_pod_by_the_socket_cgroup(netns):
+    """An accepted socket has no owner learned at connect(); its reset still
+    names the pod, from the cgroup the socket itself belongs to (the
+    listener's, here a kubelet-shaped pod cgroup)."""
+    import shlex
+    import uuid
+
+    from rsttrace.tracer.pods import cgroup2_root
+    from rsttrace.tracer.session import TraceSession
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    uid = str(uuid.uuid4())
+    top = root / f"rsttrace-test-{uid[:8]}"
+    leaf = top / f"pod{uid}" / "db"
+    ns = netns.add("acc")
+    leaf.mkdir(parents=True)
+    srv = None
+    try:
+        s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0).start()
+        try:
+            script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
+                      f"{sys.executable} -c {shlex.quote(POD_SERVER)}")
+            srv = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+            port = int(srv.stdout.readline())
+            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", ABORTING_CLIENT, str(port)],
+                           capture_output=True, text=True, timeout=20, check=True)
+            assert srv.stdout.readline().strip() == "RESET"
+            srv.wait(timeout=10)
+            recs: list[dict] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len(recs) < 2:
+                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+        finally:
+            s.stop()
+        got = next(r for r in recs if r["dir"] == "recv")
+        sent = next(r for r in recs if r["dir"] == "sent")
+        assert got["sport"] != port and got["dport"] == port      # the server's socket got it
+        assert got["pid"] is None and got["cgroup_of"] == "socket"
+        assert got["pod"] == f"uid:{uid}"
+        # the client's socket connected while traced: its owner, not in a pod
+        assert sent["cgroup_of"] == "owner" and sent["pid"] is not None and sent["pod"] is None
+    finally:
+        if srv is not None and srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        for d in (leaf, leaf.parent, top):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
