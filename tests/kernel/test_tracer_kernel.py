@@ -215,6 +215,15 @@ def test_record_with_csv_writes_the_report(tmp_path, netns):
     assert rows[0]["incident"] == rows[1]["incident"]
 
 
+def poll_resets(session, done, timeout: float = 5.0) -> list[dict]:
+    """Reset records from a session of the test's own, until `done(records)`."""
+    recs: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done(recs):
+        recs += [r for r in session.poll(0.2) if r["kind"] == "reset"]
+    return recs
+
+
 CONNECT_PORTS = textwrap.dedent("""
     import socket, sys
     for port in map(int, sys.argv[1:]):
@@ -317,10 +326,7 @@ def test_raw_tracepoint_fallback_records_the_same(netns, addr):
             p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, addr],
                                capture_output=True, text=True, timeout=20, check=True)
             pid, port = map(int, p.stdout.split())
-            recs: list[dict] = []
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and len(recs) < 2:
-                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+            recs = poll_resets(s, lambda rs: len(rs) >= 2)
         finally:
             s.stop()
         assert len(recs) == 2, recs
@@ -356,10 +362,7 @@ def test_owner_in_a_pod_cgroup_gets_its_pod(netns):
             p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20,
                                check=True)
             pid = int(p.stdout.split()[0])
-            recs: list[dict] = []
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not any(r.get("pid") == pid for r in recs):
-                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+            recs = poll_resets(s, lambda rs: any(r.get("pid") == pid for r in rs))
         finally:
             s.stop()
         mine = [r for r in recs if r.get("pid") == pid]
@@ -422,10 +425,7 @@ def test_accepted_socket_names_its_pod_by_the_socket_cgroup(netns):
                            capture_output=True, text=True, timeout=20, check=True)
             assert srv.stdout.readline().strip() == "RESET"
             srv.wait(timeout=10)
-            recs: list[dict] = []
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and len(recs) < 2:
-                recs += [r for r in s.poll(0.2) if r["kind"] == "reset"]
+            recs = poll_resets(s, lambda rs: len(rs) >= 2)
         finally:
             s.stop()
         got = next(r for r in recs if r["dir"] == "recv")
