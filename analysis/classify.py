@@ -247,9 +247,9 @@ class Classifier:
 
     def _prune_buckets(self) -> None:
         """Forget time buckets no pending incident can still pair in (the
-        oldest pending one looks one bucket back), each time a new bucket
-        opens: without this, a storm of resets that all pair directly would
-        keep every incident alive."""
+        oldest pending one looks one bucket back); done when a new bucket
+        opens and when nothing is pending. Without this, a storm of resets
+        that all pair directly would keep every incident alive."""
         order = self._bucket_order
         if not order:
             return

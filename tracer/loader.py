@@ -290,6 +290,13 @@ def compile_and_attach(text: str, cflags: list[str], attach: list,
     return b
 
 
+def program_fds(b) -> list[int]:
+    """Descriptors of every program loaded for `b` (a compile_and_attach
+    result): bcc's own and the BTF tracepoints loaded from its bytecode."""
+    fds = [fn.fd for fn in b.funcs.values() if fn.fd is not None and fn.fd >= 0]
+    return fds + [prog for prog, _link in getattr(b, "rsttrace_btf_tps", [])]
+
+
 def try_fentry() -> tuple[bool, str]:
     """Load a minimal fentry program for real (doctor only)."""
     try:

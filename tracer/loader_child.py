@@ -41,7 +41,7 @@ def main() -> None:
 def load(req: dict) -> tuple[dict, list[int]]:
     import ctypes
 
-    from rsttrace.tracer.loader import compile_and_attach
+    from rsttrace.tracer.loader import compile_and_attach, program_fds
     b = compile_and_attach(req["text"], req["cflags"], req["attach"], req.get("btf_ids"),
                            req.get("abi"))
     fds: list[int] = []
@@ -66,13 +66,9 @@ def load(req: dict) -> tuple[dict, list[int]]:
         fds.append(link)
     # the programs themselves, for the kernel's count of runs it skipped
     progs = []
-    for fn in b.funcs.values():
-        if fn.fd is not None and fn.fd >= 0:
-            progs.append(len(fds))
-            fds.append(fn.fd)
-    for prog, _link in b.rsttrace_btf_tps:
+    for fd in program_fds(b):
         progs.append(len(fds))
-        fds.append(prog)
+        fds.append(fd)
     leaf = b["layout_check"].Leaf
     layout = {"size": ctypes.sizeof(leaf),
               "fields": {n: getattr(leaf, n).offset for n, *_ in leaf._fields_}}

@@ -82,14 +82,13 @@ def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: 
 BPF_MAP_TYPE_RINGBUF = 27
 
 
-def _try_tp_btf() -> tuple[bool, str]:
+def _try_tp_btf(btf) -> tuple[bool, str]:
     """Load (and drop) an empty BTF tracepoint program: whether this kernel
     and our privileges allow them."""
     from .bpfsys import load_btf_tracepoint
-    from .btf import KIND_TYPEDEF, BTFError, load_vmlinux
+    from .btf import KIND_TYPEDEF, BTFError
+    from .offsets import btf_tracepoint_abi
     try:
-        from .offsets import btf_tracepoint_abi
-        btf = load_vmlinux()
         tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
         # r0 = 0; exit
         insns = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
@@ -121,11 +120,13 @@ def probe() -> Capabilities:
     else:
         caps.fentry, caps.fentry_note = False, "not probed (unused: tracepoints cover every signal)"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
-    caps.tp_btf, caps.tp_btf_note = _try_tp_btf() if caps.btf else (False, "no BTF")
+    caps.tp_btf, caps.tp_btf_note = False, "no BTF"
     if caps.btf:
         from .btf import BTFError, load_vmlinux
+        btf = load_vmlinux()   # read once for both questions
+        caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
         try:
-            caps.netfilter_drop_reason = load_vmlinux().enum("skb_drop_reason").get(
+            caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
                 "SKB_DROP_REASON_NETFILTER_DROP")
         except BTFError:
             caps.netfilter_drop_reason = None

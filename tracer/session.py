@@ -25,7 +25,8 @@ from . import kernel, probe
 from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
-from .loader import RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess
+from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess,
+                     program_fds)
 from .pods import PodResolver
 
 POLL_INTERVAL_S = 0.02
@@ -106,11 +107,10 @@ class TraceSession:
                     if not self.program.tp_btf:
                         raise
                     # a verifier that refuses what the probe's empty program
-                    # did not show: the same programs as raw tracepoints
+                    # did not show: plan and build again for raw tracepoints
                     self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
-                    for h in self.hooks.values():
-                        if h.hook:
-                            h.hook = h.hook.replace("BTF tracepoint", "raw tracepoint")
+                    self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
+                    self.hooks = probe.plan(self.caps)
                     self.program = self._build(use_rb, tp_btf=False)
                     self._attached = load_detached(self.program)
                 self.layout = self._attached.layout
@@ -301,7 +301,7 @@ class TraceSession:
         if self._attached is not None:
             fds = self._attached.progs
         elif self._bpf is not None:
-            fds = [f.fd for f in self._bpf.funcs.values() if f.fd is not None and f.fd >= 0]
+            fds = program_fds(self._bpf)
         else:
             return 0
         total = 0

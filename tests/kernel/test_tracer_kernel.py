@@ -444,3 +444,26 @@ def test_accepted_socket_names_its_pod_by_the_socket_cgroup(netns):
                 d.rmdir()
             except OSError:
                 pass
+
+
+def test_refused_btf_tracepoints_fall_back_to_raw(monkeypatch):
+    """When the verifier refuses the BTF tracepoint programs, the session
+    plans and builds again for raw tracepoints, and says why."""
+    from rsttrace.tracer import session as sess
+    real = sess.load_detached
+
+    def refuse_btf(program, *a, **kw):
+        if program.tp_btf:
+            raise sess.LoadError("BTF tracepoint tcp_send_reset refused: (test)")
+        return real(program, *a, **kw)
+
+    monkeypatch.setattr(sess, "load_detached", refuse_btf)
+    s = sess.TraceSession(ctx_period_s=0).start()
+    try:
+        assert not s.program.tp_btf
+        assert s.header["hooks"].startswith("raw tracepoints (BTF tracepoints refused")
+        assert s.header["plan"]["reset_recv"]["hook"] == "raw tracepoint tcp:tcp_receive_reset"
+        assert "tcp_receive_reset" in s._attached.tracepoints
+        assert not any(t.startswith("tp_btf:") for t in s._attached.tracepoints)
+    finally:
+        s.stop()
