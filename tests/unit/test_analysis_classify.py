@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rsttrace.analysis.classify import Classifier
+from live_feed import feed_live
 
 LB, CLI, SRV = 4026532247, 4026532300, 4026532301
 T0 = 1_700_000_000.0
@@ -219,12 +220,7 @@ def test_live_equals_batch_in_chunks():
     records = [ctx(0, lb(est=4, invalid=1)), sent(1), recv(1.001, idle_ms=7000), ctx(2, lb(est=4, invalid=2)),
                sent(3), recv(3.001, idle_ms=100), recv(3.5, state="SYN_SENT", dport=1), ctx(20, lb(est=4))]
     batch = [(v.cause, v.incident) for v in run(records)]
-    c = Classifier()
-    live = []
-    for r in records:
-        live += c.feed(r)
-        live += c.tick(r["t"])
-    live += c.flush()
+    live = feed_live(records)
     assert [(v.cause, v.incident) for v in live] == batch
 
 

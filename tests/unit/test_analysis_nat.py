@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from rsttrace.analysis.classify import Classifier
+from live_feed import feed_live
 
 CLI, NODE, DB = 4026532300, 4026532247, 4026532301
 T0 = 1_700_000_000.0
@@ -93,12 +94,7 @@ def test_live_equals_batch():
                client_recv(5.0, state="SYN_SENT", idle_ms=None, sport=3307),
                backend_sent(5.0001, has_sock=False, reason="NO_SOCKET", syn=True, sport=3307)]
     batch = [(v.cause, v.incident, len(v.events)) for v in run(records)]
-    c = Classifier()
-    live = []
-    for r in records:
-        live += c.feed(r)
-        live += c.tick(r["t"])
-    live += c.flush()
+    live = feed_live(records)
     assert [(v.cause, v.incident, len(v.events)) for v in live] == batch
     assert [n for _, _, n in batch] == [2, 1, 2]
 
