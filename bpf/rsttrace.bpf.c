@@ -152,7 +152,6 @@ static __always_inline int netns_wanted(__u32 ns)
 #endif
 }
 
-#define RD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
 /* A plain load of `sz` (u8/u16/u32/u64) at `off` from `base`, written in
  * BPF assembly so bcc's rewriter (which turns dereferences it cannot place
  * into probe reads) leaves it alone; the verifier checks it against BTF. */
@@ -670,30 +669,20 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 	BENCH_EARLY();
 	const char *cp = (const char *)PT_REGS_PARM1(ctx) - OFF_IPVS_TIMER;
 	struct rst_event *e;
-	const void *ipvs = 0, *net = 0;
-	__u16 af = 0, cport = 0, vport = 0, dport = 0, proto = 0, state = 0;
-	__u32 ns;
+	__u16 cport, vport, dport;
+	__u32 ns = 0;
 
 #ifdef OFF_NETNS_IPVS_NET
-	RD(ipvs, cp, OFF_IPVS_IPVS);
-	if (ipvs)
-		RD(net, ipvs, OFF_NETNS_IPVS_NET);
-	ns = net_inum(net, 0);
+	const void *ipvs = LD(const void *, cp, OFF_IPVS_IPVS, 0);
+	ns = ipvs ? net_inum(LD(const void *, ipvs, OFF_NETNS_IPVS_NET, 0), 0) : 0;
 	if (!netns_wanted(ns))
 		return 0;
-#else
-	/* No BTF for struct netns_ipvs (Debian 6.1/6.12): the namespace is
-	 * unknown (0) and only the port filter applies. */
-	ns = 0;
-	(void)ipvs;
-	(void)net;
 #endif
-	RD(cport, cp, OFF_IPVS_CPORT);
-	RD(vport, cp, OFF_IPVS_VPORT);
-	RD(dport, cp, OFF_IPVS_DPORT);
-	cport = ntohs(cport);
-	vport = ntohs(vport);
-	dport = ntohs(dport);
+	/* (without BTF for struct netns_ipvs, as on Debian 6.1/6.12, the
+	 * namespace is unknown (0) and only the port filter applies) */
+	cport = ntohs(LD(__u16, cp, OFF_IPVS_CPORT, 0));
+	vport = ntohs(LD(__u16, cp, OFF_IPVS_VPORT, 0));
+	dport = ntohs(LD(__u16, cp, OFF_IPVS_DPORT, 0));
 	if (!ports_wanted(vport, dport))
 		return 0;
 	e = ev_new();
@@ -701,12 +690,9 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 		return 0;
 	e->kind = EV_IPVS_EXPIRE;
 	e->netns = ns;
-	RD(af, cp, OFF_IPVS_AF);
-	RD(proto, cp, OFF_IPVS_PROTOCOL);
-	RD(state, cp, OFF_IPVS_STATE);
-	e->family = af;
-	e->proto = proto;
-	e->ipvs_state = state;
+	e->family = LD(__u16, cp, OFF_IPVS_AF, 0);
+	e->proto = LD(__u16, cp, OFF_IPVS_PROTOCOL, 0);
+	e->ipvs_state = LD(__u16, cp, OFF_IPVS_STATE, 0);
 	e->sport = cport;
 	e->dport = vport;
 	e->rport = dport;
