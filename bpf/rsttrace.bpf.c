@@ -21,8 +21,8 @@
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BENCH_RETURN_EARLY for
- * the benchmark only.
+ * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BENCH_RETURN_EARLY and
+ * BENCH_MINIMAL for the benchmark only.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
@@ -39,12 +39,21 @@
 #define DIRECT 0
 #endif
 
-/* bench/bench_storm.py --floor: every program returns at once, to measure
- * what running attached programs costs by itself */
+/* bench/bench_storm.py --floor, the benchmark's lower bounds:
+ * BENCH_RETURN_EARLY: every program returns at once (what running attached
+ * programs costs by itself); BENCH_MINIMAL: the reset programs emit a bare
+ * event (time, kind, direction) and the others return at once (the least
+ * these hooks cost while seeing every reset). BENCH_EARLY() opens the reset
+ * programs, BENCH_SKIP() the others. */
 #ifdef BENCH_RETURN_EARLY
 #define BENCH_EARLY() return 0
 #else
 #define BENCH_EARLY() do { } while (0)
+#endif
+#if defined(BENCH_RETURN_EARLY) || defined(BENCH_MINIMAL)
+#define BENCH_SKIP() return 0
+#else
+#define BENCH_SKIP() do { } while (0)
 #endif
 
 #define TCP_SYN_SENT_ 2
@@ -429,6 +438,15 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 				       __u32 reason, int has_reason, int direct)
 {
 	struct rst_event *e;
+#ifdef BENCH_MINIMAL
+	e = ev_new();
+	if (e) {
+		e->kind = EV_RESET;
+		e->dir = sent ? DIR_SENT : DIR_RECV;
+		ev_send(ctx, e);
+	}
+	return;
+#endif
 	__u64 head[SK_HEAD_WORDS] = {};
 	const void *net = 0, *tp = 0;
 	__u32 ns;
@@ -523,7 +541,7 @@ TP_PROBE(tcp_receive_reset)
 #ifdef HAVE_TP_SET_STATE
 TP_PROBE(inet_sock_set_state)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	const void *sk = (const void *)TP_ARG(ARG_SS_SK);
 	int oldstate = (int)TP_ARG(ARG_SS_OLD);
 	int newstate = (int)TP_ARG(ARG_SS_NEW);
@@ -568,7 +586,7 @@ TP_PROBE(inet_sock_set_state)
 #ifdef HAVE_TP_DESTROY_SOCK
 TP_PROBE(tcp_destroy_sock)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	/* the socket's memory may be reused by another socket: forget it so
 	 * no reset is ever attributed to a wrong process */
 	__u64 key = sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT);
@@ -586,7 +604,7 @@ TP_PROBE(tcp_destroy_sock)
 #ifdef HAVE_TP_KFREE_SKB
 TP_PROBE(kfree_skb)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	struct rst_event *e;
 	const void *skb = (const void *)TP_ARG(ARG_KS_SKB);
 	__u32 ns;
@@ -613,7 +631,7 @@ TP_PROBE(kfree_skb)
 #ifdef HAVE_TP_CONSOLE
 TP_PROBE(console)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	/* Only conntrack's and IPVS's lines: "nf_conntrack: table full in
 	 * netns N, dropping packet" (rate-limited by the kernel). */
 	struct rst_event *e;
@@ -666,7 +684,7 @@ int kp_tcp_reset(struct pt_regs *ctx)
  * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF). */
 int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	const char *cp = (const char *)PT_REGS_PARM1(ctx) - OFF_IPVS_TIMER;
 	struct rst_event *e;
 	__u16 cport, vport, dport;
@@ -709,7 +727,7 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
  * and nothing could be early-dropped: the exact moment a flow is refused. */
 int kr_nf_conntrack_alloc(struct pt_regs *ctx)
 {
-	BENCH_EARLY();
+	BENCH_SKIP();
 	long ret = PT_REGS_RC(ctx);
 	struct rst_event *e;
 	if (ret < 0 && ret > -4096) {

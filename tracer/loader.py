@@ -130,7 +130,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
         defines.append(filter_define("NETNS_WANTED", netns, 0xFFFFFFFF))
-    defines += [f"-D{d}" for d in extra_defines]   # the benchmark's BENCH_RETURN_EARLY
+    defines += [f"-D{d}" for d in extra_defines]   # the benchmark's lower bounds (bench_storm --floor)
     btf_ids: dict[str, int] = {}
     abi: dict[str, int] = {}
     if tp_btf:
