@@ -141,7 +141,7 @@ class Decoder:
             Col.bools((f & EVF_KA_PER_SOCK) != 0, ka),
             Col.ints(a["dev_netns"], a["dev_netns"] != 0),
             Col.ints(a["pid"], owner),
-            Categorical.lookup(a["comm"], lambda b: b.decode(errors="replace"), owner),
+            Categorical.lookup(a["comm"], lambda b: b.split(b"\0", 1)[0].decode(errors="replace"), owner),
             Col.ints(a["cgroup"], has_cg),
             Categorical(np.where(owner, 0, 1), ["owner", "socket"], has_cg).col(),
             Categorical.lookup(a["cgroup"], self._pod, has_cg),

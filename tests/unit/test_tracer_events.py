@@ -40,6 +40,14 @@ def test_received_reset_on_a_socket():
     assert r["reason"] is None and r["syn"] is None
 
 
+def test_comm_ends_at_its_nul():
+    # the task's name as the kernel holds it: what follows the NUL is stale
+    a = raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, flags=ev.EVF_HAS_SOCK | ev.EVF_OWNER,
+            pid=7, comm=b"sh\0ysqld-worker")
+    (r,) = DEC.decode(a.tobytes())
+    assert r["comm"] == "sh"
+
+
 def test_sent_no_socket_reset_answering_a_syn_ipv6():
     src = socket.inet_pton(socket.AF_INET6, "fd00::1")
     a = raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET6, netns=7, dev_netns=7,
