@@ -81,7 +81,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("rsttrace_tcp_state_transitions_total", "counter", ("old_state", "new_state"),
                "TCP state transitions (sock:inet_sock_set_state), counted in a per-CPU BPF array."),
     MetricSpec("rsttrace_tcp_sockets", "gauge", ("netns",),
-               "TCP sockets in the namespace (/proc/net/tcp and tcp6)."),
+               "TCP sockets in the namespace (in use and time-wait, /proc/net/sockstat and sockstat6)."),
     # configuration
     MetricSpec("rsttrace_tcp_keepalive_time_seconds", "gauge", ("netns",),
                "net.ipv4.tcp_keepalive_time of the namespace (a per-socket TCP_KEEPIDLE overrides it)."),

@@ -467,3 +467,35 @@ def test_refused_btf_tracepoints_fall_back_to_raw(monkeypatch):
         assert not any(t.startswith("tp_btf:") for t in s._attached.tracepoints)
     finally:
         s.stop()
+
+
+HOLD_SOCKETS = textwrap.dedent("""
+    import socket, sys
+    l4 = socket.create_server(("127.0.0.1", 0))
+    l6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    c = socket.create_connection(l4.getsockname())
+    a, _ = l4.accept()
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_context_counts_a_namespaces_tcp_sockets(netns):
+    from rsttrace.tracer.context import Collector
+    ns = netns.add("s")
+    ino = netns.inode(ns)
+    p = netns.python(ns, HOLD_SOCKETS, stdin=subprocess.PIPE)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    col = Collector(only=[ino])
+    try:
+        [snap] = col.snapshot()["namespaces"]
+        # two listeners (v4 and v6), both ends of one connection
+        assert snap["netns"] == ino and snap["tcp_sockets"] == 4, snap
+        p.stdin.close()
+        p.wait(timeout=10)
+        [snap] = col.snapshot()["namespaces"]
+        # listeners gone; the end that closed first waits in TIME_WAIT
+        # (counted), the other may still be in LAST_ACK for a moment
+        assert snap["tcp_sockets"] in (1, 2), snap
+    finally:
+        col.close()
