@@ -14,9 +14,13 @@ no string is decoded that is not asked for.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
+from array import array
 from dataclasses import dataclass
+
+import numpy as np
 
 BTF_MAGIC = 0xEB9F
 
@@ -63,7 +67,9 @@ class BTF:
         # Split BTF (modules) continues the base's type ids and string offsets.
         self._first_id = (base._next_id if base else 1)
         self._str_base = (len(base._strings) if base else 0)
-        self._offsets: list[int] = []  # file offset of each type, index = id - first_id
+        # file offset and name offset of each type, index = id - first_id
+        self._offsets = array("I")
+        self._names = array("I")
         self._index()
         self._next_id = self._first_id + len(self._offsets)
 
@@ -77,12 +83,13 @@ class BTF:
 
     def _index(self) -> None:
         data, pos, end = self._data, self._types_start, self._types_end
-        offsets = self._offsets
+        offsets, names = self._offsets, self._names
         unpack = struct.unpack_from
         extra = _EXTRA
         while pos < end:
             offsets.append(pos)
-            info = unpack("<I", data, pos + 4)[0]
+            name_off, info = unpack("<II", data, pos)
+            names.append(name_off)
             kind = (info >> 24) & 0x1F
             fixed, per = extra.get(kind, (0, 0))
             pos += 12 + fixed + per * (info & 0xFFFF)
@@ -128,10 +135,11 @@ class BTF:
                 i = btf._strings.find(needle, i + 1)
             if not offs:
                 continue
-            data = btf._data
-            for idx, pos in enumerate(btf._offsets):
-                name_off, info = struct.unpack_from("<II", data, pos)
-                if name_off in offs and ((info >> 24) & 0x1F) in kinds:
+            # the types with that name, in id order (a vectorised scan)
+            names = np.frombuffer(btf._names, dtype=np.uint32)
+            for idx in np.flatnonzero(np.isin(names, offs)).tolist():
+                info = struct.unpack_from("<I", btf._data, btf._offsets[idx] + 4)[0]
+                if ((info >> 24) & 0x1F) in kinds:
                     return btf._first_id + idx
         raise BTFError(f"no type {name!r} in BTF")
 
@@ -262,7 +270,10 @@ class BTF:
         return out
 
 
+@functools.lru_cache(maxsize=1)
 def load_vmlinux() -> BTF:
+    """The running kernel's BTF, read once per process (it cannot change
+    while the kernel runs; the probe and the program build both need it)."""
     return BTF.load("/sys/kernel/btf/vmlinux")
 
 
