@@ -206,42 +206,75 @@ class Attached:
                 pass
 
 
-def load_detached(program: Program, timeout_s: float = 120.0) -> Attached:
+class LoaderProcess:
+    """A loader process (loader_child.py), started before it is needed: its
+    interpreter start and bcc import overlap the caller's probing and
+    building. One load each; `close` ends one that was never used."""
+
+    def __init__(self):
+        self._parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Debian's bcc lives in /usr/lib/python3/dist-packages: same interpreter
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "rsttrace.tracer.loader_child", str(child.fileno())],
+            stdin=subprocess.PIPE, pass_fds=[child.fileno()], text=True)
+        child.close()
+        self.used = False
+
+    def load(self, program: Program, timeout_s: float = 120.0) -> Attached:
+        """Compile and attach `program` there and take over its descriptors."""
+        if self.used:
+            raise LoadError("this loader process has already loaded a program")
+        self.used = True
+        parent, proc = self._parent, self._proc
+        req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
+                          "btf_ids": program.btf_ids, "abi": program.abi, "maps": list(MAPS)})
+        try:
+            proc.stdin.write(req)
+            proc.stdin.close()
+            parent.settimeout(timeout_s)
+            head, fds, _flags, _addr = socket.recv_fds(parent, 4, 64)
+            if len(head) < 4:
+                raise LoadError("the BPF loader process died without an answer")
+            size = int.from_bytes(head, "little")
+            body = b""
+            while len(body) < size:
+                chunk = parent.recv(size - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            meta = json.loads(body)
+        except (OSError, ValueError) as e:
+            proc.kill()
+            raise LoadError(f"the BPF loader process failed: {e}") from None
+        finally:
+            parent.close()
+            proc.wait(timeout=30)
+        if "error" in meta:
+            raise LoadError(meta["error"])
+        return Attached({name: fds[i] for name, i in meta["maps"].items()},
+                        [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"],
+                        [fds[i] for i in meta.get("progs", [])])
+
+    def close(self) -> None:
+        if self.used:
+            return
+        self.used = True
+        self._proc.kill()
+        self._proc.wait(timeout=30)
+        self._parent.close()
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+
+def load_detached(program: Program, loader: LoaderProcess | None = None) -> Attached:
     """Compile and attach in a short-lived loader process (bcc and LLVM stay
-    there) and take over its descriptors."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
-                      "btf_ids": program.btf_ids, "abi": program.abi, "maps": list(MAPS)})
-    # Debian's bcc lives in /usr/lib/python3/dist-packages: same interpreter
-    proc = subprocess.Popen([sys.executable, "-m", "rsttrace.tracer.loader_child", str(child.fileno())],
-                            stdin=subprocess.PIPE, pass_fds=[child.fileno()], text=True)
-    child.close()
-    try:
-        proc.stdin.write(req)
-        proc.stdin.close()
-        parent.settimeout(timeout_s)
-        head, fds, _flags, _addr = socket.recv_fds(parent, 4, 64)
-        if len(head) < 4:
-            raise LoadError("the BPF loader process died without an answer")
-        size = int.from_bytes(head, "little")
-        body = b""
-        while len(body) < size:
-            chunk = parent.recv(size - len(body))
-            if not chunk:
-                break
-            body += chunk
-        meta = json.loads(body)
-    except (OSError, ValueError) as e:
-        proc.kill()
-        raise LoadError(f"the BPF loader process failed: {e}") from None
-    finally:
-        parent.close()
-        proc.wait(timeout=30)
-    if "error" in meta:
-        raise LoadError(meta["error"])
-    return Attached({name: fds[i] for name, i in meta["maps"].items()},
-                    [fds[i] for i in meta["links"]], meta["layout"], meta["tracepoints"],
-                    [fds[i] for i in meta.get("progs", [])])
+    there) and take over its descriptors: in `loader` when one was started
+    ahead and is still unused, else in a new one."""
+    if loader is None or loader.used:
+        loader = LoaderProcess()
+    return loader.load(program)
 
 
 def load_inprocess(program: Program):

@@ -21,6 +21,11 @@ import sys
 
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
+    # bcc's import first: the parent is still probing and building
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        pass  # compile_and_attach says what to do
     req = json.load(sys.stdin)
     from rsttrace.tracer.loader import LoadError
     try:

@@ -25,7 +25,7 @@ from . import kernel, probe
 from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
-from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoadError, build, load_detached, load_inprocess,
+from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached, load_inprocess,
                      program_fds)
 from .pods import PodResolver
 
@@ -88,44 +88,11 @@ class TraceSession:
     def start(self) -> "TraceSession":
         preflight()
         t0 = time.perf_counter()
-        self.caps = probe.probe()
-        if not self.caps.tracefs:
-            raise SessionError(self.caps.tracefs_note)
-        if self._want_btf is False:
-            self.caps.tp_btf, self.caps.tp_btf_note = False, "raw tracepoints asked for"
-        self.hooks = probe.plan(self.caps)
-        if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
-            raise SessionError("no reset hook can attach on this kernel: "
-                               + "; ".join(h.why for h in self.hooks.values()))
-        use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
+        early = LoaderProcess()
         try:
-            self.program = self._build(use_rb, tp_btf=use_rb and self.caps.tp_btf)
-            if use_rb:
-                try:
-                    self._attached = load_detached(self.program)
-                except LoadError as e:
-                    if not self.program.tp_btf:
-                        raise
-                    # a verifier that refuses what the probe's empty program
-                    # did not show: plan and build again for raw tracepoints
-                    self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
-                    self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
-                    self.hooks = probe.plan(self.caps)
-                    self.program = self._build(use_rb, tp_btf=False)
-                    self._attached = load_detached(self.program)
-                self.layout = self._attached.layout
-            else:
-                self._bpf = load_inprocess(self.program)
-        except LoadError as e:
-            raise SessionError(str(e)) from None
-        self.transport = "ringbuf" if use_rb else "perfbuf"
-        if use_rb:
-            maps = self._attached.maps
-            self._rings = [RingReader(maps["events"], self.program.ring_pages * PAGE, EVENT_DTYPE),
-                           RingReader(maps["rescue"], self.program.rescue_pages * PAGE, EVENT_DTYPE)]
-        else:
-            self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
-                                                 lost_cb=self._on_perf_lost)
+            self._start(early)
+        finally:
+            early.close()  # not needed after all (perf buffer), or not used
         self.attach_s = time.perf_counter() - t0
         self._decoder = self._make_decoder()
         self._collector = Collector(only=self.netns)
@@ -149,6 +116,48 @@ class TraceSession:
             self._sampler = PeriodicSampler(self._collector, self.ctx_period_s, self._ctx_queue.put)
             self._sampler.start()
         return self
+
+    def _start(self, early: LoaderProcess) -> None:
+        """Probe, plan, build, load and attach; `early` is a loader process
+        started ahead."""
+        self.caps = probe.probe()
+        if not self.caps.tracefs:
+            raise SessionError(self.caps.tracefs_note)
+        if self._want_btf is False:
+            self.caps.tp_btf, self.caps.tp_btf_note = False, "raw tracepoints asked for"
+        self.hooks = probe.plan(self.caps)
+        if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
+            raise SessionError("no reset hook can attach on this kernel: "
+                               + "; ".join(h.why for h in self.hooks.values()))
+        use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
+        try:
+            self.program = self._build(use_rb, tp_btf=use_rb and self.caps.tp_btf)
+            if use_rb:
+                try:
+                    self._attached = load_detached(self.program, early)
+                except LoadError as e:
+                    if not self.program.tp_btf:
+                        raise
+                    # a verifier that refuses what the probe's empty program
+                    # did not show: plan and build again for raw tracepoints
+                    self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
+                    self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
+                    self.hooks = probe.plan(self.caps)
+                    self.program = self._build(use_rb, tp_btf=False)
+                    self._attached = load_detached(self.program)
+                self.layout = self._attached.layout
+            else:
+                self._bpf = load_inprocess(self.program)
+        except LoadError as e:
+            raise SessionError(str(e)) from None
+        self.transport = "ringbuf" if use_rb else "perfbuf"
+        if use_rb:
+            maps = self._attached.maps
+            self._rings = [RingReader(maps["events"], self.program.ring_pages * PAGE, EVENT_DTYPE),
+                           RingReader(maps["rescue"], self.program.rescue_pages * PAGE, EVENT_DTYPE)]
+        else:
+            self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
+                                                 lost_cb=self._on_perf_lost)
 
     def _build(self, use_rb: bool, tp_btf: bool):
         return build(self.caps, self.hooks, use_rb, self.ports, self.netns,
