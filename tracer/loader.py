@@ -100,7 +100,8 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         layout = kernel_layout(btf, ipvs_btf)
     except BTFError as e:
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
-    defines = [f"-I{bpf_dir()}"] + layout.cflags()
+    defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
+        f"-D{name}={int(getattr(socket, name))}" for name in ("AF_INET", "AF_INET6", "IPPROTO_TCP")]
     tps = set()
     attach: list[tuple[str, str, str]] = []
     for name, hook in hooks.items():
