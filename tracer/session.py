@@ -23,6 +23,7 @@ from rsttrace import __version__
 
 from . import kernel, probe
 from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
+from .btf import load_vmlinux
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
 from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached, load_inprocess,
@@ -93,6 +94,7 @@ class TraceSession:
             self._start(early)
         finally:
             early.close()  # not needed after all (perf buffer), or not used
+            load_vmlinux.cache_clear()  # the kernel's BTF is needed only to start
         self.attach_s = time.perf_counter() - t0
         self._decoder = self._make_decoder()
         self._collector = Collector(only=self.netns)
