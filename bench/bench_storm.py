@@ -7,7 +7,9 @@ time to attach.
 The storm (bench/storm.c, compiled here) runs in a throwaway network
 namespace, connecting to a closed loopback port: every attempt is answered
 by a reset that never leaves the namespace. Rounds alternate untraced and
-traced so drift on a shared machine hits both alike. The kernel's own count
+traced, and each traced storm is compared with the untraced storms just
+before and after it (the median of those ratios is the result), so drift
+on a shared machine cancels out. The kernel's own count
 of resets sent (TcpOutRsts in the namespace's /proc/net/snmp) is the truth
 the recording is compared with.
 
@@ -17,6 +19,11 @@ hooks could cost: the same programs attached but returning at once
 the reset programs emitting a bare event each (time, kind, direction) with
 the others returning at once (BENCH_MINIMAL: the least it costs to see
 both resets of every connect through the ring buffer).
+
+--pin runs the storm on CPU 0 and everything else (the recorder, this
+script) on the other CPUs: the cost in the kernel alone, without the
+recorder's own CPU time landing on the workload's CPU when the scheduler
+puts it there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,16 +48,26 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--floor", action="store_true",
                     help="also measure the programs attached but returning at once")
+    ap.add_argument("--pin", action="store_true",
+                    help="storm on CPU 0, the recorder and this script on the others")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_storm needs root (namespaces, BPF)", file=sys.stderr)
         return 2
-    results = {"untraced": [], "traced": [], "floor": [], "minimal": []}
+    storm_cpu = None
+    if args.pin:
+        others = os.sched_getaffinity(0) - {0}
+        if not others or 0 not in os.sched_getaffinity(0):
+            print("--pin needs CPU 0 and at least one other CPU", file=sys.stderr)
+            return 2
+        os.sched_setaffinity(0, others)  # inherited by the recorder
+        storm_cpu = 0
+    results = {"untraced": [], "traced": [], "floor": [], "minimal": [], "pinned": args.pin}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
-        storm(ns, binary, 0.5)  # warm up
+        storm(ns, binary, 0.5, cpu=storm_cpu)  # warm up
         for rnd in range(args.rounds):
-            refused, elapsed = storm(ns, binary, args.seconds)
+            refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
             results["untraced"].append({"rate": refused / elapsed})
 
             rec = tmp / f"storm-{rnd}.jsonl"
@@ -64,7 +82,7 @@ def main() -> int:
             ready_s = time.monotonic() - t0
             header = json.loads(rec.read_text().split("\n", 1)[0])
             before = out_rsts(ns)
-            refused, elapsed = storm(ns, binary, args.seconds)
+            refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
             kernel_sent = out_rsts(ns) - before
             time.sleep(0.3)  # let the consumer drain
             cpu, rss = proc_stats(proc.pid)
@@ -83,26 +101,33 @@ def main() -> int:
             rec.unlink()
             if args.floor:
                 for key, define in BOUNDS:
-                    results[key].append({"rate": bound_round(ns, binary, args.seconds, define)})
+                    results[key].append({"rate": bound_round(ns, binary, args.seconds, define, storm_cpu)})
+        # the untraced rate after the last round, so every round sits between two
+        refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
+        results["untraced"].append({"rate": refused / elapsed})
     un = [r["rate"] for r in results["untraced"]]
-    tr = [r["rate"] for r in results["traced"]]
-    ratio = (sum(tr) / len(tr)) / (sum(un) / len(un))
+    # Each measured storm against the untraced storms just before and just
+    # after its round: the machine's drift between rounds cancels out.
+    base = [(un[i] + un[i + 1]) / 2 for i in range(args.rounds)]
+    per_round = {key: [r["rate"] / b for r, b in zip(results[key], base)]
+                 for key in ("traced", "floor", "minimal")}
+    ratio = statistics.median(per_round["traced"])
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
           f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}{'ready s':>8}")
     for i, (u, t) in enumerate(zip(results["untraced"], results["traced"])):
         print(f"{i:<6}{u['rate']:>12.0f}{t['rate']:>10.0f}{t['kernel_resets_sent']:>12}"
               f"{t['recorded_sent']:>10}{t['lost']:>6}{t['consumer_cpu_s']:>7}{t['peak_rss_mb']:>8}"
               f"{t['attach_s']:>9}{t['start_to_attached_s']:>8}")
-    print(f"traced/untraced rate ratio: {ratio:.3f} ({(1 - ratio) * 100:+.1f} % slowdown)")
-    results["ratio"] = ratio
-    for key, label in (("floor", "programs attached, returning at once"),
+    print(f"{'after':<6}{un[-1]:>12.0f}")
+    results["per_round"] = per_round
+    for key, label in (("traced", "traced by rsttrace record"),
+                       ("floor", "programs attached, returning at once"),
                        ("minimal", "bare events from the reset programs only")):
-        if results[key]:
-            rates = [r["rate"] for r in results[key]]
-            bound = (sum(rates) / len(rates)) / (sum(un) / len(un))
-            print(f"{label}: {[round(x) for x in rates]} resets/s, "
-                  f"ratio {bound:.3f} ({(1 - bound) * 100:+.1f} %)")
-            results[f"{key}_ratio"] = bound
+        if per_round[key]:
+            median = statistics.median(per_round[key])
+            print(f"{label}: rate ratio to untraced, median {median:.3f} ({(1 - median) * 100:+.1f} % "
+                  f"slowdown); per round {', '.join(f'{x:.3f}' for x in per_round[key])}")
+            results["ratio" if key == "traced" else f"{key}_ratio"] = median
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -111,7 +136,7 @@ def main() -> int:
 BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"))
 
 
-def bound_round(ns: str, binary: str, seconds: float, define: str) -> float:
+def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | None) -> float:
     """One storm with the programs built with a bound's define, their
     events drained (and dropped) as the recorder would read them."""
     from rsttrace.tracer.session import TraceSession
@@ -126,7 +151,7 @@ def bound_round(ns: str, binary: str, seconds: float, define: str) -> float:
         drain = threading.Thread(target=drain_loop)
         drain.start()
         try:
-            refused, elapsed = storm(ns, binary, seconds)
+            refused, elapsed = storm(ns, binary, seconds, cpu=cpu)
         finally:
             stop.set()
             drain.join()
