@@ -1,6 +1,6 @@
 """The Kubernetes pod of a cgroup, for the `pod` field of a reset.
 
-The owner's cgroup id (bpf_get_current_cgroup_id) is the inode number of its
+The owner's cgroup v2 id (its kernfs node id) is the inode number of its
 directory in the cgroup v2 hierarchy. On a Kubernetes node that directory
 lies below the pod's own, whose name carries the pod UID in both cgroup
 drivers:
