@@ -20,6 +20,11 @@ the reset programs emitting a bare event each (time, kind, direction) with
 the others returning at once (BENCH_MINIMAL: the least it costs to see
 both resets of every connect through the ring buffer).
 
+--workload churn measures healthy connection churn instead (connect,
+accept, one byte each way, close; no reset): what tracing costs a node when
+nothing is wrong, every connection passing the state-change and
+socket-destroy programs.
+
 --pin runs the storm on CPU 0 and everything else (the recorder, this
 script) on the other CPUs: the cost in the kernel alone, without the
 recorder's own CPU time landing on the workload's CPU when the scheduler
@@ -48,6 +53,8 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--floor", action="store_true",
                     help="also measure the programs attached but returning at once")
+    ap.add_argument("--workload", choices=("refused", "churn"), default="refused",
+                    help="connects refused by a reset (default), or healthy connection churn")
     ap.add_argument("--pin", action="store_true",
                     help="storm on CPU 0, the recorder and this script on the others")
     args = ap.parse_args()
@@ -62,13 +69,14 @@ def main() -> int:
             return 2
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
-    results = {"untraced": [], "traced": [], "floor": [], "minimal": [], "pinned": args.pin}
+    results = {"untraced": [], "traced": [], "floor": [], "minimal": [], "pinned": args.pin,
+               "workload": args.workload}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
-        storm(ns, binary, 0.5, cpu=storm_cpu)  # warm up
+        storm(ns, binary, 0.5, cpu=storm_cpu, workload=args.workload)  # warm up
         for rnd in range(args.rounds):
-            refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
-            results["untraced"].append({"rate": refused / elapsed})
+            count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
+            results["untraced"].append({"rate": count / elapsed})
 
             rec = tmp / f"storm-{rnd}.jsonl"
             t0 = time.monotonic()
@@ -82,7 +90,7 @@ def main() -> int:
             ready_s = time.monotonic() - t0
             header = json.loads(rec.read_text().split("\n", 1)[0])
             before = out_rsts(ns)
-            refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
+            count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
             kernel_sent = out_rsts(ns) - before
             time.sleep(0.3)  # let the consumer drain
             cpu, rss = proc_stats(proc.pid)
@@ -93,7 +101,7 @@ def main() -> int:
             sent = sum(1 for line in lines if '"dir":"sent"' in line)
             recv = sum(1 for line in lines if '"dir":"recv"' in line)
             results["traced"].append({
-                "rate": refused / elapsed, "kernel_resets_sent": kernel_sent,
+                "rate": count / elapsed, "kernel_resets_sent": kernel_sent,
                 "recorded_sent": sent, "recorded_recv": recv, "lost": totals["lost"],
                 "consumer_cpu_s": round(cpu, 2), "peak_rss_mb": round(rss / 2**20, 1),
                 "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
@@ -101,10 +109,11 @@ def main() -> int:
             rec.unlink()
             if args.floor:
                 for key, define in BOUNDS:
-                    results[key].append({"rate": bound_round(ns, binary, args.seconds, define, storm_cpu)})
+                    rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload)
+                    results[key].append({"rate": rate})
         # the untraced rate after the last round, so every round sits between two
-        refused, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu)
-        results["untraced"].append({"rate": refused / elapsed})
+        count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
+        results["untraced"].append({"rate": count / elapsed})
     un = [r["rate"] for r in results["untraced"]]
     # Each measured storm against the untraced storms just before and just
     # after its round: the machine's drift between rounds cancels out.
@@ -136,7 +145,8 @@ def main() -> int:
 BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"))
 
 
-def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | None) -> float:
+def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | None,
+                workload: str) -> float:
     """One storm with the programs built with a bound's define, their
     events drained (and dropped) as the recorder would read them."""
     from rsttrace.tracer.session import TraceSession
@@ -151,11 +161,11 @@ def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | No
         drain = threading.Thread(target=drain_loop)
         drain.start()
         try:
-            refused, elapsed = storm(ns, binary, seconds, cpu=cpu)
+            count, elapsed = storm(ns, binary, seconds, cpu=cpu, workload=workload)
         finally:
             stop.set()
             drain.join()
-    return refused / elapsed
+    return count / elapsed
 
 
 if __name__ == "__main__":

@@ -46,11 +46,14 @@ def out_rsts(ns: str) -> int:
 
 
 def storm(ns: str, binary: str, seconds: float, max_n: int = 10_000_000,
-          cpu: int | None = None) -> tuple[int, float]:
-    """(refused connects, elapsed s) of one bounded storm, on CPU `cpu` if given."""
+          cpu: int | None = None, workload: str = "refused") -> tuple[int, float]:
+    """(connects refused, elapsed s) of one bounded storm, on CPU `cpu` if
+    given; with workload "churn", (healthy connections made, elapsed s)."""
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    _n, refused, elapsed = sh("ip", "netns", "exec", ns, *pin, binary, str(seconds), str(max_n)).stdout.split()
-    return int(refused), float(elapsed)
+    mode = ["9", "churn"] if workload == "churn" else []
+    _n, done, elapsed = sh("ip", "netns", "exec", ns, *pin, binary, str(seconds), str(max_n),
+                           *mode).stdout.split()
+    return int(done), float(elapsed)
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
