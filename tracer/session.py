@@ -26,8 +26,8 @@ from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .btf import load_vmlinux
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
-from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached, load_inprocess,
-                     program_fds)
+from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached,
+                     load_inprocess, program_fds)
 from .pods import PodResolver
 
 POLL_INTERVAL_S = 0.02
