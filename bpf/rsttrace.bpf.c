@@ -16,7 +16,8 @@
  * fallbacks always use probe reads.
  *
  * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,
- * AF_INET6, IPPROTO_TCP,
+ * AF_INET6, IPPROTO_TCP, the TCP states TCP_SYN_SENT_, TCP_CLOSE_,
+ * TCP_TIME_WAIT_, TCP_NEW_SYN_RECV_ (from the kernel's own table),
  * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, USE_RINGBUF,
  * RINGBUF_PAGES, RESCUE_PAGES, the filters PORT_WANTED(p) and
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
@@ -58,9 +59,6 @@
 #define BENCH_SKIP() do { } while (0)
 #endif
 
-#define TCP_SYN_SENT_ 2
-#define TCP_TIME_WAIT_ 6
-#define TCP_NEW_SYN_RECV_ 12
 
 /* Owner of a socket, learned where the kernel runs in the owner's context:
  * connect() moves the socket to SYN_SENT in the calling task. A reset later
@@ -68,18 +66,27 @@
  *
  * Kept in a plain array indexed by a hash of the socket's address, two
  * slots per socket (no hash-map locking on every connect and close: array
- * lookups are inlined by the verifier). tcp_destroy_sock empties the slot,
- * so a socket reusing the memory never inherits an owner. When both slots
- * are taken the oldest entry is overwritten: that socket's owner becomes
- * unknown, never wrong. `check` folds every field, so an entry torn by two
- * CPUs writing the same slot at once is ignored rather than misread. */
+ * lookups are inlined by the verifier). When the socket moves to CLOSE its
+ * entry is marked (bit 0 of `sk`, which socket addresses never set): still
+ * read for the reset an abort sends right after, but free for the next
+ * connect, so connect churn does not push out the entries of live idle
+ * connections. A socket reusing the memory must never inherit an owner:
+ * with BTF the entry holds the socket's cookie (unique for the life of the
+ * host) and a reset's owner counts only if the cookies agree; on raw
+ * tracepoints, which cannot have a cookie made, tcp_destroy_sock empties
+ * the slot instead. When both slots are taken by live sockets the first is
+ * overwritten: that socket's owner becomes unknown, never wrong. `check`
+ * folds every field, so an entry torn by two CPUs writing the same slot at
+ * once is ignored rather than misread. */
 struct owner {
 	__u64 sk;
+	__u64 cookie;
 	__u64 cgroup;
 	__u64 comm[2];
 	__u32 pid;
 	__u32 check;
 };
+#define OWNER_CLOSED 1ULL
 #define OWNER_BITS 17
 BPF_ARRAY(owners, struct owner, 1 << OWNER_BITS);
 
@@ -318,24 +325,32 @@ static __always_inline __u32 owner_slot(__u64 sk, int way)
 	return (__u32)((sk * 0x9E3779B97F4A7C15ULL) >> (64 - OWNER_BITS)) ^ way;
 }
 
-static __always_inline __u32 owner_check(__u64 sk, __u64 cgroup, const __u64 *comm, __u32 pid)
+static __always_inline __u32 owner_check(__u64 sk, __u64 cookie, __u64 cgroup, const __u64 *comm,
+					 __u32 pid)
 {
-	__u64 x = sk ^ (cgroup * 31) ^ (comm[0] * 7) ^ (comm[1] * 3) ^ pid;
+	__u64 x = sk ^ (cookie * 13) ^ (cgroup * 31) ^ (comm[0] * 7) ^ (comm[1] * 3) ^ pid;
 	return (__u32)(x ^ (x >> 32)) | 1;
 }
 
-static __always_inline void fill_owner(struct rst_event *e, __u64 key)
+/* The owner of the socket `key` whose cookie is `cookie` (BTF: the reset's
+ * own; raw tracepoints: not compared). */
+static __always_inline void fill_owner(struct rst_event *e, __u64 key, __u64 cookie)
 {
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
 		__u32 slot = owner_slot(key, way);
 		struct owner *o = owners.lookup(&slot);
-		if (!o || o->sk != key)
+		if (!o || (o->sk & ~OWNER_CLOSED) != key)
 			continue;
-		__u64 cgroup = o->cgroup, comm[2] = {o->comm[0], o->comm[1]};
+		__u64 ocookie = o->cookie, cgroup = o->cgroup, comm[2] = {o->comm[0], o->comm[1]};
 		__u32 pid = o->pid;
-		if (o->check != owner_check(key, cgroup, comm, pid) || o->sk != key)
+		if (o->check != owner_check(key, ocookie, cgroup, comm, pid) ||
+		    (o->sk & ~OWNER_CLOSED) != key)
 			continue;  /* being rewritten: unknown rather than wrong */
+#ifdef TP_BTF
+		if (!cookie || ocookie != cookie)
+			continue;  /* another socket at the same address */
+#endif
 		e->pid = pid;
 		e->cgroup = cgroup;
 		__builtin_memcpy(e->comm, comm, sizeof(e->comm));
@@ -370,6 +385,12 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 	comm[0] = comm[1] = 0;
 	bpf_get_current_comm(comm, 16);
 #endif
+}
+
+/* A slot a connect may take: empty, its own, or a closed socket's. */
+static __always_inline int owner_free(const struct owner *o, __u64 key)
+{
+	return !o->sk || (o->sk & OWNER_CLOSED) || o->sk == key;
 }
 
 static __always_inline void ev_drop(struct rst_event *e)
@@ -511,7 +532,7 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		tp = tcp_sk_of(sk, st, direct);
 		sock_addrs(e, sk, tp, head, sent, direct);
 		fill_sock(e, sk, tp, head, net, direct);
-		fill_owner(e, sk_key(sk, direct));
+		fill_owner(e, sk_key(sk, direct), e->cookie);
 #ifdef OFF_SK_CGROUP
 		if (!(e->flags & EVF_OWNER) && tp) {
 			/* no owner learned (an accepted socket, or one connected
@@ -585,27 +606,40 @@ TP_PROBE(inet_sock_set_state)
 	if (cnt)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
-		__u64 key = sk_key(sk, DIRECT), cgroup, comm[2];
+		__u64 key = sk_key(sk, DIRECT), cgroup, comm[2], cookie = 0;
 		__u32 pid, oslot = owner_slot(key, 0);
 		struct owner *o = owners.lookup(&oslot);
 
 		current_owner(&cgroup, comm, &pid);
-		if (o && o->sk && o->sk != key) {
+#ifdef TP_BTF
+		cookie = bpf_get_socket_cookie((void *)sk);
+#endif
+		if (o && !owner_free(o, key)) {
 			/* first way taken by another live socket: the second, unless
 			 * that one is taken too (then the first is overwritten) */
 			__u32 slot2 = owner_slot(key, 1);
 			struct owner *o2 = owners.lookup(&slot2);
-			if (o2 && (!o2->sk || o2->sk == key))
+			if (o2 && owner_free(o2, key))
 				o = o2;
 		}
 		if (o) {
 			o->sk = 0;
+			o->cookie = cookie;
 			o->cgroup = cgroup;
 			o->comm[0] = comm[0];
 			o->comm[1] = comm[1];
 			o->pid = pid;
-			o->check = owner_check(key, cgroup, comm, pid);
+			o->check = owner_check(key, cookie, cgroup, comm, pid);
 			o->sk = key;
+		}
+	} else if (newstate == TCP_CLOSE_) {
+		__u64 key = sk_key(sk, DIRECT);
+#pragma unroll
+		for (int way = 0; way < 2; way++) {
+			__u32 slot = owner_slot(key, way);
+			struct owner *o = owners.lookup(&slot);
+			if (o && o->sk == key)
+				o->sk = key | OWNER_CLOSED;
 		}
 	}
 	return 0;
@@ -616,14 +650,15 @@ TP_PROBE(inet_sock_set_state)
 TP_PROBE(tcp_destroy_sock)
 {
 	BENCH_SKIP();
-	/* the socket's memory may be reused by another socket: forget it so
-	 * no reset is ever attributed to a wrong process */
+	/* raw tracepoints only (with BTF the cookie tells sockets apart): the
+	 * socket's memory may be reused by another socket, so forget it and no
+	 * reset is ever attributed to a wrong process */
 	__u64 key = sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT);
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
 		__u32 slot = owner_slot(key, way);
 		struct owner *o = owners.lookup(&slot);
-		if (o && o->sk == key)
+		if (o && (o->sk & ~OWNER_CLOSED) == key)
 			o->sk = 0;
 	}
 	return 0;

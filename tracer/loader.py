@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from .btf import KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
+from . import kernel
 from .kernel import Headers, find_headers
 from .offsets import RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, kernel_layout, raw_tp_layout
 from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
@@ -102,6 +103,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
     defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
         f"-D{name}={int(getattr(socket, name))}" for name in ("AF_INET", "AF_INET6", "IPPROTO_TCP")]
+    defines += [f"-D{name}_={value}" for name, value in tcp_states().items()]
     tps = set()
     attach: list[tuple[str, str, str]] = []
     for name, hook in hooks.items():
@@ -112,6 +114,10 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         for tp in _SIGNAL_TPS.get(name, ()):
             if caps.has_tp(tp):
                 tps.add(tp)
+    if tp_btf:
+        # with BTF the owner table tells sockets apart by cookie: no program
+        # on every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
+        tps.discard("tcp:tcp_destroy_sock")
     # raw tracepoints: argument positions from each one's BTF prototype
     args, missing = raw_tp_layout(btf)
     unusable = sorted(tp for tp in tps if tp.split(":")[1] in missing)
@@ -150,6 +156,23 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         misses_at = None
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
                    misses_at, btf_ids, abi)
+
+
+# the TCP states the programs compare against
+TCP_STATES = ("TCP_SYN_SENT", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
+
+
+def tcp_states() -> dict[str, int]:
+    """Values of TCP_STATES from the kernel's own table: the tracefs format
+    of sock:inet_sock_set_state (or of tcp:tcp_send_reset)."""
+    for group, name, fld in (("sock", "inet_sock_set_state", "newstate"),
+                             ("tcp", "tcp_send_reset", "state")):
+        tp = kernel.tracepoint(group, name)
+        table = {n: v for v, n in tp.symbols.get(fld, {}).items()} if tp else {}
+        if all(state in table for state in TCP_STATES):
+            return {state: table[state] for state in TCP_STATES}
+    raise LoadError("cannot read the TCP state values from tracefs "
+                    "(sock:inet_sock_set_state or tcp:tcp_send_reset format)")
 
 
 def filter_define(name: str, values: list[int], top: int) -> str:

@@ -83,6 +83,37 @@ LINGER_PAIR = textwrap.dedent("""
 """)
 
 
+CLIENT_ABORT = textwrap.dedent("""
+    import socket, struct, time
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+    c = socket.socket(); c.connect(srv.getsockname()); a, _ = srv.accept()
+    # the connecting side aborts: its socket moves to CLOSE, then the reset goes
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    port = c.getsockname()[1]
+    c.close()
+    time.sleep(0.2)
+    print(srv.getsockname()[1], port)
+""")
+
+
+def test_client_abort_reset_names_its_owner(session, collect, netns):
+    """The reset an aborting connect()ed socket sends comes after its move to
+    CLOSE: its owner is still known. The accepted end that receives it was
+    never connect()ed here: no owner."""
+    ns = netns.add("ca")
+    ino = netns.inode(ns)
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_ABORT],
+                         stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=20)
+    sport, cport = map(int, out.split())
+    hits = collect.wait_for(lambda r: r["kind"] == "reset" and r["netns"] == ino, n=2)
+    sent = next(r for r in hits if r["dir"] == "sent")
+    recv = next(r for r in hits if r["dir"] == "recv")
+    assert (sent["sport"], sent["dport"]) == (cport, sport)
+    assert sent["pid"] == p.pid and sent["comm"].startswith("python"), sent
+    assert recv["pid"] is None and recv["comm"] is None, recv
+
+
 def test_abort_with_linger_zero(session, collect, netns):
     ns = netns.add("l")
     ino = netns.inode(ns)
