@@ -332,6 +332,24 @@ static __always_inline __u32 owner_check(__u64 sk, __u64 cookie, __u64 cgroup, c
 	return (__u32)(x ^ (x >> 32)) | 1;
 }
 
+/* A slot a connect may take: empty, its own, or a closed socket's. */
+static __always_inline int owner_free(const struct owner *o, __u64 key)
+{
+	return !o->sk || (o->sk & OWNER_CLOSED) || o->sk == key;
+}
+
+/* Every slot that holds socket `key` (closed or not) gets `to` in its place. */
+static __always_inline void owner_rewrite(__u64 key, __u64 to)
+{
+#pragma unroll
+	for (int way = 0; way < 2; way++) {
+		__u32 slot = owner_slot(key, way);
+		struct owner *o = owners.lookup(&slot);
+		if (o && (o->sk & ~OWNER_CLOSED) == key)
+			o->sk = to;
+	}
+}
+
 /* The owner of the socket `key` whose cookie is `cookie` (BTF: the reset's
  * own; raw tracepoints: not compared). */
 static __always_inline void fill_owner(struct rst_event *e, __u64 key, __u64 cookie)
@@ -359,6 +377,16 @@ static __always_inline void fill_owner(struct rst_event *e, __u64 key, __u64 coo
 	}
 }
 
+#ifdef OFF_KN_ID
+/* A cgroup v2's id (what bpf_get_current_cgroup_id gives): its kernfs
+ * node's id, 0 for no cgroup. */
+static __always_inline __u64 cgroup_id(const void *cg, int direct)
+{
+	const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, direct) : 0;
+	return kn ? LD(__u64, kn, OFF_KN_ID, direct) : 0;
+}
+#endif
+
 /* The current task's process id, name and cgroup v2 id. With BTF the
  * task's fields are plain loads (these three helpers together cost ~90 ns
  * per connect on a kernel whose every return goes through a mitigation
@@ -371,10 +399,8 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 #ifdef OWNER_FROM_TASK
 	const void *task = bpf_get_current_task_btf();
 	const void *cset = LD(const void *, task, OFF_TASK_CGROUPS, 1);
-	const void *cg = cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0;
-	const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, 1) : 0;
 
-	*cgroup = kn ? LD(__u64, kn, OFF_KN_ID, 1) : 0;
+	*cgroup = cgroup_id(cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0, 1);
 	*pid = LD(__u32, task, OFF_TASK_TGID, 1);
 	/* the name up to its NUL; the decoder ignores what follows */
 	comm[0] = LD(__u64, task, OFF_TASK_COMM, 1);
@@ -385,12 +411,6 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 	comm[0] = comm[1] = 0;
 	bpf_get_current_comm(comm, 16);
 #endif
-}
-
-/* A slot a connect may take: empty, its own, or a closed socket's. */
-static __always_inline int owner_free(const struct owner *o, __u64 key)
-{
-	return !o->sk || (o->sk & OWNER_CLOSED) || o->sk == key;
 }
 
 static __always_inline void ev_drop(struct rst_event *e)
@@ -538,12 +558,9 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 			/* no owner learned (an accepted socket, or one connected
 			 * before tracing began): the socket's own cgroup still names
 			 * its pod */
-			const void *cg = LD(const void *, sk, OFF_SK_CGROUP, direct);
-			const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, direct) : 0;
-			if (kn) {
-				e->cgroup = LD(__u64, kn, OFF_KN_ID, direct);
+			e->cgroup = cgroup_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
+			if (e->cgroup)
 				e->flags2 |= EVF2_SK_CGROUP;
-			}
 		}
 #endif
 		if (sent)
@@ -634,13 +651,7 @@ TP_PROBE(inet_sock_set_state)
 		}
 	} else if (newstate == TCP_CLOSE_) {
 		__u64 key = sk_key(sk, DIRECT);
-#pragma unroll
-		for (int way = 0; way < 2; way++) {
-			__u32 slot = owner_slot(key, way);
-			struct owner *o = owners.lookup(&slot);
-			if (o && o->sk == key)
-				o->sk = key | OWNER_CLOSED;
-		}
+		owner_rewrite(key, key | OWNER_CLOSED);
 	}
 	return 0;
 }
@@ -653,14 +664,7 @@ TP_PROBE(tcp_destroy_sock)
 	/* raw tracepoints only (with BTF the cookie tells sockets apart): the
 	 * socket's memory may be reused by another socket, so forget it and no
 	 * reset is ever attributed to a wrong process */
-	__u64 key = sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT);
-#pragma unroll
-	for (int way = 0; way < 2; way++) {
-		__u32 slot = owner_slot(key, way);
-		struct owner *o = owners.lookup(&slot);
-		if (o && (o->sk & ~OWNER_CLOSED) == key)
-			o->sk = 0;
-	}
+	owner_rewrite(sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT), 0);
 	return 0;
 }
 #endif
