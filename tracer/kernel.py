@@ -73,6 +73,19 @@ def tracepoint(group: str, name: str) -> Tracepoint | None:
         return None
 
 
+def tcp_states() -> dict[int, str]:
+    """The kernel's TCP states, value -> name ("TCP_ESTABLISHED"), from its
+    own table in the tracefs format of sock:inet_sock_set_state (or of
+    tcp:tcp_send_reset); empty when neither has one."""
+    for group, name, fld in (("sock", "inet_sock_set_state", "newstate"),
+                             ("tcp", "tcp_send_reset", "state")):
+        tp = tracepoint(group, name)
+        table = tp.symbols.get(fld, {}) if tp else {}
+        if table:
+            return table
+    return {}
+
+
 def kernel_config() -> dict[str, str]:
     """CONFIG_* values from /proc/config.gz or /boot/config-$(uname -r)."""
     text = ""

@@ -103,7 +103,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
     defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
         f"-D{name}={int(getattr(socket, name))}" for name in ("AF_INET", "AF_INET6", "IPPROTO_TCP")]
-    defines += [f"-D{name}_={value}" for name, value in tcp_states().items()]
+    defines += tcp_state_defines()
     tps = set()
     attach: list[tuple[str, str, str]] = []
     for name, hook in hooks.items():
@@ -162,17 +162,14 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
 TCP_STATES = ("TCP_SYN_SENT", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
 
 
-def tcp_states() -> dict[str, int]:
-    """Values of TCP_STATES from the kernel's own table: the tracefs format
-    of sock:inet_sock_set_state (or of tcp:tcp_send_reset)."""
-    for group, name, fld in (("sock", "inet_sock_set_state", "newstate"),
-                             ("tcp", "tcp_send_reset", "state")):
-        tp = kernel.tracepoint(group, name)
-        table = {n: v for v, n in tp.symbols.get(fld, {}).items()} if tp else {}
-        if all(state in table for state in TCP_STATES):
-            return {state: table[state] for state in TCP_STATES}
-    raise LoadError("cannot read the TCP state values from tracefs "
-                    "(sock:inet_sock_set_state or tcp:tcp_send_reset format)")
+def tcp_state_defines() -> list[str]:
+    """-DTCP_SYN_SENT_=2 ... for TCP_STATES, from the kernel's own table."""
+    values = {name: value for value, name in kernel.tcp_states().items()}
+    missing = [state for state in TCP_STATES if state not in values]
+    if missing:
+        raise LoadError(f"cannot read the TCP state values {', '.join(missing)} from tracefs "
+                        "(sock:inet_sock_set_state or tcp:tcp_send_reset format)")
+    return [f"-D{state}_={values[state]}" for state in TCP_STATES]
 
 
 def filter_define(name: str, values: list[int], top: int) -> str:

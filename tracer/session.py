@@ -170,10 +170,7 @@ class TraceSession:
         hz = kernel.kernel_hz()
         # tcp states and reset reasons from the tracepoints' own tables;
         # drop reasons from BTF (the tracefs table has them too).
-        states = {}
-        tp = kernel.tracepoint("sock", "inet_sock_set_state")
-        if tp:
-            states = {v: n.removeprefix("TCP_") for v, n in tp.symbols.get("newstate", {}).items()}
+        states = {v: n.removeprefix("TCP_") for v, n in kernel.tcp_states().items()}
         rst = {}
         tp = kernel.tracepoint("tcp", "tcp_send_reset")
         if tp:
