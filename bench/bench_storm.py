@@ -22,8 +22,7 @@ both resets of every connect through the ring buffer).
 
 --workload churn measures healthy connection churn instead (connect,
 accept, one byte each way, close; no reset): what tracing costs a node when
-nothing is wrong, every connection passing the state-change and
-socket-destroy programs.
+nothing is wrong, every connection passing the state-change program.
 
 --pin runs the storm on CPU 0 and everything else (the recorder, this
 script) on the other CPUs: the cost in the kernel alone, without the
@@ -52,7 +51,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="untraced/traced pairs")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--floor", action="store_true",
-                    help="also measure the programs attached but returning at once")
+                    help="also measure two lower bounds: the programs attached but returning "
+                         "at once, and bare events from the reset programs only")
     ap.add_argument("--workload", choices=("refused", "churn"), default="refused",
                     help="connects refused by a reset (default), or healthy connection churn")
     ap.add_argument("--pin", action="store_true",
