@@ -18,11 +18,15 @@ hooks could cost: the same programs attached but returning at once
 (BENCH_RETURN_EARLY: what running attached programs costs by itself), and
 the reset programs emitting a bare event each (time, kind, direction) with
 the others returning at once (BENCH_MINIMAL: the least it costs to see
-both resets of every connect through the ring buffer).
+both resets of every connect).
 
 --workload churn measures healthy connection churn instead (connect,
 accept, one byte each way, close; no reset): what tracing costs a node when
 nothing is wrong, every connection passing the state-change program.
+
+--compare-transport ringbuf adds a storm per round recorded through the BPF
+ring buffer instead of the per-CPU rings (the default where they work), so
+the two transports are compared in the same run.
 
 --pin runs the storm on CPU 0 and everything else (the recorder, this
 script) on the other CPUs: the cost in the kernel alone, without the
@@ -57,6 +61,9 @@ def main() -> int:
                     help="connects refused by a reset (default), or healthy connection churn")
     ap.add_argument("--pin", action="store_true",
                     help="storm on CPU 0, the recorder and this script on the others")
+    ap.add_argument("--compare-transport", choices=("ringbuf", "perfbuf"),
+                    help="also a storm per round traced with events through this transport "
+                         "instead of the default (per-CPU rings where they work)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_storm needs root (namespaces, BPF)", file=sys.stderr)
@@ -69,8 +76,8 @@ def main() -> int:
             return 2
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
-    results = {"untraced": [], "traced": [], "floor": [], "minimal": [], "pinned": args.pin,
-               "workload": args.workload}
+    results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [],
+               "pinned": args.pin, "workload": args.workload}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
         storm(ns, binary, 0.5, cpu=storm_cpu, workload=args.workload)  # warm up
@@ -78,35 +85,11 @@ def main() -> int:
             count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
             results["untraced"].append({"rate": count / elapsed})
 
-            rec = tmp / f"storm-{rnd}.jsonl"
-            t0 = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(rec),
-                                     "--netns", ns, "--quiet", "--ctx-period", "1"],
-                                    stderr=subprocess.PIPE, text=True)
-            while not rec.exists() or rec.stat().st_size == 0:
-                if proc.poll() is not None:
-                    raise SystemExit("record failed: " + proc.stderr.read())
-                time.sleep(0.01)
-            ready_s = time.monotonic() - t0
-            header = json.loads(rec.read_text().split("\n", 1)[0])
-            before = out_rsts(ns)
-            count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
-            kernel_sent = out_rsts(ns) - before
-            time.sleep(0.3)  # let the consumer drain
-            cpu, rss = proc_stats(proc.pid)
-            proc.terminate()
-            proc.wait(timeout=30)
-            lines = rec.read_text().splitlines()
-            totals = json.loads(lines[-1])
-            sent = sum(1 for line in lines if '"dir":"sent"' in line)
-            recv = sum(1 for line in lines if '"dir":"recv"' in line)
-            results["traced"].append({
-                "rate": count / elapsed, "kernel_resets_sent": kernel_sent,
-                "recorded_sent": sent, "recorded_recv": recv, "lost": totals["lost"],
-                "consumer_cpu_s": round(cpu, 2), "peak_rss_mb": round(rss / 2**20, 1),
-                "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
-            })
-            rec.unlink()
+            results["traced"].append(traced_round(ns, binary, tmp / f"storm-{rnd}.jsonl", args,
+                                                  storm_cpu))
+            if args.compare_transport:
+                results["other"].append(traced_round(ns, binary, tmp / f"other-{rnd}.jsonl", args,
+                                                     storm_cpu, args.compare_transport))
             if args.floor:
                 for key, define in BOUNDS:
                     rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload)
@@ -119,8 +102,9 @@ def main() -> int:
     # after its round: the machine's drift between rounds cancels out.
     base = [(un[i] + un[i + 1]) / 2 for i in range(args.rounds)]
     per_round = {key: [r["rate"] / b for r, b in zip(results[key], base)]
-                 for key in ("traced", "floor", "minimal")}
+                 for key in ("traced", "other", "floor", "minimal")}
     ratio = statistics.median(per_round["traced"])
+    print(f"events through: {results['traced'][0]['transport']}")
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
           f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}{'ready s':>8}")
     for i, (u, t) in enumerate(zip(results["untraced"], results["traced"])):
@@ -129,7 +113,8 @@ def main() -> int:
               f"{t['attach_s']:>9}{t['start_to_attached_s']:>8}")
     print(f"{'after':<6}{un[-1]:>12.0f}")
     results["per_round"] = per_round
-    for key, label in (("traced", "traced by rsttrace record"),
+    for key, label in (("traced", f"traced by rsttrace record ({results['traced'][0]['transport']})"),
+                       ("other", f"traced through {args.compare_transport}"),
                        ("floor", "programs attached, returning at once"),
                        ("minimal", "bare events from the reset programs only")):
         if per_round[key]:
@@ -137,9 +122,51 @@ def main() -> int:
             print(f"{label}: rate ratio to untraced, median {median:.3f} ({(1 - median) * 100:+.1f} % "
                   f"slowdown); per round {', '.join(f'{x:.3f}' for x in per_round[key])}")
             results["ratio" if key == "traced" else f"{key}_ratio"] = median
+    for key in ("traced", "other"):
+        if results[key]:
+            r = results[key]
+            print(f"through {r[0]['transport']}: lost {sum(x['lost'] for x in r)}, recorded sent "
+                  f"resets == the kernel's count in {sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
+                  f" of {len(r)} rounds, consumer CPU {min(x['consumer_cpu_s'] for x in r)}–"
+                  f"{max(x['consumer_cpu_s'] for x in r)} s per round")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
+                 transport: str | None = None) -> dict:
+    """One storm recorded by `rsttrace record` (through `transport`, or
+    the default): its rate, the kernel's count of resets sent against the
+    recording's, loss, the recorder's CPU and peak RSS, time to attach."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(rec),
+                             "--netns", ns, "--quiet", "--ctx-period", "1",
+                             *(["--transport", transport] if transport else [])],
+                            stderr=subprocess.PIPE, text=True)
+    while not rec.exists() or rec.stat().st_size == 0:
+        if proc.poll() is not None:
+            raise SystemExit("record failed: " + proc.stderr.read())
+        time.sleep(0.01)
+    ready_s = time.monotonic() - t0
+    header = json.loads(rec.read_text().split("\n", 1)[0])
+    before = out_rsts(ns)
+    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload)
+    kernel_sent = out_rsts(ns) - before
+    time.sleep(0.3)  # let the consumer drain
+    cpu_s, rss = proc_stats(proc.pid)
+    proc.terminate()
+    proc.wait(timeout=30)
+    lines = rec.read_text().splitlines()
+    totals = json.loads(lines[-1])
+    sent = sum(1 for line in lines if '"dir":"sent"' in line)
+    recv = sum(1 for line in lines if '"dir":"recv"' in line)
+    rec.unlink()
+    return {"rate": count / elapsed, "kernel_resets_sent": kernel_sent,
+            "recorded_sent": sent, "recorded_recv": recv, "lost": totals["lost"],
+            "consumer_cpu_s": round(cpu_s, 2), "peak_rss_mb": round(rss / 2**20, 1),
+            "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
+            "transport": header["transport"]}
 
 
 BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"))

@@ -100,7 +100,29 @@ BPF_PERCPU_ARRAY(tcp_transitions, __u64, 256);
 BPF_PERCPU_ARRAY(lost, __u64, 1);
 
 
-#ifdef USE_RINGBUF
+#if defined(USE_PCRING)
+/* One ring per CPU in memory the consumer maps (no helper call, no lock:
+ * reserving a slot is one compare-and-swap on this CPU's head, publishing
+ * it one store of its sequence number). A program interrupted on its CPU
+ * by another (softirq over process context) only makes the consumer wait
+ * for the slot reserved first. The consumer (tracer/bpfsys.py) reads each
+ * CPU's slots from its tail while their `seq` says they are published,
+ * then advances the tail; a full ring refuses, and the refusal is counted.
+ * Publishing with a plain store relies on stores becoming visible in
+ * program order (x86-64): the loader uses it only there. */
+struct pc_slot {
+	__u64 seq;   /* position + 1 once the event is complete */
+	__u64 pos;   /* position taken at reservation */
+	struct rst_event e;
+};
+struct pc_pos {
+	__u64 head;  /* next position; programs only */
+	__u64 tail;  /* first position not yet read; the consumer only */
+	__u64 _pad[6];
+};
+BPF_F_TABLE("array", u32, struct pc_slot, pcring, PCRING_CPUS * PCRING_SLOTS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, struct pc_pos, pcpos, PCRING_CPUS, BPF_F_MMAPABLE);
+#elif defined(USE_RINGBUF)
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Taken only when `events` refuses a reservation (full, or its lock not
  * granted: kernels with resilient spinlocks give up on a lock held too
@@ -122,7 +144,31 @@ static __always_inline void count_lost(void)
 static __always_inline struct rst_event *ev_new(void)
 {
 	struct rst_event *e;
-#ifdef USE_RINGBUF
+#if defined(USE_PCRING)
+	__u32 cpu = bpf_get_smp_processor_id(), idx;
+	struct pc_pos *p = pcpos.lookup(&cpu);
+	struct pc_slot *s = 0;
+
+	e = 0;
+	if (p) {
+#pragma unroll
+		for (int i = 0; i < 2; i++) {
+			__u64 h = *(volatile __u64 *)&p->head;
+			if (h - *(volatile __u64 *)&p->tail >= PCRING_SLOTS)
+				break;  /* full */
+			/* fails only if a program interrupting this one took h */
+			if (__sync_val_compare_and_swap(&p->head, h, h + 1) == h) {
+				idx = cpu * PCRING_SLOTS + (__u32)(h & (PCRING_SLOTS - 1));
+				s = pcring.lookup(&idx);
+				if (s) {
+					s->pos = h;
+					e = &s->e;
+				}
+				break;
+			}
+		}
+	}
+#elif defined(USE_RINGBUF)
 	e = events.ringbuf_reserve(sizeof(struct rst_event));
 	if (!e)
 		e = rescue.ringbuf_reserve(sizeof(struct rst_event));
@@ -142,7 +188,12 @@ static __always_inline struct rst_event *ev_new(void)
 
 static __always_inline void ev_send(void *ctx, struct rst_event *e)
 {
-#ifdef USE_RINGBUF
+#if defined(USE_PCRING)
+	struct pc_slot *s = (struct pc_slot *)((char *)e - offsetof(struct pc_slot, e));
+	__u64 seq = s->pos + 1;
+	asm volatile("" ::: "memory");  /* the event's stores first */
+	*(volatile __u64 *)&s->seq = seq;
+#elif defined(USE_RINGBUF)
 	/* No wake-up per event: the consumer polls on a timer, so a storm does
 	 * not become a storm of wake-ups on the traced host. */
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
@@ -415,7 +466,10 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 
 static __always_inline void ev_drop(struct rst_event *e)
 {
-#ifdef USE_RINGBUF
+#if defined(USE_PCRING)
+	e->kind = 0;  /* the slot still has to be published: the consumer skips it */
+	ev_send(0, e);
+#elif defined(USE_RINGBUF)
 	events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 #endif
 }

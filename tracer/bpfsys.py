@@ -195,3 +195,85 @@ class RingReader:
             batch = batch[~discard]
         struct.pack_into("<Q", self._cons, 0, cons + n * self.stride)
         return batch
+
+
+
+def percpu_slot_dtype(record_dtype: np.dtype) -> np.dtype:
+    """struct pc_slot (bpf/rsttrace.bpf.c): seq, pos, then the event."""
+    return np.dtype({"names": ["seq", "pos", "ev"], "formats": ["<u8", "<u8", record_dtype],
+                     "offsets": [0, 8, 16], "itemsize": (16 + record_dtype.itemsize + 7) & ~7})
+
+
+# struct pc_pos: one 64-byte line per CPU
+PERCPU_POS_DTYPE = np.dtype({"names": ["head", "tail"], "formats": ["<u8", "<u8"],
+                             "offsets": [0, 8], "itemsize": 64})
+
+
+class PerCPURingReader:
+    """Reads the programs' per-CPU rings (bpf/rsttrace.bpf.c, USE_PCRING):
+    `ring` holds cpus x slots slots of {seq, pos, event}, `pos` a {head,
+    tail} line per CPU; `open` maps them from their array maps.
+
+    A slot at position p is complete once its seq is p + 1; each CPU's
+    slots are taken from its tail up to the first incomplete one (a
+    program still writing it), copied out, and the tail is moved past them,
+    which hands the slots back. The batch is put in time order across CPUs.
+    """
+
+    def __init__(self, ring: np.ndarray, pos: np.ndarray, slots: int, maps=()):
+        self._ring, self._pos, self.slots = ring, pos, slots
+        self.record_dtype = ring.dtype.fields["ev"][0]
+        self._maps = list(maps)
+
+    @classmethod
+    def open(cls, ring_fd: int, pos_fd: int, cpus: int, slots: int,
+             record_dtype: np.dtype) -> "PerCPURingReader":
+        slot = percpu_slot_dtype(record_dtype)
+        page = mmap.PAGESIZE
+        ring_map = mmap.mmap(ring_fd, -(-slot.itemsize * cpus * slots // page) * page,
+                             mmap.MAP_SHARED, mmap.PROT_READ)
+        pos_map = mmap.mmap(pos_fd, -(-PERCPU_POS_DTYPE.itemsize * cpus // page) * page,
+                            mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        return cls(np.frombuffer(ring_map, dtype=slot, count=cpus * slots),
+                   np.frombuffer(pos_map, dtype=PERCPU_POS_DTYPE, count=cpus), slots,
+                   (ring_map, pos_map))
+
+    def close(self) -> None:
+        self._ring = self._pos = None
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:
+                pass
+        self._maps = []
+
+    def read(self, max_records: int = 1 << 20) -> np.ndarray:
+        """Published events since the last call, copied out (their slots
+        are handed back to the programs before returning)."""
+        heads = self._pos["head"].copy()
+        tails = self._pos["tail"]
+        parts = []
+        budget = max_records
+        for cpu in np.flatnonzero(heads != tails):
+            if budget <= 0:
+                break
+            tail = int(tails[cpu])
+            n = min(int(heads[cpu]) - tail, budget)
+            base, start = int(cpu) * self.slots, tail % self.slots
+            view = self._ring[base + start:base + min(start + n, self.slots)]
+            if len(view) < n:  # wraps to the start of this CPU's ring
+                view = np.concatenate([view, self._ring[base:base + n - len(view)]])
+            done = view["seq"] == np.arange(tail + 1, tail + n + 1, dtype=np.uint64)
+            if not done.all():
+                n = int(np.argmin(done))
+            if n:
+                parts.append(view["ev"][:n].copy())
+                tails[cpu] = tail + n
+                budget -= n
+        if not parts:
+            return np.empty(0, dtype=self.record_dtype)
+        batch = np.concatenate(parts)
+        batch = batch[batch["kind"] != 0]   # refused by the program's own filters
+        if len(parts) > 1:
+            batch = batch[np.argsort(batch["ts_ns"], kind="stable")]
+        return batch

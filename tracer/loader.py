@@ -22,8 +22,8 @@ from .btf import KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
 from .offsets import RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, kernel_layout, raw_tp_layout
-from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
-from .probe import Capabilities, Hook
+from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
+from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
 TRACEPOINT_DEFINES = {
     "tcp:tcp_send_reset": "HAVE_TP_SEND_RESET",
@@ -76,13 +76,15 @@ class Program:
     # to load them with (empty: raw tracepoints, attached by bcc)
     btf_ids: dict[str, int] = field(default_factory=dict)
     abi: dict[str, int] = field(default_factory=dict)
+    transport: str = "ringbuf"        # probe.transport(): percpu, ringbuf or perfbuf
+    percpu: tuple[int, int] = (0, 0)  # per-CPU rings: (CPUs, slots each)
 
     @property
     def tp_btf(self) -> bool:
         return bool(self.btf_ids)
 
 
-def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
+def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
           ports: list[int] | None, netns: list[int] | None,
           btf: BTF | None = None, ring_pages: int = RINGBUF_PAGES,
           rescue_pages: int = RESCUE_PAGES, tp_btf: bool = False,
@@ -128,7 +130,11 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
     layout.defines.update(args)
     layout.sources.update({k: "btf_trace_" + RAW_TP_ARGS[k][0] for k in args})
     defines += [f"-D{TRACEPOINT_DEFINES[tp]}" for tp in sorted(tps)]
-    if use_ringbuf:
+    percpu = (0, 0)
+    if transport == "percpu":
+        percpu = percpu_ring_size(ring_pages)
+        defines += ["-DUSE_PCRING", f"-DPCRING_CPUS={percpu[0]}", f"-DPCRING_SLOTS={percpu[1]}"]
+    elif transport == "ringbuf":
         for pages in (ring_pages, rescue_pages):
             if pages < 1 or pages & (pages - 1):
                 raise LoadError(f"ring buffer pages must be a power of 2, got {pages}")
@@ -155,7 +161,16 @@ def build(caps: Capabilities, hooks: dict[str, Hook], use_ringbuf: bool,
     except BTFError:
         misses_at = None
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
-                   misses_at, btf_ids, abi)
+                   misses_at, btf_ids, abi, transport, percpu)
+
+
+def percpu_ring_size(ring_pages: int) -> tuple[int, int]:
+    """(CPUs, slots per CPU) of the per-CPU rings: `ring_pages` of memory
+    shared out, a power of two each, at least probe.PERCPU_MIN_SLOTS (a
+    storm may land on one CPU)."""
+    cpus = possible_cpus()
+    each = ring_pages * os.sysconf("SC_PAGE_SIZE") // SLOT_SIZE // cpus
+    return cpus, max(PERCPU_MIN_SLOTS, 1 << max(0, each.bit_length() - 1))
 
 
 # the TCP states the programs compare against
@@ -202,7 +217,7 @@ def _quiet_stderr():
 
 
 # maps the consumer needs after loading
-MAPS = ("events", "rescue", "lost", "owners", "tcp_transitions")
+MAPS = ("events", "rescue", "pcring", "pcpos", "lost", "owners", "tcp_transitions")
 
 
 @dataclass

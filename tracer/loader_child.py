@@ -77,6 +77,8 @@ def load(req: dict) -> tuple[dict, list[int]]:
     leaf = b["layout_check"].Leaf
     layout = {"size": ctypes.sizeof(leaf),
               "fields": {n: getattr(leaf, n).offset for n, *_ in leaf._fields_}}
+    if "pcring" in maps:
+        layout["slot_size"] = ctypes.sizeof(b["pcring"].Leaf)
     return {"maps": maps, "links": links, "progs": progs, "layout": layout,
             "tracepoints": sorted([k.decode() if isinstance(k, bytes) else str(k)
                                    for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds]]

@@ -39,6 +39,8 @@ class Capabilities:
     fentry: bool = False
     fentry_note: str = ""
     ringbuf: bool = False
+    percpu_rings: bool = False   # the programs' own per-CPU rings can work here
+    percpu_rings_note: str = ""
     btf: bool = False
     tp_btf: bool = False     # BTF tracepoints load (fields read without helper calls)
     tp_btf_note: str = ""
@@ -65,12 +67,13 @@ class Hook:
     attach: list[tuple[str, str, str]] = field(default_factory=list)  # (type, target, fn)
 
 
-def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> bool:
+def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+                    flags: int = 0) -> bool:
     """Create and close a map with the bpf() syscall: the honest test of
     whether this kernel (and our privileges) support that map type."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = (ctypes.c_uint32 * 30)()
-    attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
+    attr[0], attr[1], attr[2], attr[3], attr[4] = map_type, key_size, value_size, max_entries, flags
     nr_bpf = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
     fd = libc.syscall(nr_bpf, 0, ctypes.byref(attr), ctypes.sizeof(attr))  # BPF_MAP_CREATE
     if fd < 0:
@@ -79,7 +82,59 @@ def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: 
     return True
 
 
+# include/uapi/linux/bpf.h (stable UAPI)
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27
+BPF_F_MMAPABLE = 1 << 10
+# Per-CPU rings need a full-size ring on every possible CPU (a storm can
+# land on one): at least this many slots each, and at most RING_MEMORY in
+# all; hosts with more CPUs than that allows use the shared ring buffer.
+PERCPU_MIN_SLOTS = 8192
+PERCPU_MAX_MEMORY = 64 << 20
+SLOT_SIZE = 248   # struct pc_slot in bpf/rsttrace.bpf.c; a kernel test checks it
+
+
+def _percpu_rings(btf_ok: bool) -> tuple[bool, str]:
+    """Whether the programs' own per-CPU rings work here: x86-64 (a slot
+    is published by a plain store; x86-64 makes stores visible in program
+    order), arrays user space can map (5.5+), and compare-and-swap in
+    programs (5.12+), tried for real by loading one."""
+    from .bpfsys import possible_cpus
+    if os.uname().machine != "x86_64":
+        return False, f"not on {os.uname().machine} (slots are published by plain stores: x86-64 only)"
+    cpus = possible_cpus()
+    if cpus * PERCPU_MIN_SLOTS * SLOT_SIZE > PERCPU_MAX_MEMORY:
+        return False, (f"{cpus} possible CPUs: a ring on each would take over "
+                       f"{PERCPU_MAX_MEMORY >> 20} MiB")
+    if not _bpf_map_create(BPF_MAP_TYPE_ARRAY, 4, 64, 1, BPF_F_MMAPABLE):
+        return False, "no memory-mapped BPF arrays (kernel before 5.5)"
+    if not btf_ok:
+        return False, "BTF tracepoints do not load: compare-and-swap cannot be tried"
+    return True, ""
+
+
+def _try_cas(btf) -> tuple[bool, str]:
+    """Load (and drop) a BTF tracepoint program that does one 64-bit
+    compare-and-swap on its stack."""
+    from .bpfsys import load_btf_tracepoint
+    from .btf import KIND_TYPEDEF, BTFError
+    from .offsets import btf_tracepoint_abi
+    insns = bytes([
+        0xb7, 0x01, 0, 0, 0, 0, 0, 0,            # r1 = 0
+        0x7b, 0x1a, 0xf8, 0xff, 0, 0, 0, 0,      # *(u64 *)(r10 - 8) = r1
+        0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
+        0xb7, 0x02, 0, 0, 1, 0, 0, 0,            # r2 = 1
+        0xdb, 0x2a, 0xf8, 0xff, 0xf1, 0, 0, 0,   # r0 = cmpxchg_64(r10 - 8, r0, r2)
+        0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
+        0x95, 0, 0, 0, 0, 0, 0, 0,               # exit
+    ])
+    try:
+        tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
+        os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
+                                     log_size=4096))
+        return True, ""
+    except (BTFError, OSError) as e:
+        return False, f"no compare-and-swap in BPF programs (kernel before 5.12?): {e}"
 
 
 def _try_tp_btf(btf) -> tuple[bool, str]:
@@ -121,10 +176,14 @@ def probe() -> Capabilities:
         caps.fentry, caps.fentry_note = False, "not probed (unused: tracepoints cover every signal)"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     caps.tp_btf, caps.tp_btf_note = False, "no BTF"
+    caps.percpu_rings_note = "no BTF: compare-and-swap cannot be tried"
     if caps.btf:
         from .btf import BTFError, load_vmlinux
         btf = load_vmlinux()   # read once for both questions
         caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
+        caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(caps.tp_btf)
+        if caps.percpu_rings:
+            caps.percpu_rings, caps.percpu_rings_note = _try_cas(btf)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
                 "SKB_DROP_REASON_NETFILTER_DROP")
@@ -236,8 +295,13 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
 
 
 def transport(caps: Capabilities) -> tuple[str, str]:
+    """The best way events reach us here: ("percpu" | "ringbuf" | "perfbuf", why)."""
+    if caps.percpu_rings:
+        return "percpu", ("per-CPU rings in memory-mapped arrays: no helper call, lock or "
+                          "wake-up per event, consumed in batches")
     if caps.ringbuf:
-        return "ringbuf", "BPF ring buffer, no per-event wake-ups, consumed in batches"
+        return "ringbuf", ("BPF ring buffer, no per-event wake-ups, consumed in batches "
+                           f"(no per-CPU rings: {caps.percpu_rings_note})")
     return "perfbuf", "perf buffer (no ring buffer on this kernel): per-CPU buffers, consumed in batches"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from rsttrace import __version__
 
 from . import kernel, probe
-from .bpfsys import RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
+from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .btf import load_vmlinux
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
@@ -49,14 +49,14 @@ def preflight() -> None:
 
 class TraceSession:
     def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
-                 ctx_period_s: float = 1.0, use_ringbuf: bool | None = None,
+                 ctx_period_s: float = 1.0, transport: str | None = None,
                  netns_names: dict[int, str] | None = None,
                  ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
                  btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = ()):
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
-        self._force_ringbuf = use_ringbuf
+        self._want_transport = transport   # None: the best this kernel has (probe.transport)
         self._ring_pages = (ring_pages, rescue_pages)
         self.tp_btf_note = ""
         self._want_btf = btf_tracepoints   # None: where the kernel allows them
@@ -68,7 +68,7 @@ class TraceSession:
         self.attach_s: float | None = None
         self._bpf = None        # bcc object: perf-buffer fallback only
         self._attached = None   # descriptors from the loader process (ring buffer)
-        self._rings: list[RingReader] = []
+        self._rings: list[PerCPURingReader | RingReader] = []
         self.layout: dict = {}
         self._chunks: list[bytes] = []
         self._ctx_queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -125,16 +125,27 @@ class TraceSession:
         self.caps = probe.probe()
         if not self.caps.tracefs:
             raise SessionError(self.caps.tracefs_note)
+        self.transport = self._want_transport or probe.transport(self.caps)[0]
+        usable = {"percpu": self.caps.percpu_rings, "ringbuf": self.caps.ringbuf, "perfbuf": True}
+        if self.transport not in usable:
+            raise SessionError(f"unknown transport {self.transport!r}: one of {', '.join(usable)}")
+        if not usable[self.transport]:
+            raise SessionError(f"transport {self.transport} does not work on this kernel: "
+                               + (self.caps.percpu_rings_note if self.transport == "percpu"
+                                  else "no BPF ring buffer"))
+        # perf buffers are read through bcc, which loads raw tracepoints only
+        detached = self.transport != "perfbuf"
         if self._want_btf is False:
             self.caps.tp_btf, self.caps.tp_btf_note = False, "raw tracepoints asked for"
+        elif not detached:
+            self.caps.tp_btf, self.caps.tp_btf_note = False, "perf buffer: raw tracepoints"
         self.hooks = probe.plan(self.caps)
         if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
             raise SessionError("no reset hook can attach on this kernel: "
                                + "; ".join(h.why for h in self.hooks.values()))
-        use_rb = self.caps.ringbuf if self._force_ringbuf is None else self._force_ringbuf
         try:
-            self.program = self._build(use_rb, tp_btf=use_rb and self.caps.tp_btf)
-            if use_rb:
+            self.program = self._build(tp_btf=self.caps.tp_btf)
+            if detached:
                 try:
                     self._attached = load_detached(self.program, early)
                 except LoadError as e:
@@ -145,24 +156,27 @@ class TraceSession:
                     self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
                     self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
                     self.hooks = probe.plan(self.caps)
-                    self.program = self._build(use_rb, tp_btf=False)
+                    self.program = self._build(tp_btf=False)
                     self._attached = load_detached(self.program)
                 self.layout = self._attached.layout
             else:
                 self._bpf = load_inprocess(self.program)
         except LoadError as e:
             raise SessionError(str(e)) from None
-        self.transport = "ringbuf" if use_rb else "perfbuf"
-        if use_rb:
+        if detached:
             maps = self._attached.maps
-            self._rings = [RingReader(maps["events"], self.program.ring_pages * PAGE, EVENT_DTYPE),
-                           RingReader(maps["rescue"], self.program.rescue_pages * PAGE, EVENT_DTYPE)]
+            if self.transport == "percpu":
+                self._rings = [PerCPURingReader.open(maps["pcring"], maps["pcpos"],
+                                                     *self.program.percpu, EVENT_DTYPE)]
+            else:
+                self._rings = [RingReader(maps["events"], self.program.ring_pages * PAGE, EVENT_DTYPE),
+                               RingReader(maps["rescue"], self.program.rescue_pages * PAGE, EVENT_DTYPE)]
         else:
             self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
 
-    def _build(self, use_rb: bool, tp_btf: bool):
-        return build(self.caps, self.hooks, use_rb, self.ports, self.netns,
+    def _build(self, tp_btf: bool):
+        return build(self.caps, self.hooks, self.transport, self.ports, self.netns,
                      ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1], tp_btf=tp_btf,
                      extra_defines=self._extra_defines)
 
@@ -210,7 +224,8 @@ class TraceSession:
 
     # -- events -----------------------------------------------------------
     def _on_perf_event(self, cpu, data, size) -> None:
-        self._chunks.append(ctypes.string_at(data, size))
+        # `size` includes the perf record's padding to 8 bytes (4 more here)
+        self._chunks.append(ctypes.string_at(data, EVENT_DTYPE.itemsize))
 
     def _on_perf_lost(self, n) -> None:
         self._perf_lost += n
@@ -227,7 +242,7 @@ class TraceSession:
     def _drain_kernel(self) -> np.ndarray:
         if self._rings:
             arr = self._rings[0].read(MAX_BATCH)
-            rescued = self._rings[1].read(MAX_BATCH)
+            rescued = self._rings[1].read(MAX_BATCH) if len(self._rings) > 1 else arr[:0]
             if len(rescued):
                 # the rare events the main ring refused, back in time order
                 self._rescued += len(rescued)

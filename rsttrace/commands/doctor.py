@@ -47,6 +47,7 @@ def gather(load: bool) -> dict:
             "fentry": caps.fentry_note,
             "tp_btf": caps.tp_btf_note,
             "ring buffer": "yes" if caps.ringbuf else "no",
+            "per-CPU rings": "yes" if caps.percpu_rings else f"no: {caps.percpu_rings_note}",
             "transport": transport_why,
             "conntrack": "yes" if caps.conntrack else "no",
             "ipvs": caps.ipvs_note,

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--csv", metavar="FILE.csv", help="write the report CSV when the recording ends")
     p.add_argument("--dump-bpf", action="store_true", help="print the BPF program and flags, then exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.add_argument("--transport", choices=("percpu", "ringbuf", "perfbuf"),
+                   help="how events reach the recorder (default: the best this kernel has, "
+                        "in that order; `rsttrace doctor` says which)")
     p.set_defaults(run=run)
 
 
@@ -83,7 +86,7 @@ def run(args) -> int:
         stop.set()
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
-                           netns_names=names)
+                           netns_names=names, transport=args.transport)
     writer = None
     t0 = time.monotonic()
     try:
@@ -167,7 +170,7 @@ def dump_bpf(args) -> int:
     caps = probe.probe()
     hooks = probe.plan(caps)
     try:
-        prog = build(caps, hooks, caps.ringbuf, ports, netns)
+        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns)
     except LoadError as e:
         raise CLIError(str(e)) from None
     print("// cflags: " + " ".join(prog.cflags))

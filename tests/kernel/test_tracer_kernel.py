@@ -21,6 +21,17 @@ def test_python_layout_matches_what_bcc_compiled(session):
     for name, offset in layout["fields"].items():
         assert offset == EVENT_DTYPE.fields[name][1], name
     assert set(layout["fields"]) == set(EVENT_DTYPE.names)
+    if session.transport == "percpu":
+        # the per-CPU rings' slot (struct pc_slot) as compiled
+        from rsttrace.tracer.bpfsys import percpu_slot_dtype
+        from rsttrace.tracer.probe import SLOT_SIZE
+        assert layout["slot_size"] == SLOT_SIZE == percpu_slot_dtype(EVENT_DTYPE).itemsize
+
+
+def test_transport_is_the_best_this_kernel_has(session):
+    from rsttrace.tracer import probe
+    assert session.transport == probe.transport(session.caps)[0]
+    assert session.header["transport"] == session.transport
 
 
 def test_attach_is_fast_and_plan_complete(session):
@@ -335,13 +346,46 @@ def test_port_and_netns_filters_are_applied_in_the_kernel(netns):
     assert sorted(r["sport"] for r in got) == [19, 19, 21, 21], got
 
 
+def test_full_percpu_ring_counts_lost(netns):
+    """Per-CPU rings and nobody reading: a client pinned to one CPU (its
+    resets are made and received there, over loopback) makes more resets
+    than that CPU's ring holds; the ring keeps the first ones, the rest are
+    counted lost. Every reset is accounted for: read + lost == made."""
+    from rsttrace.tracer import probe
+    from rsttrace.tracer.session import TraceSession
+    if not probe.probe().percpu_rings:
+        pytest.skip("per-CPU rings do not work on this kernel: " + probe.probe().percpu_rings_note)
+    ns = netns.add("r")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, transport="percpu",
+                     ring_pages=1).start()
+    try:
+        slots = s.program.percpu[1]
+        assert slots == probe.PERCPU_MIN_SLOTS   # one page asked: the least a CPU gets
+        n = slots // 2 + 300
+        subprocess.run(["ip", "netns", "exec", ns, "taskset", "-c", "0", sys.executable, "-c",
+                        CONNECT_PORTS, *["9"] * n],
+                       capture_output=True, text=True, timeout=120, check=True)
+        got = []
+        for _ in range(5):
+            got += [r for r in s.poll(0.1) if r["kind"] == "reset"]
+        st = s.stats()
+    finally:
+        s.stop()
+    assert len(got) == slots, (len(got), slots, st)
+    assert st["lost"] == 2 * n - slots, st
+    # the first resets made are the ones kept, in order
+    assert [r["dir"] for r in got[:4]] == ["sent", "recv", "sent", "recv"]
+
+
 def test_full_ring_spills_to_rescue_then_counts_lost(netns):
-    """Rings of one page each and nobody reading: the first events fill the
-    main ring, the next the rescue ring, the rest are counted lost. Every
-    reset is accounted for: read + lost == made."""
+    """The BPF ring buffer (kernels without per-CPU rings): rings of one
+    page each and nobody reading: the first events fill the main ring, the
+    next the rescue ring, the rest are counted lost. Every reset is
+    accounted for: read + lost == made."""
     from rsttrace.tracer.session import TraceSession
     ns = netns.add("r")
-    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, ring_pages=1, rescue_pages=1).start()
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, ring_pages=1, rescue_pages=1,
+                     transport="ringbuf").start()
     try:
         n = 200
         subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_PORTS,
@@ -352,7 +396,7 @@ def test_full_ring_spills_to_rescue_then_counts_lost(netns):
         st = s.stats()
     finally:
         s.stop()
-    per_page = 4096 // (8 + 208)
+    per_page = 4096 // (8 + 232)
     assert st["rescued"] > 0 and st["lost"] > 0, st
     assert len(got) <= 2 * per_page
     assert len(got) + st["lost"] == 2 * n, (len(got), st)
@@ -388,17 +432,23 @@ def test_program_info_is_read_for_skipped_runs(session, netns):
 
 
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
-def test_raw_tracepoint_fallback_records_the_same(netns, addr):
+def test_fallbacks_record_the_same(netns, addr):
     """Where BTF tracepoints do not load, the same program text runs as raw
-    tracepoints with probe reads: the same reset, field for field."""
+    tracepoints with probe reads; where per-CPU rings do not work, events
+    come through the BPF ring buffer, or else the perf buffer: the same
+    reset, field for field, every way."""
+    from rsttrace.tracer import probe
     from rsttrace.tracer.session import TraceSession
     ns = netns.add("w")
     ino = netns.inode(ns)
     got = {}
-    for btf in (True, False):
-        s = TraceSession(netns=[ino], ctx_period_s=0, btf_tracepoints=btf).start()
+    ways = [("ringbuf", True), ("ringbuf", False), ("perfbuf", False)]
+    if probe.probe().percpu_rings:
+        ways += [("percpu", True), ("percpu", False)]
+    for transport, btf in ways:
+        s = TraceSession(netns=[ino], ctx_period_s=0, btf_tracepoints=btf, transport=transport).start()
         try:
-            assert s.program.tp_btf is btf
+            assert s.program.tp_btf is btf and s.transport == transport
             assert s.header["plan"]["reset_recv"]["hook"].startswith("BTF" if btf else "raw")
             p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, addr],
                                capture_output=True, text=True, timeout=20, check=True)
@@ -409,9 +459,11 @@ def test_raw_tracepoint_fallback_records_the_same(netns, addr):
         assert len(recs) == 2, recs
         assert all(r["dport"] == port for r in recs)
         assert next(r for r in recs if r["dir"] == "recv")["pid"] == pid
-        got[btf] = {r["dir"]: {k: v for k, v in r.items() if k not in ("t", "cookie", "dport", "pid")}
-                    for r in recs}
-    assert got[True] == got[False]
+        got[transport, btf] = {r["dir"]: {k: v for k, v in r.items()
+                                          if k not in ("t", "cookie", "dport", "pid")}
+                               for r in recs}
+    first = got[ways[0]]
+    assert all(g == first for g in got.values()), got
 
 
 def test_owner_in_a_pod_cgroup_gets_its_pod(netns):

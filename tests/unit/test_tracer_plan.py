@@ -86,9 +86,12 @@ def test_ipvs_with_kprobes():
     assert "kprobes" in plan(c)["ipvs_expire"].why
 
 
-def test_transport_falls_back_to_perf_buffer():
+def test_transport_prefers_percpu_rings_then_ring_buffer_then_perf_buffer():
+    assert transport(caps(percpu_rings=True))[0] == "percpu"
+    why = "4096 possible CPUs: a ring on each would take over 64 MiB"
+    name, text = transport(caps(percpu_rings_note=why))
+    assert name == "ringbuf" and why in text
     assert transport(caps(ringbuf=False))[0] == "perfbuf"
-    assert transport(caps())[0] == "ringbuf"
 
 
 FORMAT = """name: tcp_send_reset
