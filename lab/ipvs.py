@@ -163,7 +163,8 @@ def run_all(names: list[str], say=print) -> tuple[list[Outcome], dict[str, Any]]
                                netns_names={ino: ns for ns, ino in lab.inodes().items()})
         session.start()
         meta = {"kernel": session.header["kernel"], "plan": session.header["plan"],
-                "hooks": session.header["hooks"], "attach_s": round(time.monotonic() - t0, 1)}
+                "hooks": session.header["hooks"], "transport": session.header["transport"],
+                "attach_s": round(time.monotonic() - t0, 1)}
         say(f"  BPF attached in {meta['attach_s']} s; ipvs_expire: "
             f"{session.header['plan']['ipvs_expire']['hook']}")
         records: list[dict[str, Any]] = []

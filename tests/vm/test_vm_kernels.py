@@ -87,6 +87,8 @@ def test_plan_uses_kprobes_where_the_kernel_needs_them(guest):
     assert plan["ipvs_expire"]["available"] and plan["ipvs_expire"]["hook"] == "kprobe ip_vs_conn_expire"
     # both kernels load the tracepoint programs as BTF tracepoints
     assert res["hooks"] == "BTF tracepoints", res["hooks"]
+    # and events come through the per-CPU rings (compare-and-swap: 5.12+)
+    assert res["transport"] == "percpu", res["transport"]
     if k.line == "6.1":
         # no reason, no no-socket resets in the 6.1 tracepoint: kprobes add them
         assert "kprobe tcp_v4_send_reset" in plan["reset_sent"]["hook"]
