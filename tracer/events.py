@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,8 +96,19 @@ class Decoder:
         keys, cols = build(a)
         if not text:
             return [dict(zip(keys, row)) for row in zip(*(c.py for c in cols))]
-        template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
-        return [template % row for row in zip(*(c.json() for c in cols))]
+        # a value every row has is written into the template once
+        parts, varying = [], []
+        for k, c in zip(keys, cols):
+            same = c.const_json()
+            if same is None:
+                parts.append(f'"{k}":%s')
+                varying.append(c.json())
+            else:
+                parts.append(f'"{k}":' + same.replace("%", "%%"))
+        template = "{" + ",".join(parts) + "}"
+        if not varying:
+            return [template] * len(a)
+        return [template % row for row in zip(*varying)]
 
     # -- per kind: (keys, columns) -------------------------------------
     def _time(self, a: np.ndarray) -> "Col":
@@ -191,37 +203,72 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class Col:
-    """One column of a batch: Python values (None where invalid) and, on
-    demand, their JSON text."""
+    """One column of a batch: Python values (None where invalid) and their
+    JSON text, each made on first use (the recorder only needs the text,
+    the live path only the values)."""
 
-    __slots__ = ("py", "typ", "_json")
+    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts")
 
-    def __init__(self, py: list, typ: str, json_text: list | None = None):
-        self.py, self.typ, self._json = py, typ, json_text
+    def __init__(self, py: list | None, typ: str, json_text: list | None = None,
+                 make_py: Callable[[], list] | None = None,
+                 make_json: Callable[[], list] | None = None,
+                 codes: np.ndarray | None = None, texts: Callable[[], list] | None = None):
+        self._py, self.typ, self._json = py, typ, json_text
+        self._make_py, self._make_json = make_py, make_json
+        # a column of few distinct values: codes into texts()
+        self._codes, self._texts = codes, texts
+
+    def const_json(self) -> str | None:
+        """The JSON text every row has, when that is known cheaply (one
+        distinct value), else None."""
+        c = self._codes
+        if c is not None and len(c) and c.min() == c.max():
+            return self._texts()[int(c[0])]
+        return None
+
+    @property
+    def py(self) -> list:
+        if self._py is None:
+            self._py = self._make_py()
+        return self._py
 
     @classmethod
     def const(cls, value, n: int, typ: str) -> "Col":
-        return cls([value] * n, typ, [_dumps(value)] * n)
+        text = _dumps(value)
+        return cls([value] * n, typ, [text] * n, codes=np.zeros(n, np.intp), texts=lambda: [text])
 
     @classmethod
     def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
-        return cls(_with_nulls(values, valid), "int")
+        def text() -> list:
+            if valid is None or valid.all():
+                return list(map(str, values.tolist()))
+            # the valid values' texts, then "null"; each row picks its own
+            texts = np.array([*map(str, values[valid].tolist()), "null"], dtype=object)
+            return texts[np.where(valid, np.cumsum(valid) - 1, len(texts) - 1)].tolist()
+        return cls(None, "int", make_py=lambda: _with_nulls(values, valid), make_json=text)
 
     @classmethod
     def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
-        return cls(_with_nulls(values, valid), "bool")
+        codes = values.astype(np.intp) if valid is None else np.where(valid, values, 2)
+        return cls(None, "bool", make_py=lambda: _BOOL_PY[codes].tolist(),
+                   make_json=lambda: _BOOL_JSON[codes].tolist(), codes=codes,
+                   texts=_BOOL_JSON.tolist)
 
     def json(self) -> list[str]:
         if self._json is None:
-            if self.typ == "int":
+            if self._make_json is not None:
+                self._json = self._make_json()
+            elif self.typ == "int":
                 self._json = ["null" if v is None else str(v) for v in self.py]
             elif self.typ == "float":
-                self._json = [repr(v) for v in self.py]
-            elif self.typ == "bool":
-                self._json = ["null" if v is None else ("true" if v else "false") for v in self.py]
+                self._json = list(map(repr, self.py))
             else:
                 self._json = [_dumps(v) for v in self.py]
         return self._json
+
+
+_BOOL_PY = np.array([False, True, None], dtype=object)
+_BOOL_JSON = np.array(["false", "true", "null"], dtype=object)
 
 
 def _with_nulls(values: np.ndarray, valid: np.ndarray | None) -> list:
@@ -246,13 +293,14 @@ class Categorical:
 
     def col(self) -> Col:
         cats = self.categories + [None]
-        texts = [_dumps(c) for c in cats[:-1]] + ["null"]
         codes = self.codes
         if self.valid is not None and not self.valid.all():
             codes = np.where(self.valid, codes, len(cats) - 1)
-        obj = np.array(cats, dtype=object)
-        txt = np.array(texts, dtype=object)
-        return Col(obj[codes].tolist(), "str", txt[codes].tolist())
+
+        texts = functools.cache(lambda: [_dumps(c) for c in cats[:-1]] + ["null"])
+        return Col(None, "str", make_py=lambda: np.array(cats, dtype=object)[codes].tolist(),
+                   make_json=lambda: np.array(texts(), dtype=object)[codes].tolist(),
+                   codes=codes, texts=texts)
 
 
 def _addresses(raw: np.ndarray, v6: np.ndarray) -> Col:
