@@ -99,8 +99,9 @@ def run(args) -> int:
         w(f"  {mark}{name:<12} {h['hook'] or 'unavailable'}\n")
         w(f"       {'':<12} {h['why']}\n")
     w("\nKernel\n")
+    width = max(map(len, rep["facts"]))
     for k, v in rep["facts"].items():
-        w(f"  {k:<12} {v}\n")
+        w(f"  {k:<{width}} {v}\n")
     w("\nNamespaces (sockets or conntrack entries)\n")
     w(f"  {'netns':<11} {'name':<18} {'ct count/max':>14} {'drop':>5} {'inval':>5} "
       f"{'ka':>6} {'ct est':>7} {'ipvs':>5}\n")
