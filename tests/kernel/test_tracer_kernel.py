@@ -346,6 +346,20 @@ def test_port_and_netns_filters_are_applied_in_the_kernel(netns):
     assert sorted(r["sport"] for r in got) == [19, 19, 21, 21], got
 
 
+def refused_unread(s, ns: str, n: int, wrap: list[str] = ()) -> tuple[list[dict], dict]:
+    """n connects refused in `ns` while nobody reads session `s`; then its
+    resets (read in a few polls) and stats. Stops the session."""
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, *wrap, sys.executable, "-c", CONNECT_PORTS,
+                        *["9"] * n], capture_output=True, text=True, timeout=120, check=True)
+        got = []
+        for _ in range(5):
+            got += [r for r in s.poll(0.1) if r["kind"] == "reset"]
+        return got, s.stats()
+    finally:
+        s.stop()
+
+
 def test_full_percpu_ring_counts_lost(netns):
     """Per-CPU rings and nobody reading: a client pinned to one CPU (its
     resets are made and received there, over loopback) makes more resets
@@ -358,19 +372,10 @@ def test_full_percpu_ring_counts_lost(netns):
     ns = netns.add("r")
     s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, transport="percpu",
                      ring_pages=1).start()
-    try:
-        slots = s.program.percpu[1]
-        assert slots == probe.PERCPU_MIN_SLOTS   # one page asked: the least a CPU gets
-        n = slots // 2 + 300
-        subprocess.run(["ip", "netns", "exec", ns, "taskset", "-c", "0", sys.executable, "-c",
-                        CONNECT_PORTS, *["9"] * n],
-                       capture_output=True, text=True, timeout=120, check=True)
-        got = []
-        for _ in range(5):
-            got += [r for r in s.poll(0.1) if r["kind"] == "reset"]
-        st = s.stats()
-    finally:
-        s.stop()
+    slots = s.program.percpu[1]
+    n = slots // 2 + 300
+    got, st = refused_unread(s, ns, n, ["taskset", "-c", "0"])
+    assert slots == probe.PERCPU_MIN_SLOTS   # one page asked: the least a CPU gets
     assert len(got) == slots, (len(got), slots, st)
     assert st["lost"] == 2 * n - slots, st
     # the first resets made are the ones kept, in order
@@ -386,16 +391,8 @@ def test_full_ring_spills_to_rescue_then_counts_lost(netns):
     ns = netns.add("r")
     s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, ring_pages=1, rescue_pages=1,
                      transport="ringbuf").start()
-    try:
-        n = 200
-        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_PORTS,
-                        *["9"] * n], capture_output=True, text=True, timeout=30, check=True)
-        got = []
-        for _ in range(5):
-            got += [r for r in s.poll(0.1) if r["kind"] == "reset"]
-        st = s.stats()
-    finally:
-        s.stop()
+    n = 200
+    got, st = refused_unread(s, ns, n)
     per_page = 4096 // (8 + 232)
     assert st["rescued"] > 0 and st["lost"] > 0, st
     assert len(got) <= 2 * per_page
