@@ -18,8 +18,9 @@
  * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,
  * AF_INET6, IPPROTO_TCP, the TCP states TCP_SYN_SENT_, TCP_CLOSE_,
  * TCP_TIME_WAIT_, TCP_NEW_SYN_RECV_ (from the kernel's own table),
- * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, USE_RINGBUF,
- * RINGBUF_PAGES, RESCUE_PAGES, the filters PORT_WANTED(p) and
+ * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, the transport (USE_PCRING
+ * with PCRING_CPUS and PCRING_SLOTS, or USE_RINGBUF with RINGBUF_PAGES and
+ * RESCUE_PAGES, or neither: the perf buffer), the filters PORT_WANTED(p) and
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
@@ -109,7 +110,8 @@ BPF_PERCPU_ARRAY(lost, __u64, 1);
  * CPU's slots from its tail while their `seq` says they are published,
  * then advances the tail; a full ring refuses, and the refusal is counted.
  * Publishing with a plain store relies on stores becoming visible in
- * program order (x86-64): the loader uses it only there. */
+ * program order (x86-64): the probe chooses these rings only there
+ * (tracer/probe.py), else the BPF ring buffer below. */
 struct pc_slot {
 	__u64 seq;   /* position + 1 once the event is complete */
 	__u64 pos;   /* position taken at reservation */

@@ -87,7 +87,7 @@ BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_F_MMAPABLE = 1 << 10
 # Per-CPU rings need a full-size ring on every possible CPU (a storm can
-# land on one): at least this many slots each, and at most RING_MEMORY in
+# land on one): at least this many slots each, and at most PERCPU_MAX_MEMORY in
 # all; hosts with more CPUs than that allows use the shared ring buffer.
 PERCPU_MIN_SLOTS = 8192
 PERCPU_MAX_MEMORY = 64 << 20

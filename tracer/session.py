@@ -1,8 +1,9 @@
 """TraceSession: the live event source.
 
-probe -> plan -> compile/attach -> poll batches. The ring buffer is filled
+probe -> plan -> compile/attach -> poll batches. The rings (per-CPU rings,
+else the BPF ring buffer, else the perf buffer: probe.transport) are filled
 without per-event wake-ups and drained on a short timer; raw events are
-copied out in the callback and decoded per batch (tracer/events.py).
+copied out a batch at a time and decoded per batch (tracer/events.py).
 Context snapshots join the same stream. Events the kernel could not queue
 are counted in a BPF map and reported by `stats()`: loss is never silent.
 """
@@ -57,6 +58,7 @@ class TraceSession:
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
         self._want_transport = transport   # None: the best this kernel has (probe.transport)
+        self.transport = ""                 # chosen at start: percpu, ringbuf or perfbuf
         self._ring_pages = (ring_pages, rescue_pages)
         self.tp_btf_note = ""
         self._want_btf = btf_tracepoints   # None: where the kernel allows them
@@ -67,7 +69,7 @@ class TraceSession:
         self.program = None
         self.attach_s: float | None = None
         self._bpf = None        # bcc object: perf-buffer fallback only
-        self._attached = None   # descriptors from the loader process (ring buffer)
+        self._attached = None   # descriptors from the loader process (per-CPU rings, ring buffer)
         self._rings: list[PerCPURingReader | RingReader] = []
         self.layout: dict = {}
         self._chunks: list[bytes] = []
@@ -304,8 +306,8 @@ class TraceSession:
         return rec
 
     def lost(self) -> int:
-        """Events that never reached us: refused by both rings (counted by
-        the programs), dropped by the perf buffer, and program runs the
+        """Events that never reached us: refused by the rings (full; counted
+        by the programs), dropped by the perf buffer, and program runs the
         kernel skipped because the same program was already running on
         that CPU (a reset sent from softirq while one is being sent from
         process context)."""
