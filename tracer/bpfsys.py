@@ -224,6 +224,7 @@ class PerCPURingReader:
         self._ring, self._pos, self.slots = ring, pos, slots
         self.record_dtype = ring.dtype.fields["ev"][0]
         self._maps = list(maps)
+        self._first = 0   # the CPU read first; moves on when a read is cut short
 
     @classmethod
     def open(cls, ring_fd: int, pos_fd: int, cpus: int, slots: int,
@@ -254,8 +255,14 @@ class PerCPURingReader:
         tails = self._pos["tail"]
         parts = []
         budget = max_records
-        for cpu in np.flatnonzero(heads != tails):
+        pending = np.flatnonzero(heads != tails)
+        # from where the last cut-short read stopped, so a CPU with more than
+        # a batch waiting cannot starve the others
+        pending = np.roll(pending, -int(np.searchsorted(pending, self._first)))
+        self._first = 0
+        for cpu in pending:
             if budget <= 0:
+                self._first = int(cpu)
                 break
             tail = int(tails[cpu])
             n = min(int(heads[cpu]) - tail, budget)

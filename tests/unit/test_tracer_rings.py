@@ -94,3 +94,14 @@ def test_discarded_events_are_skipped_and_max_records_is_kept():
         r.emit(1, ts)
     assert len(r.reader.read(max_records=3)) == 3
     assert list(r.reader.read()["ts_ns"]) == [7]
+
+
+def test_a_cpu_with_more_than_a_batch_waiting_does_not_starve_the_others():
+    r = Rings()
+    for ts in range(SLOTS):
+        r.emit(0, ts)
+    r.emit(1, 100)
+    assert list(r.reader.read(max_records=SLOTS)["ts_ns"]) == list(range(SLOTS))
+    for ts in range(SLOTS, 2 * SLOTS):
+        r.emit(0, ts)       # CPU 0 full again
+    assert list(r.reader.read(max_records=1)["ts_ns"]) == [100]
