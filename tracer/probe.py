@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import kernel
+from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
+from .events import EVENT_DTYPE
 
 SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
@@ -71,18 +73,17 @@ def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: 
                     flags: int = 0) -> bool:
     """Create and close a map with the bpf() syscall: the honest test of
     whether this kernel (and our privileges) support that map type."""
-    libc = ctypes.CDLL(None, use_errno=True)
     attr = (ctypes.c_uint32 * 30)()
     attr[0], attr[1], attr[2], attr[3], attr[4] = map_type, key_size, value_size, max_entries, flags
-    nr_bpf = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
-    fd = libc.syscall(nr_bpf, 0, ctypes.byref(attr), ctypes.sizeof(attr))  # BPF_MAP_CREATE
-    if fd < 0:
+    try:
+        os.close(_bpf(BPF_MAP_CREATE, attr))
+    except OSError:
         return False
-    os.close(fd)
     return True
 
 
 # include/uapi/linux/bpf.h (stable UAPI)
+BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_F_MMAPABLE = 1 << 10
@@ -91,15 +92,51 @@ BPF_F_MMAPABLE = 1 << 10
 # all; hosts with more CPUs than that allows use the shared ring buffer.
 PERCPU_MIN_SLOTS = 8192
 PERCPU_MAX_MEMORY = 64 << 20
-SLOT_SIZE = 248   # struct pc_slot in bpf/rsttrace.bpf.c; a kernel test checks it
+# struct pc_slot in bpf/rsttrace.bpf.c; a kernel test checks it against the compiled one
+SLOT_SIZE = percpu_slot_dtype(EVENT_DTYPE).itemsize
 
 
-def _percpu_rings(btf_ok: bool) -> tuple[bool, str]:
+def _load_probe_program(btf, insns: bytes) -> None:
+    """Load (and drop) `insns` as a BTF tracepoint program; raises BTFError
+    or OSError (with the verifier's last words) when it does not load."""
+    from .bpfsys import load_btf_tracepoint
+    from .btf import KIND_TYPEDEF
+    from .offsets import btf_tracepoint_abi
+    tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
+    os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
+                                 log_size=4096))
+
+
+def _try_tp_btf(btf) -> tuple[bool, str]:
+    """Whether this kernel and our privileges allow BTF tracepoints: an
+    empty one loaded for real."""
+    from .btf import BTFError
+    try:
+        # r0 = 0; exit
+        _load_probe_program(btf, bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]))
+        return True, "BTF tracepoints load: fields are read without a helper call each"
+    except (BTFError, OSError) as e:
+        return False, f"BTF tracepoints do not load ({e}): raw tracepoints with probe reads"
+
+
+# r0 = 0, then one 64-bit compare-and-swap on the stack
+CAS_PROGRAM = bytes([
+    0xb7, 0x01, 0, 0, 0, 0, 0, 0,            # r1 = 0
+    0x7b, 0x1a, 0xf8, 0xff, 0, 0, 0, 0,      # *(u64 *)(r10 - 8) = r1
+    0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
+    0xb7, 0x02, 0, 0, 1, 0, 0, 0,            # r2 = 1
+    0xdb, 0x2a, 0xf8, 0xff, 0xf1, 0, 0, 0,   # r0 = cmpxchg_64(r10 - 8, r0, r2)
+    0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
+    0x95, 0, 0, 0, 0, 0, 0, 0,               # exit
+])
+
+
+def _percpu_rings(btf, tp_btf: bool) -> tuple[bool, str]:
     """Whether the programs' own per-CPU rings work here: x86-64 (a slot
     is published by a plain store; x86-64 makes stores visible in program
     order), arrays user space can map (5.5+), and compare-and-swap in
     programs (5.12+), tried for real by loading one."""
-    from .bpfsys import possible_cpus
+    from .btf import BTFError
     if os.uname().machine != "x86_64":
         return False, f"not on {os.uname().machine} (slots are published by plain stores: x86-64 only)"
     cpus = possible_cpus()
@@ -108,50 +145,13 @@ def _percpu_rings(btf_ok: bool) -> tuple[bool, str]:
                        f"{PERCPU_MAX_MEMORY >> 20} MiB")
     if not _bpf_map_create(BPF_MAP_TYPE_ARRAY, 4, 64, 1, BPF_F_MMAPABLE):
         return False, "no memory-mapped BPF arrays (kernel before 5.5)"
-    if not btf_ok:
+    if not tp_btf:
         return False, "BTF tracepoints do not load: compare-and-swap cannot be tried"
-    return True, ""
-
-
-def _try_cas(btf) -> tuple[bool, str]:
-    """Load (and drop) a BTF tracepoint program that does one 64-bit
-    compare-and-swap on its stack."""
-    from .bpfsys import load_btf_tracepoint
-    from .btf import KIND_TYPEDEF, BTFError
-    from .offsets import btf_tracepoint_abi
-    insns = bytes([
-        0xb7, 0x01, 0, 0, 0, 0, 0, 0,            # r1 = 0
-        0x7b, 0x1a, 0xf8, 0xff, 0, 0, 0, 0,      # *(u64 *)(r10 - 8) = r1
-        0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
-        0xb7, 0x02, 0, 0, 1, 0, 0, 0,            # r2 = 1
-        0xdb, 0x2a, 0xf8, 0xff, 0xf1, 0, 0, 0,   # r0 = cmpxchg_64(r10 - 8, r0, r2)
-        0xb7, 0x00, 0, 0, 0, 0, 0, 0,            # r0 = 0
-        0x95, 0, 0, 0, 0, 0, 0, 0,               # exit
-    ])
     try:
-        tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
-        os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
-                                     log_size=4096))
-        return True, ""
+        _load_probe_program(btf, CAS_PROGRAM)
     except (BTFError, OSError) as e:
         return False, f"no compare-and-swap in BPF programs (kernel before 5.12?): {e}"
-
-
-def _try_tp_btf(btf) -> tuple[bool, str]:
-    """Load (and drop) an empty BTF tracepoint program: whether this kernel
-    and our privileges allow them."""
-    from .bpfsys import load_btf_tracepoint
-    from .btf import KIND_TYPEDEF, BTFError
-    from .offsets import btf_tracepoint_abi
-    try:
-        tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
-        # r0 = 0; exit
-        insns = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
-        os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
-                                     log_size=4096))
-        return True, "BTF tracepoints load: fields are read without a helper call each"
-    except (BTFError, OSError) as e:
-        return False, f"BTF tracepoints do not load ({e}): raw tracepoints with probe reads"
+    return True, ""
 
 
 def probe() -> Capabilities:
@@ -181,9 +181,7 @@ def probe() -> Capabilities:
         from .btf import BTFError, load_vmlinux
         btf = load_vmlinux()   # read once for both questions
         caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
-        caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(caps.tp_btf)
-        if caps.percpu_rings:
-            caps.percpu_rings, caps.percpu_rings_note = _try_cas(btf)
+        caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
                 "SKB_DROP_REASON_NETFILTER_DROP")
