@@ -243,12 +243,12 @@ class TraceSession:
 
     def _drain_kernel(self) -> np.ndarray:
         if self._rings:
-            arr = self._rings[0].read(MAX_BATCH)
-            rescued = self._rings[1].read(MAX_BATCH) if len(self._rings) > 1 else arr[:0]
-            if len(rescued):
+            arr, *rescue = [ring.read(MAX_BATCH) for ring in self._rings]
+            rescued = sum(map(len, rescue))
+            if rescued:
                 # the rare events the main ring refused, back in time order
-                self._rescued += len(rescued)
-                arr = np.concatenate([arr, rescued])
+                self._rescued += rescued
+                arr = np.concatenate([arr, *rescue])
                 arr = arr[np.argsort(arr["ts_ns"], kind="stable")]
         elif self._bpf is not None:
             self._bpf.perf_buffer_poll(timeout=0)
