@@ -8,10 +8,10 @@ tables (`Decoder`), never with numbers typed here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -215,7 +215,8 @@ class Col:
                  codes: np.ndarray | None = None, texts: Callable[[], list] | None = None):
         self._py, self.typ, self._json = py, typ, json_text
         self._make_py, self._make_json = make_py, make_json
-        # a column of few distinct values: codes into texts()
+        # a column of few distinct values: codes into texts(), the JSON of
+        # each (its text is made from them)
         self._codes, self._texts = codes, texts
 
     def const_json(self) -> str | None:
@@ -250,14 +251,15 @@ class Col:
     @classmethod
     def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
         codes = values.astype(np.intp) if valid is None else np.where(valid, values, 2)
-        return cls(None, "bool", make_py=lambda: _BOOL_PY[codes].tolist(),
-                   make_json=lambda: _BOOL_JSON[codes].tolist(), codes=codes,
+        return cls(None, "bool", make_py=lambda: _BOOL_PY[codes].tolist(), codes=codes,
                    texts=_BOOL_JSON.tolist)
 
     def json(self) -> list[str]:
         if self._json is None:
             if self._make_json is not None:
                 self._json = self._make_json()
+            elif self._codes is not None:
+                self._json = np.array(self._texts(), dtype=object)[self._codes].tolist()
             elif self.typ == "int":
                 self._json = ["null" if v is None else str(v) for v in self.py]
             elif self.typ == "float":
@@ -299,7 +301,6 @@ class Categorical:
 
         texts = functools.cache(lambda: [_dumps(c) for c in cats[:-1]] + ["null"])
         return Col(None, "str", make_py=lambda: np.array(cats, dtype=object)[codes].tolist(),
-                   make_json=lambda: np.array(texts(), dtype=object)[codes].tolist(),
                    codes=codes, texts=texts)
 
 
