@@ -23,7 +23,8 @@
  * RESCUE_PAGES, or neither: the perf buffer), the filters PORT_WANTED(p) and
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
- * HAVE_TP_SEND_RESET_REASON, WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
+ * HAVE_TP_SEND_RESET_REASON, HAVE_FEXIT_ACCEPT (with ARG_ACCEPT_RET) or HAVE_TP_ACCEPT
+ * (+ HAVE_TP_ACCEPT_PLAIN), WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
  * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BENCH_RETURN_EARLY and
  * BENCH_MINIMAL for the benchmark only.
  */
@@ -62,8 +63,10 @@
 
 
 /* Owner of a socket, learned where the kernel runs in the owner's context:
- * connect() moves the socket to SYN_SENT in the calling task. A reset later
- * arrives in softirq context, where `current` is arbitrary.
+ * connect() moves the socket to SYN_SENT in the calling task, and accept()
+ * returns an accepted one to the accepting task (fexit on inet_csk_accept,
+ * or where asked for, the accept() syscall tracepoints). A reset
+ * later arrives in softirq context, where `current` is arbitrary.
  *
  * Kept in a plain array indexed by a hash of the socket's address, two
  * slots per socket (no hash-map locking on every connect and close: array
@@ -73,7 +76,9 @@
  * connect, so connect churn does not push out the entries of live idle
  * connections. A socket reusing the memory must never inherit an owner:
  * with BTF the entry holds the socket's cookie (unique for the life of the
- * host) and a reset's owner counts only if the cookies agree; on raw
+ * host) and a reset's owner counts only if the cookies agree (an accepted
+ * socket, which has no cookie yet when accept() returns, is told apart by
+ * its socket file's inode number instead, OWNER_BY_INODE); on raw
  * tracepoints, which cannot have a cookie made, tcp_destroy_sock empties
  * the slot instead. When both slots are taken by live sockets the first is
  * overwritten: that socket's owner becomes unknown, never wrong. `check`
@@ -88,6 +93,9 @@ struct owner {
 	__u32 check;
 };
 #define OWNER_CLOSED 1ULL
+/* in `cookie`: the rest is the socket file's inode number (kernel cookies
+ * count up from 1 and never reach this bit) */
+#define OWNER_BY_INODE (1ULL << 63)
 #define OWNER_BITS 17
 BPF_ARRAY(owners, struct owner, 1 << OWNER_BITS);
 
@@ -405,9 +413,22 @@ static __always_inline void owner_rewrite(__u64 key, __u64 to)
 	}
 }
 
-/* The owner of the socket `key` whose cookie is `cookie` (BTF: the reset's
- * own; raw tracepoints: not compared). */
-static __always_inline void fill_owner(struct rst_event *e, __u64 key, __u64 cookie)
+#ifdef HAVE_TP_ACCEPT
+/* The inode number of a full socket's file (0 when it has none: orphaned
+ * by close()). */
+static __always_inline __u64 sock_inode(const void *sk, int direct)
+{
+	const void *sock = LD(const void *, sk, OFF_SK_SOCKET, direct);
+	const void *file = sock ? LD(const void *, sock, OFF_SOCKET_FILE, direct) : 0;
+	const void *inode = file ? LD(const void *, file, OFF_FILE_INODE, direct) : 0;
+	return inode ? LD(__u64, inode, OFF_INODE_INO, direct) : 0;
+}
+#endif
+
+/* The owner of the socket `key` at `sk` whose cookie is `cookie` (BTF: the
+ * reset's own; raw tracepoints: not compared); `full`: sk is a full socket. */
+static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u64 key,
+				       __u64 cookie, int full, int direct)
 {
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
@@ -420,9 +441,18 @@ static __always_inline void fill_owner(struct rst_event *e, __u64 key, __u64 coo
 		if (o->check != owner_check(key, ocookie, cgroup, comm, pid) ||
 		    (o->sk & ~OWNER_CLOSED) != key)
 			continue;  /* being rewritten: unknown rather than wrong */
+#ifdef HAVE_TP_ACCEPT
+		if (ocookie & OWNER_BY_INODE) {
+			/* learned at accept(): the same socket file, or not this one */
+			if (!full || (OWNER_BY_INODE | sock_inode(sk, direct)) != ocookie)
+				continue;
+		} else
+#endif
 #ifdef TP_BTF
 		if (!cookie || ocookie != cookie)
 			continue;  /* another socket at the same address */
+#else
+		{}
 #endif
 		e->pid = pid;
 		e->cgroup = cgroup;
@@ -610,12 +640,11 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		tp = tcp_sk_of(sk, st, direct);
 		sock_addrs(e, sk, tp, head, sent, direct);
 		fill_sock(e, sk, tp, head, net, direct);
-		fill_owner(e, sk_key(sk, direct), e->cookie);
+		fill_owner(e, sk, sk_key(sk, direct), e->cookie, tp != 0, direct);
 #ifdef OFF_SK_CGROUP
 		if (!(e->flags & EVF_OWNER) && tp) {
-			/* no owner learned (an accepted socket, or one connected
-			 * before tracing began): the socket's own cgroup still names
-			 * its pod */
+			/* no owner learned (a socket connected or accepted before
+			 * tracing began): the socket's own cgroup still names its pod */
 			e->cgroup = cgroup_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
 			if (e->cgroup)
 				e->flags2 |= EVF2_SK_CGROUP;
@@ -664,6 +693,34 @@ TP_PROBE(tcp_receive_reset)
 }
 #endif
 
+/* The current task owns socket `key` (`cookie`: see struct owner). */
+static __always_inline void owner_learn(__u64 key, __u64 cookie)
+{
+	__u64 cgroup, comm[2];
+	__u32 pid, oslot = owner_slot(key, 0);
+	struct owner *o = owners.lookup(&oslot);
+
+	current_owner(&cgroup, comm, &pid);
+	if (o && !owner_free(o, key)) {
+		/* first way taken by another live socket: the second, unless
+		 * that one is taken too (then the first is overwritten) */
+		__u32 slot2 = owner_slot(key, 1);
+		struct owner *o2 = owners.lookup(&slot2);
+		if (o2 && owner_free(o2, key))
+			o = o2;
+	}
+	if (o) {
+		o->sk = 0;
+		o->cookie = cookie;
+		o->cgroup = cgroup;
+		o->comm[0] = comm[0];
+		o->comm[1] = comm[1];
+		o->pid = pid;
+		o->check = owner_check(key, cookie, cgroup, comm, pid);
+		o->sk = key;
+	}
+}
+
 #ifdef HAVE_TP_SET_STATE
 TP_PROBE(inet_sock_set_state)
 {
@@ -681,32 +738,11 @@ TP_PROBE(inet_sock_set_state)
 	if (cnt)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
-		__u64 key = sk_key(sk, DIRECT), cgroup, comm[2], cookie = 0;
-		__u32 pid, oslot = owner_slot(key, 0);
-		struct owner *o = owners.lookup(&oslot);
-
-		current_owner(&cgroup, comm, &pid);
+		__u64 cookie = 0;
 #ifdef TP_BTF
 		cookie = bpf_get_socket_cookie((void *)sk);
 #endif
-		if (o && !owner_free(o, key)) {
-			/* first way taken by another live socket: the second, unless
-			 * that one is taken too (then the first is overwritten) */
-			__u32 slot2 = owner_slot(key, 1);
-			struct owner *o2 = owners.lookup(&slot2);
-			if (o2 && owner_free(o2, key))
-				o = o2;
-		}
-		if (o) {
-			o->sk = 0;
-			o->cookie = cookie;
-			o->cgroup = cgroup;
-			o->comm[0] = comm[0];
-			o->comm[1] = comm[1];
-			o->pid = pid;
-			o->check = owner_check(key, cookie, cgroup, comm, pid);
-			o->sk = key;
-		}
+		owner_learn(sk_key(sk, DIRECT), cookie);
 	} else if (newstate == TCP_CLOSE_) {
 		__u64 key = sk_key(sk, DIRECT);
 		owner_rewrite(key, key | OWNER_CLOSED);
@@ -725,6 +761,85 @@ TP_PROBE(tcp_destroy_sock)
 	owner_rewrite(sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT), 0);
 	return 0;
 }
+#endif
+
+#if defined(HAVE_FEXIT_ACCEPT) && defined(TP_BTF)
+/* inet_csk_accept() returning an accepted socket, in the accepting task
+ * (loaded by the tracer as an fexit program, like the BTF tracepoints):
+ * its cookie is made here, as connect()'s is. */
+int fexit__inet_csk_accept(unsigned long long *ctx)
+{
+	BENCH_SKIP();
+	const void *sk = (const void *)ctx[ARG_ACCEPT_RET];
+
+	if (!sk || LD(__u16, sk, OFF_SK_PROTOCOL, 1) != IPPROTO_TCP)
+		return 0;
+	owner_learn(sk_key(sk, 1), bpf_get_socket_cookie((void *)sk));
+	return 0;
+}
+#endif
+
+#ifdef HAVE_TP_ACCEPT
+/* accept() returning descriptor `fd` to the current task: the owner of the
+ * TCP socket behind it. A syscall tracepoint, not a BTF one, so every read
+ * is a probe read (accept()s are few: this is no storm's path). The file
+ * table is read as the syscall leaves it; should another thread replace
+ * `fd` in between, the entry names another file's inode, which no reset
+ * on this socket can match (fill_owner): unknown, never wrong. */
+static __always_inline void accept_learn(long fd)
+{
+	const void *task = (const void *)bpf_get_current_task();
+	const void *files, *fdt, *fds, *file = 0, *sock, *sk, *inode;
+	__u64 ino, key;
+
+	if (fd < 0)
+		return;
+	files = LD(const void *, task, OFF_TASK_FILES, 0);
+	fdt = files ? LD(const void *, files, OFF_FILES_FDT, 0) : 0;
+	if (!fdt || (__u64)fd >= LD(__u32, fdt, OFF_FDT_MAX_FDS, 0))
+		return;
+	fds = LD(const void *, fdt, OFF_FDT_FD, 0);
+	if (fds)
+		bpf_probe_read_kernel(&file, sizeof(file), (const char *)fds + fd * sizeof(void *));
+	sock = file ? LD(const void *, file, OFF_FILE_PRIVATE, 0) : 0;
+	sk = sock ? LD(const void *, sock, OFF_SOCKET_SK, 0) : 0;
+	inode = file ? LD(const void *, file, OFF_FILE_INODE, 0) : 0;
+	if (!sk || !inode || LD(__u16, sk, OFF_SK_PROTOCOL, 0) != IPPROTO_TCP)
+		return;
+	ino = LD(__u64, inode, OFF_INODE_INO, 0);
+	if (!ino)
+		return;
+#ifdef TP_BTF
+	/* the key BTF programs compute (sk_key): the distance from the same
+	 * map value, here taken as a number */
+	int zero = 0;
+	struct owner *base = owners.lookup(&zero);
+	__u64 at = 0;
+	if (!base)
+		return;
+	bpf_probe_read_kernel(&at, sizeof(at), &base);
+	key = (__u64)sk - at;
+#else
+	key = (__u64)sk;
+#endif
+	owner_learn(key, OWNER_BY_INODE | ino);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	BENCH_SKIP();
+	accept_learn(args->ret);
+	return 0;
+}
+
+#ifdef HAVE_TP_ACCEPT_PLAIN
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	BENCH_SKIP();
+	accept_learn(args->ret);
+	return 0;
+}
+#endif
 #endif
 
 #ifdef HAVE_TP_KFREE_SKB

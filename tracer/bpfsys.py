@@ -75,16 +75,18 @@ class _ProgLoadAttr(ctypes.Structure):
 
 
 def load_btf_tracepoint(insns: bytes, name: str, btf_id: int, abi: dict[str, int],
-                        log_size: int = 1 << 20) -> int:
+                        log_size: int = 1 << 20, attach_type: str = "BPF_TRACE_RAW_TP") -> int:
     """Load `insns` as a BTF tracepoint program (BPF_PROG_TYPE_TRACING,
     attach type BPF_TRACE_RAW_TP) for the tracepoint whose btf_trace_*
-    typedef is `btf_id`. `abi` holds the enum values, read from BTF by the
-    caller. On refusal the verifier's last words are in the error."""
+    typedef is `btf_id`; with attach_type BPF_TRACE_FEXIT, for the return of
+    the kernel function whose BTF FUNC is `btf_id`. `abi` holds the enum
+    values, read from BTF by the caller. On refusal the verifier's last
+    words are in the error."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     attr = _ProgLoadAttr()
     attr.prog_type = abi["BPF_PROG_TYPE_TRACING"]
-    attr.expected_attach_type = abi["BPF_TRACE_RAW_TP"]
+    attr.expected_attach_type = abi[attach_type]
     attr.attach_btf_id = btf_id
     attr.insn_cnt = len(insns) // 8
     attr.insns = ctypes.addressof(code)
@@ -105,7 +107,7 @@ def load_btf_tracepoint(insns: bytes, name: str, btf_id: int, abi: dict[str, int
 def attach_btf_tracepoint(prog_fd: int, abi: dict[str, int]) -> int:
     """Attach a loaded BTF tracepoint program; the returned descriptor keeps
     it attached (BPF_RAW_TRACEPOINT_OPEN with no name: the program's
-    attach_btf_id names the tracepoint)."""
+    attach_btf_id names the tracepoint, or the function of an fexit)."""
     # union bpf_attr { u64 name; u32 prog_fd; ... }
     attr = (ctypes.c_uint64 * 3)()
     attr[1] = prog_fd

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .btf import KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
+from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
-from .offsets import RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, kernel_layout, raw_tp_layout
+from .offsets import (FEXIT_RET, RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, fexit_ret_index,
+                      kernel_layout, raw_tp_layout)
 from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
@@ -153,6 +154,10 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
                 name = tp.split(":")[1]
                 btf_ids[name] = btf.find(f"btf_trace_{name}", (KIND_TYPEDEF,))
                 attach.append(("tp_btf", name, f"tpbtf__{name}"))
+            for kind, func, _fn in attach:
+                if kind == "fexit":
+                    btf_ids[func] = btf.find(func, (KIND_FUNC,))
+                    defines.append(f"-D{FEXIT_RET[func]}={fexit_ret_index(btf, func)}")
         except BTFError as e:
             raise LoadError(f"BTF tracepoints: {e}") from None
         defines.append("-DTP_BTF")
@@ -324,7 +329,7 @@ def load_inprocess(program: Program):
 def compile_and_attach(text: str, cflags: list[str], attach: list,
                        btf_ids: dict[str, int] | None = None, abi: dict[str, int] | None = None):
     """bcc compile + load (raw tracepoint programs attach themselves), BTF
-    tracepoint programs loaded and attached from bcc's bytecode, kprobes
+    tracepoint and fexit programs loaded and attached from bcc's bytecode, kprobes
     attached. Used in this process and in the loader process
     (loader_child.py). The BTF tracepoints' descriptors are in
     `b.rsttrace_btf_tps` as (prog fd, link fd)."""
@@ -342,16 +347,19 @@ def compile_and_attach(text: str, cflags: list[str], attach: list,
             raise LoadError(f"BPF program failed to load: {e}\n{msg}") from None
     b.rsttrace_btf_tps = []
     for kind, target, fn in attach:
-        if kind == "tp_btf":
+        if kind in ("tp_btf", "fexit"):
             try:
-                prog = load_btf_tracepoint(b.dump_func(fn), fn, btf_ids[target], abi)
+                prog = load_btf_tracepoint(b.dump_func(fn), fn, btf_ids[target], abi,
+                                           attach_type="BPF_TRACE_FEXIT" if kind == "fexit"
+                                           else "BPF_TRACE_RAW_TP")
                 b.rsttrace_btf_tps.append((prog, attach_btf_tracepoint(prog, abi)))
             except (OSError, KeyError) as e:
                 for fds in b.rsttrace_btf_tps:
                     for fd in fds:
                         os.close(fd)
                 b.cleanup()
-                raise LoadError(f"BTF tracepoint {target} refused: {e}") from None
+                what = "fexit" if kind == "fexit" else "BTF tracepoint"
+                raise LoadError(f"{what} {target} refused: {e}") from None
         elif kind == "kprobe":
             b.attach_kprobe(event=target, fn_name=fn)
         elif kind == "kretprobe":
@@ -364,19 +372,3 @@ def program_fds(b) -> list[int]:
     result): bcc's own and the BTF tracepoints loaded from its bytecode."""
     fds = [fn.fd for fn in b.funcs.values() if fn.fd is not None and fn.fd >= 0]
     return fds + [prog for prog, _link in getattr(b, "rsttrace_btf_tps", [])]
-
-
-def try_fentry() -> tuple[bool, str]:
-    """Load a minimal fentry program for real (doctor only)."""
-    try:
-        from bcc import BPF
-    except ImportError:
-        return False, "bcc not importable"
-    text = "KFUNC_PROBE(tcp_reset, void *sk) { return 0; }"
-    with _quiet_stderr():
-        try:
-            b = BPF(text=text)
-            b.cleanup()
-            return True, "fentry programs load"
-        except Exception as e:
-            return False, f"fentry program failed to load: {str(e).splitlines()[0][:120]}"

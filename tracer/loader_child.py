@@ -82,7 +82,7 @@ def load(req: dict) -> tuple[dict, list[int]]:
     return {"maps": maps, "links": links, "progs": progs, "layout": layout,
             "tracepoints": sorted([k.decode() if isinstance(k, bytes) else str(k)
                                    for k in [*b.tracepoint_fds, *b.raw_tracepoint_fds]]
-                                  + [f"tp_btf:{t}" for k, t, _ in req["attach"] if k == "tp_btf"])}, fds
+                                  + [f"{k}:{t}" for k, t, _ in req["attach"] if k in ("tp_btf", "fexit")])}, fds
 
 
 if __name__ == "__main__":

@@ -67,6 +67,24 @@ TASK_OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_CSS_SET_DFL_CGRP": ("css_set", ("dfl_cgrp",)),
 }
 
+# An accepted socket's owner, learned as accept() returns in the accepting
+# process: the new descriptor looked up in the task's file table, and the
+# socket file's inode number, which tells that socket from any later one in
+# the same memory. All or none: without them accepted sockets have no owner
+# (the probe says so, probe.accept_fields).
+ACCEPT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "OFF_TASK_FILES": ("task_struct", ("files",)),
+    "OFF_FILES_FDT": ("files_struct", ("fdt",)),
+    "OFF_FDT_MAX_FDS": ("fdtable", ("max_fds",)),
+    "OFF_FDT_FD": ("fdtable", ("fd",)),
+    "OFF_FILE_PRIVATE": ("file", ("private_data",)),
+    "OFF_FILE_INODE": ("file", ("f_inode",)),
+    "OFF_INODE_INO": ("inode", ("i_ino",)),
+    "OFF_SOCKET_SK": ("socket", ("sk",)),
+    "OFF_SOCKET_FILE": ("socket", ("file",)),
+    "OFF_SK_SOCKET": ("sock", ("sk_socket",)),
+}
+
 # From the ip_vs module's BTF (only where IPVS is loaded).
 IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_IPVS_TIMER": ("ip_vs_conn", ("timer",)),
@@ -112,6 +130,15 @@ def _resolve(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]], out: Kerne
             break
         else:
             raise BTFError(f"{define}: " + "; ".join(errors))
+
+
+def unresolved(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]]) -> str:
+    """Why `table` cannot be placed in this kernel's BTF ("" if it can)."""
+    try:
+        _resolve(btf, table, KernelLayout())
+    except BTFError as e:
+        return str(e)
+    return ""
 
 
 # Raw tracepoint arguments, located by type in the tracepoint's BTF
@@ -181,13 +208,30 @@ def btf_tracepoint_abi(btf: BTF) -> dict[str, int]:
     return {"BPF_PROG_LOAD": enum_value(btf, "bpf_cmd", "BPF_PROG_LOAD"),
             "BPF_RAW_TRACEPOINT_OPEN": enum_value(btf, "bpf_cmd", "BPF_RAW_TRACEPOINT_OPEN"),
             "BPF_PROG_TYPE_TRACING": enum_value(btf, "bpf_prog_type", "BPF_PROG_TYPE_TRACING"),
-            "BPF_TRACE_RAW_TP": enum_value(btf, "bpf_attach_type", "BPF_TRACE_RAW_TP")}
+            "BPF_TRACE_RAW_TP": enum_value(btf, "bpf_attach_type", "BPF_TRACE_RAW_TP"),
+            "BPF_TRACE_FEXIT": enum_value(btf, "bpf_attach_type", "BPF_TRACE_FEXIT")}
+
+
+# fexit programs rsttrace loads: kernel function -> the program's -D for
+# the index of its return value in the program's context (after the
+# function's arguments, however many this kernel's version has)
+FEXIT_RET: dict[str, str] = {"inet_csk_accept": "ARG_ACCEPT_RET"}
+
+
+def fexit_ret_index(btf: BTF, func: str) -> int:
+    """Where an fexit program on `func` finds the return value: the number
+    of the function's parameters (inet_csk_accept has 4 in 6.1, 2 since 6.10)."""
+    from .btf import KIND_FUNC, KIND_FUNC_PROTO
+    proto = btf._header(btf.find(func, (KIND_FUNC,)))[4]
+    if btf.kind(proto) != KIND_FUNC_PROTO:
+        raise BTFError(f"{func}: no function prototype in BTF")
+    return len(btf.proto_params(proto))
 
 
 def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
     out = KernelLayout()
     _resolve(btf, SOCKET_OFFSETS, out)
-    for group in (SOCKET_OPTIONAL, TASK_OPTIONAL):
+    for group in (SOCKET_OPTIONAL, TASK_OPTIONAL, ACCEPT_FIELDS):
         try:
             _resolve(btf, group, out)
         except BTFError:

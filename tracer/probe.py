@@ -17,6 +17,7 @@ from pathlib import Path
 from . import kernel
 from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
+from .offsets import ACCEPT_FIELDS, unresolved
 
 SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
@@ -24,6 +25,7 @@ SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "own
 TRACEPOINTS = (
     ("tcp", "tcp_send_reset"), ("tcp", "tcp_receive_reset"), ("skb", "kfree_skb"),
     ("printk", "console"), ("sock", "inet_sock_set_state"), ("tcp", "tcp_destroy_sock"),
+    ("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept"),
 )
 KPROBE_SYMBOLS = ("tcp_v4_send_reset", "tcp_v6_send_reset", "tcp_reset",
                   "ip_vs_conn_expire", "__nf_conntrack_alloc")
@@ -38,7 +40,7 @@ class Capabilities:
     kprobes: bool = False
     kprobes_note: str = ""
     kprobe_symbols: dict[str, bool] = field(default_factory=dict)
-    fentry: bool = False
+    fentry: bool = False     # fexit programs load and attach (tried for real)
     fentry_note: str = ""
     ringbuf: bool = False
     percpu_rings: bool = False   # the programs' own per-CPU rings can work here
@@ -51,6 +53,13 @@ class Capabilities:
     ipvs: bool = False
     ipvs_note: str = ""
     ipvs_btf: bool = False
+    # why an accepted socket's file cannot be followed in this kernel's BTF
+    # ("": it can; offsets.ACCEPT_FIELDS)
+    accept_fields_note: str = "no BTF"
+    # the user's choice, not the kernel's: learn accepted sockets' owners
+    # from the accept() syscall tracepoints where no fexit can (enabling any
+    # syscall tracepoint slows every syscall on the host)
+    accept_syscalls: bool = False
 
     def has_tp(self, name: str, fieldname: str | None = None) -> bool:
         fields = self.tracepoints.get(name)
@@ -107,16 +116,38 @@ def _load_probe_program(btf, insns: bytes) -> None:
                                  log_size=4096))
 
 
+# r0 = 0; exit
+RETURN_0 = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+
 def _try_tp_btf(btf) -> tuple[bool, str]:
     """Whether this kernel and our privileges allow BTF tracepoints: an
     empty one loaded for real."""
     from .btf import BTFError
     try:
-        # r0 = 0; exit
-        _load_probe_program(btf, bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]))
+        _load_probe_program(btf, RETURN_0)
         return True, "BTF tracepoints load: fields are read without a helper call each"
     except (BTFError, OSError) as e:
         return False, f"BTF tracepoints do not load ({e}): raw tracepoints with probe reads"
+
+
+def _try_fexit(btf) -> tuple[bool, str]:
+    """Whether fexit programs load and attach here: an empty one on the
+    function rsttrace uses (inet_csk_accept), attached and detached."""
+    from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
+    from .btf import KIND_FUNC, BTFError
+    from .offsets import btf_tracepoint_abi
+    try:
+        abi = btf_tracepoint_abi(btf)
+        fd = load_btf_tracepoint(RETURN_0, "rsttrace_probe", btf.find("inet_csk_accept", (KIND_FUNC,)),
+                                 abi, log_size=4096, attach_type="BPF_TRACE_FEXIT")
+        try:
+            os.close(attach_btf_tracepoint(fd, abi))
+        finally:
+            os.close(fd)
+    except (BTFError, OSError) as e:
+        return False, f"fexit programs do not load or attach here ({str(e).rstrip(': ')})"
+    return True, "fexit programs load and attach"
 
 
 # r0 = 0, then one 64-bit compare-and-swap on the stack
@@ -167,13 +198,7 @@ def probe() -> Capabilities:
     if caps.kprobes:
         caps.kprobe_symbols = {s: kernel.kprobe_symbol(s) for s in KPROBE_SYMBOLS}
     caps.btf = Path("/sys/kernel/btf/vmlinux").exists()
-    # fentry is not used (tracepoints cover every signal), so it is only
-    # tried for real by `rsttrace doctor` (tracer.loader.try_fentry); here
-    # the config says whether it could work at all.
-    if not caps.btf:
-        caps.fentry, caps.fentry_note = False, "no BTF: fentry needs it"
-    else:
-        caps.fentry, caps.fentry_note = False, "not probed (unused: tracepoints cover every signal)"
+    caps.fentry, caps.fentry_note = False, "no BTF: fentry and fexit need it"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     caps.tp_btf, caps.tp_btf_note = False, "no BTF"
     caps.percpu_rings_note = "no BTF: compare-and-swap cannot be tried"
@@ -182,6 +207,8 @@ def probe() -> Capabilities:
         btf = load_vmlinux()   # read once for both questions
         caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
         caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
+        caps.fentry, caps.fentry_note = _try_fexit(btf)
+        caps.accept_fields_note = unresolved(btf, ACCEPT_FIELDS)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
                 "SKB_DROP_REASON_NETFILTER_DROP")
@@ -284,9 +311,31 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                   ["WANT_KPROBE_IPVS_EXPIRE"],
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
 
+    # accepted sockets: learned as accept() returns, in the accepting task
     if caps.has_tp("sock:inet_sock_set_state"):
-        out["owner"] = Hook("owner", True, f"{tp} sock:inet_sock_set_state",
-                            "process learned at connect(); accepted sockets have no owner")
+        h = Hook("owner", True, f"{tp} sock:inet_sock_set_state",
+                 "process learned at connect() and as accept() returns")
+        syscalls = caps.has_tp("syscalls:sys_exit_accept4")
+        if caps.fentry and tp == "BTF tracepoint":
+            h.hook += " + fexit inet_csk_accept"
+            h.defines = ["HAVE_FEXIT_ACCEPT"]
+            h.attach = [("fexit", "inet_csk_accept", "fexit__inet_csk_accept")]
+        elif caps.accept_syscalls and syscalls and not caps.accept_fields_note:
+            both = caps.has_tp("syscalls:sys_exit_accept")
+            h.hook += " + tracepoint syscalls:sys_exit_accept4" + ("/sys_exit_accept" if both else "")
+            h.why += " (syscall tracepoints asked for: every syscall on the host is slower)"
+            h.defines = ["HAVE_TP_ACCEPT"] + (["HAVE_TP_ACCEPT_PLAIN"] if both else [])
+        else:
+            why = [caps.fentry_note if not caps.fentry else "fexit needs BTF tracepoints and a ring"]
+            if not syscalls:
+                why.append("no syscalls:sys_exit_accept4 tracepoint (kernel without CONFIG_FTRACE_SYSCALLS)")
+            elif caps.accept_fields_note:
+                why.append(f"an accepted socket's file cannot be followed ({caps.accept_fields_note})")
+            else:
+                why.append("the accept() syscall tracepoints would slow every syscall on the host "
+                           "(record --accept-syscalls uses them anyway)")
+            h.why = "process learned at connect(); accepted sockets have no owner: " + "; ".join(why)
+        out["owner"] = h
     else:
         out["owner"] = Hook("owner", False, None, "no sock:inet_sock_set_state tracepoint")
     return out

@@ -53,7 +53,8 @@ class TraceSession:
                  ctx_period_s: float = 1.0, transport: str | None = None,
                  netns_names: dict[int, str] | None = None,
                  ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
-                 btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = ()):
+                 btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = (),
+                 accept_syscalls: bool = False):
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
@@ -63,6 +64,9 @@ class TraceSession:
         self.tp_btf_note = ""
         self._want_btf = btf_tracepoints   # None: where the kernel allows them
         self._extra_defines = tuple(extra_defines)
+        # accepted sockets' owners from the accept() syscall tracepoints where
+        # no fexit can learn them (probe.Capabilities.accept_syscalls)
+        self._accept_syscalls = accept_syscalls
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -141,6 +145,7 @@ class TraceSession:
             self.caps.tp_btf, self.caps.tp_btf_note = False, "raw tracepoints asked for"
         elif not detached:
             self.caps.tp_btf, self.caps.tp_btf_note = False, "perf buffer: raw tracepoints"
+        self.caps.accept_syscalls = self._accept_syscalls
         self.hooks = probe.plan(self.caps)
         if not any(h.available for k, h in self.hooks.items() if k.startswith("reset")):
             raise SessionError("no reset hook can attach on this kernel: "

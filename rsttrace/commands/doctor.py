@@ -25,7 +25,7 @@ def register(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--load", action="store_true",
-                   help="compile, load and attach the programs (and try fentry), then detach")
+                   help="compile, load and attach the programs, then detach")
     p.set_defaults(run=run)
 
 
@@ -44,7 +44,7 @@ def gather(load: bool) -> dict:
             "btf": "present (/sys/kernel/btf/vmlinux)" if caps.btf else "absent",
             "headers": headers.note,
             "kprobes": caps.kprobes_note,
-            "fentry": caps.fentry_note,
+            "fexit": caps.fentry_note,
             "tp_btf": caps.tp_btf_note,
             "ring buffer": "yes" if caps.ringbuf else "no",
             "per-CPU rings": "yes" if caps.percpu_rings else f"no: {caps.percpu_rings_note}",
@@ -56,7 +56,6 @@ def gather(load: bool) -> dict:
         "plan": probe.plan_summary(hooks),
     }
     if load:
-        from rsttrace.tracer.loader import try_fentry
         from rsttrace.tracer.session import SessionError, TraceSession
         try:
             with TraceSession(ctx_period_s=0) as s:
@@ -64,8 +63,6 @@ def gather(load: bool) -> dict:
                                            f"as {s.header['hooks']}")
         except SessionError as e:
             report["facts"]["load"] = f"FAILED: {e}"
-        ok, note = try_fentry()
-        report["facts"]["fentry"] = note
     col = Collector()
     try:
         ctx = col.snapshot()

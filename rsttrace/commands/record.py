@@ -40,6 +40,10 @@ def register(sub) -> None:
     p.add_argument("--transport", choices=("percpu", "ringbuf", "perfbuf"),
                    help="how events reach the recorder (default: the best this kernel has, "
                         "in that order; `rsttrace doctor` says which)")
+    p.add_argument("--accept-syscalls", action="store_true",
+                   help="where no fexit program can learn an accepted socket's owner, learn it "
+                        "from the accept() syscall tracepoints (turns on syscall tracing: every "
+                        "syscall on the host gets slower; `rsttrace doctor` says which applies)")
     p.set_defaults(run=run)
 
 
@@ -86,7 +90,8 @@ def run(args) -> int:
         stop.set()
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
-                           netns_names=names, transport=args.transport)
+                           netns_names=names, transport=args.transport,
+                           accept_syscalls=args.accept_syscalls)
     writer = None
     t0 = time.monotonic()
     try:
@@ -168,6 +173,7 @@ def dump_bpf(args) -> int:
     from rsttrace.tracer.loader import LoadError, build
     ports, netns, _ = resolve_filters(args)
     caps = probe.probe()
+    caps.accept_syscalls = args.accept_syscalls
     hooks = probe.plan(caps)
     try:
         prog = build(caps, hooks, probe.transport(caps)[0], ports, netns)

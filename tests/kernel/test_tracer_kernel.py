@@ -95,34 +95,55 @@ LINGER_PAIR = textwrap.dedent("""
 
 
 CLIENT_ABORT = textwrap.dedent("""
-    import socket, struct, time
+    import os, socket, struct, time
     srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
-    c = socket.socket(); c.connect(srv.getsockname()); a, _ = srv.accept()
-    # the connecting side aborts: its socket moves to CLOSE, then the reset goes
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    port = c.getsockname()[1]
-    c.close()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        c = socket.socket(); c.connect(srv.getsockname()); os.read(r, 1)
+        # the connecting side aborts: its socket moves to CLOSE, then the reset goes
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        port = c.getsockname()[1]
+        c.close()
+        print(os.getpid(), port, flush=True)
+        os._exit(0)
+    a, _ = srv.accept()
+    os.write(w, b"x"); os.waitpid(pid, 0)
     time.sleep(0.2)
-    print(srv.getsockname()[1], port)
+    print(srv.getsockname()[1], flush=True)
 """)
 
 
-def test_client_abort_reset_names_its_owner(session, collect, netns):
-    """The reset an aborting connect()ed socket sends comes after its move to
-    CLOSE: its owner is still known. The accepted end that receives it was
-    never connect()ed here: no owner."""
+@pytest.mark.parametrize("btf", [True, False], ids=["btf", "raw"])
+def test_client_abort_reset_names_its_owner(netns, btf):
+    """A child connects and aborts, its parent accepts. The reset the
+    connect()ed socket sends comes after its move to CLOSE: its owner (the
+    child) is still known. The accepted end that receives it names the
+    process that accepted it (the parent), where the accept hook exists;
+    with BTF tracepoints and with raw ones (their owner keys differ)."""
+    from rsttrace.tracer.session import TraceSession
     ns = netns.add("ca")
-    ino = netns.inode(ns)
-    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_ABORT],
-                         stdout=subprocess.PIPE, text=True)
-    out, _ = p.communicate(timeout=20)
-    sport, cport = map(int, out.split())
-    hits = collect.wait_for(lambda r: r["kind"] == "reset" and r["netns"] == ino, n=2)
-    sent = next(r for r in hits if r["dir"] == "sent")
-    recv = next(r for r in hits if r["dir"] == "recv")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, btf_tracepoints=btf,
+                     accept_syscalls=True).start()
+    try:
+        assert s.program.tp_btf is btf
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_ABORT],
+                             stdout=subprocess.PIPE, text=True)
+        out, _ = p.communicate(timeout=20)
+        child, cport, sport = map(int, out.split())
+        recs = poll_resets(s, lambda rs: len(rs) >= 2)
+        accept_hook = "accept" in s.header["plan"]["owner"]["hook"]
+    finally:
+        s.stop()
+    sent = next(r for r in recs if r["dir"] == "sent")
+    recv = next(r for r in recs if r["dir"] == "recv")
     assert (sent["sport"], sent["dport"]) == (cport, sport)
-    assert sent["pid"] == p.pid and sent["comm"].startswith("python"), sent
-    assert recv["pid"] is None and recv["comm"] is None, recv
+    assert sent["pid"] == child and sent["comm"].startswith("python"), sent
+    if accept_hook:
+        assert recv["pid"] == p.pid and recv["comm"].startswith("python"), recv
+        assert recv["cgroup_of"] == "owner"
+    else:
+        assert recv["pid"] is None and recv["comm"] is None, recv
 
 
 REUSED_MEMORY = textwrap.dedent("""
@@ -156,19 +177,66 @@ REUSED_MEMORY = textwrap.dedent("""
 
 def test_socket_in_reused_memory_never_inherits_an_owner(session, collect, netns):
     """Accepted sockets made where connect()ed ones have just been freed:
-    the resets they receive have no owner. With BTF tracepoints (this
-    session's kind wherever they load) the owner table checks the socket
-    cookie; without that check every one of them named a dead child."""
+    the resets they receive name the process that accepted them (or, where
+    the accept hook is missing, nobody), never the dead child whose socket
+    had the memory before. With BTF tracepoints the owner table checks the
+    socket cookie; without that check every one of them named a dead child."""
     ns = netns.add("ru")
     ino = netns.inode(ns)
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", REUSED_MEMORY],
-                   check=True, timeout=60)
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", REUSED_MEMORY])
+    assert p.wait(timeout=60) == 0
     hits = collect.wait_for(lambda r: r["kind"] == "reset" and r["netns"] == ino, n=100)
     recv = [r for r in hits if r["dir"] == "recv"]
     sent = [r for r in hits if r["dir"] == "sent"]
     assert len(recv) == 50 and len(sent) == 50, (len(recv), len(sent))
-    assert all(r["pid"] is not None for r in sent)  # the aborting children: known
-    assert [r for r in recv if r["pid"] is not None] == []
+    children = {r["pid"] for r in sent}  # the aborting children: known
+    assert None not in children and p.pid not in children
+    accepted = p.pid if "accept" in session.header["plan"]["owner"]["hook"] else None
+    assert [r for r in recv if r["pid"] != accepted] == []
+
+
+NEVER_ACCEPTED = textwrap.dedent("""
+    import os, socket, struct, time
+    os.sched_setaffinity(0, {0})  # one CPU: freed socket memory is handed out again at once
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+    addr = srv.getsockname()
+    for i in range(50):
+        # an accepted socket (its owner learned), closed: its memory goes back
+        c = socket.socket(); c.connect(addr)
+        a = srv.accept()[0]
+        a.close(); c.close()
+        time.sleep(0.01)
+        # the next connection, typically in that memory, is never accepted:
+        # its client aborts while it waits in the listener's queue
+        c = socket.socket(); c.connect(addr)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    print(addr[1], flush=True)
+""")
+
+
+def test_never_accepted_socket_never_inherits_an_accepted_ones_owner(netns):
+    """Connections reset while waiting to be accepted, in memory where
+    accepted sockets have just been freed: nobody accept()ed them, so they
+    have no owner. The owner table tells them apart by the cookie made at
+    accept (fexit) or the socket file's inode number (syscall tracepoints;
+    they have none yet); without that check they named the process that had
+    accepted the freed ones."""
+    from rsttrace.tracer.session import TraceSession
+    ns = netns.add("na")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, accept_syscalls=True).start()
+    try:
+        if "accept" not in s.header["plan"]["owner"]["hook"]:
+            pytest.skip("no accept hook on this kernel: " + s.header["plan"]["owner"]["why"])
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", NEVER_ACCEPTED],
+                           capture_output=True, text=True, check=True, timeout=60)
+        port = int(p.stdout)
+        recs = poll_resets(s, lambda rs: len(rs) >= 100)
+    finally:
+        s.stop()
+    hits = [r for r in recs if r["dir"] == "recv" and r["dport"] == port]
+    assert len(hits) == 50 and all(r["state"] == "ESTABLISHED" for r in hits), hits
+    assert [r for r in hits if r["pid"] is not None] == []
 
 
 def test_abort_with_linger_zero(session, collect, netns):
@@ -505,27 +573,37 @@ def test_owner_in_a_pod_cgroup_gets_its_pod(netns):
 POD_SERVER = textwrap.dedent("""
     import socket, sys
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0)); srv.listen(1)
+    srv.bind(("127.0.0.1", 0)); srv.listen(2)
     print(srv.getsockname()[1], flush=True)
-    a, _ = srv.accept()
-    try:
-        a.recv(10); a.recv(10)
-    except ConnectionResetError:
-        print("RESET", flush=True)
+    conns = []
+    while len(conns) < 2:
+        sys.stdin.readline()  # accept the next connection when told
+        a, peer = srv.accept()
+        conns.append(a)
+        print(peer[1], flush=True)
+    for a in conns:
+        try:
+            a.recv(10); a.recv(10)
+        except ConnectionResetError:
+            print("RESET", flush=True)
 """)
-ABORTING_CLIENT = textwrap.dedent("""
-    import socket, struct, sys, time
+HOLDING_CLIENT = textwrap.dedent("""
+    import socket, struct, sys
     c = socket.socket(); c.connect(("127.0.0.1", int(sys.argv[1]))); c.sendall(b"x")
-    time.sleep(0.2)
+    print(c.getsockname()[1], flush=True)
+    sys.stdin.readline()  # abort when told
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
 """)
 
 
-def test_accepted_socket_names_its_pod_by_the_socket_cgroup(netns):
-    """An accepted socket has no owner learned at connect(); its reset still
-    names the pod, from the cgroup the socket itself belongs to (the
-    listener's, here a kubelet-shaped pod cgroup)."""
+def test_accepted_sockets_name_their_pod(netns):
+    """A server in a kubelet-shaped pod cgroup accepts two connections, one
+    before tracing begins and one after; both are then reset by their
+    clients. The one accepted while traced names the process that accepted
+    it (and its pod, from that process's cgroup); the one accepted before
+    has no owner, and still names the pod, from the cgroup the socket itself
+    belongs to (its listener's)."""
     import shlex
     import uuid
 
@@ -539,32 +617,56 @@ def test_accepted_socket_names_its_pod_by_the_socket_cgroup(netns):
     leaf = top / f"pod{uid}" / "db"
     ns = netns.add("acc")
     leaf.mkdir(parents=True)
-    srv = None
+    procs: list[subprocess.Popen] = []
+
+    def start(*cmd) -> subprocess.Popen:
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        return procs[-1]
+
+    def tell(p: subprocess.Popen) -> None:
+        p.stdin.write("\n")
+        p.stdin.flush()
+
     try:
-        s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0).start()
+        script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
+                  f"{sys.executable} -c {shlex.quote(POD_SERVER)}")
+        srv = start("sh", "-c", script)
+        port = int(srv.stdout.readline())
+        client = ["ip", "netns", "exec", ns, sys.executable, "-c", HOLDING_CLIENT, str(port)]
+        before = start(*client)
+        before_port = int(before.stdout.readline())
+        tell(srv)
+        assert int(srv.stdout.readline()) == before_port
+        s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, accept_syscalls=True).start()
         try:
-            script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
-                      f"{sys.executable} -c {shlex.quote(POD_SERVER)}")
-            srv = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
-            port = int(srv.stdout.readline())
-            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", ABORTING_CLIENT, str(port)],
-                           capture_output=True, text=True, timeout=20, check=True)
-            assert srv.stdout.readline().strip() == "RESET"
+            after = start(*client)
+            after_port = int(after.stdout.readline())
+            tell(srv)
+            assert int(srv.stdout.readline()) == after_port
+            for c in (before, after):
+                tell(c)
+                c.wait(timeout=10)
+            assert [srv.stdout.readline().strip() for _ in range(2)] == ["RESET", "RESET"]
             srv.wait(timeout=10)
-            recs = poll_resets(s, lambda rs: len(rs) >= 2)
+            recs = poll_resets(s, lambda rs: len(rs) >= 4)
         finally:
             s.stop()
-        got = next(r for r in recs if r["dir"] == "recv")
-        sent = next(r for r in recs if r["dir"] == "sent")
-        assert got["sport"] != port and got["dport"] == port      # the server's socket got it
-        assert got["pid"] is None and got["cgroup_of"] == "socket"
-        assert got["pod"] == f"uid:{uid}"
-        # the client's socket connected while traced: its owner, not in a pod
-        assert sent["cgroup_of"] == "owner" and sent["pid"] is not None and sent["pod"] is None
+        # the server's sockets got them (a received reset's source is its sender)
+        got = {r["sport"]: r for r in recs if r["dir"] == "recv" and r["dport"] == port}
+        sent = {r["sport"]: r for r in recs if r["dir"] == "sent"}
+        old, new = got[before_port], got[after_port]
+        assert old["pid"] is None and old["cgroup_of"] == "socket", old
+        assert old["pod"] == f"uid:{uid}"
+        assert new["pid"] == srv.pid and new["cgroup_of"] == "owner", new
+        assert new["comm"].startswith("python") and new["pod"] == f"uid:{uid}"
+        # the clients: connected before and while traced, neither in a pod
+        assert sent[before_port]["pid"] is None and sent[before_port]["pod"] is None
+        assert sent[after_port]["pid"] == after.pid and sent[after_port]["pod"] is None
     finally:
-        if srv is not None and srv.poll() is None:
-            srv.kill()
-            srv.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for d in (leaf, leaf.parent, top):
             try:
                 d.rmdir()

@@ -43,6 +43,47 @@ def test_btf_tracepoints_where_they_load():
     assert plan(caps(tp_btf=True, ringbuf=False))["reset_sent"].hook.startswith("raw tracepoint")
 
 
+ACCEPT_TPS = {"syscalls:sys_exit_accept4": ["ret"], "syscalls:sys_exit_accept": ["ret"]}
+
+
+def test_accepted_sockets_owner_from_fexit_where_it_attaches():
+    c = caps(tp_btf=True, fentry=True, accept_fields_note="")
+    c.tracepoints.update(ACCEPT_TPS)
+    p = plan(c)["owner"]
+    assert p.hook == "BTF tracepoint sock:inet_sock_set_state + fexit inet_csk_accept"
+    assert p.defines == ["HAVE_FEXIT_ACCEPT"]
+    assert p.attach == [("fexit", "inet_csk_accept", "fexit__inet_csk_accept")]
+    assert "accept()" in p.why and "no owner" not in p.why
+    # raw tracepoints (perf buffer, or refused BTF ones): no fexit
+    c.tp_btf = False
+    assert "fexit" not in plan(c)["owner"].hook
+
+
+def test_accepted_sockets_owner_from_syscall_tracepoints_only_when_asked():
+    c = caps(fentry_note="fexit programs do not load or attach here (EPERM)", accept_fields_note="")
+    c.tracepoints.update(ACCEPT_TPS)
+    p = plan(c)["owner"]
+    assert p.defines == [] and "accepted sockets have no owner" in p.why
+    assert "EPERM" in p.why and "--accept-syscalls" in p.why
+    c.accept_syscalls = True
+    p = plan(c)["owner"]
+    assert p.hook == ("raw tracepoint sock:inet_sock_set_state + tracepoint "
+                      "syscalls:sys_exit_accept4/sys_exit_accept")
+    assert p.defines == ["HAVE_TP_ACCEPT", "HAVE_TP_ACCEPT_PLAIN"] and "slower" in p.why
+    # accept4 alone (architectures without the plain accept syscall)
+    del c.tracepoints["syscalls:sys_exit_accept"]
+    assert plan(c)["owner"].defines == ["HAVE_TP_ACCEPT"]
+
+
+def test_accepted_sockets_without_a_hook_are_said_not_silent():
+    p = plan(caps(accept_syscalls=True, accept_fields_note=""))["owner"]
+    assert p.available and p.defines == [] and "CONFIG_FTRACE_SYSCALLS" in p.why
+    c = caps(accept_syscalls=True, accept_fields_note="OFF_FDT_FD: fdtable has no member fd")
+    c.tracepoints.update(ACCEPT_TPS)
+    p = plan(c)["owner"]
+    assert p.defines == [] and "accepted sockets have no owner" in p.why and "fdtable" in p.why
+
+
 def test_old_kernel_with_kprobes_adds_send_reset_kprobes():
     c = caps(kprobes=True, kprobe_symbols={"tcp_v4_send_reset": True, "tcp_v6_send_reset": True})
     c.tracepoints["tcp:tcp_send_reset"] = SEND_RESET_61

@@ -21,7 +21,7 @@ KERNELS = ("6.1", "6.12")
 # assumption about the host kernel or its speed, not a tracer fault.
 TCG_SLOW = {
     "test_refused_btf_tracepoints_fall_back_to_raw": "compiles the programs once more (a minute under TCG); the host runs it",
-    "test_accepted_socket_names_its_pod_by_the_socket_cgroup": "compiles the programs once more (a minute under TCG); the host runs it",
+    "test_accepted_sockets_name_their_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_owner_in_a_pod_cgroup_gets_its_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_fallbacks_record_the_same": "compiles the programs five times more (minutes under TCG); the host runs it",
     "test_full_percpu_ring_counts_lost": "compiles the programs once more (a minute under TCG); the host runs it",
