@@ -78,6 +78,11 @@ def test_tracer_kernel_tests_pass(guest):
     # 6.12 the reset tests): a fixed floor so a silent collection loss fails
     assert len(passed) >= (4 if _k.line == "6.1" else 8), output[-4000:]
     assert re.search(r"^== tracer rc 0$", output, re.M)
+    # the accepted-socket owner tests ran there (through the fexit, below)
+    for name in ("test_socket_in_reused_memory_never_inherits_an_owner",
+                 "test_never_accepted_socket_never_inherits_an_accepted_ones_owner",
+                 "test_client_abort_reset_names_its_owner[btf]"):
+        assert f"tests/kernel/test_tracer_kernel.py::{name}" in passed, name
 
 
 def test_plan_uses_kprobes_where_the_kernel_needs_them(guest):
@@ -87,6 +92,9 @@ def test_plan_uses_kprobes_where_the_kernel_needs_them(guest):
     assert plan["ipvs_expire"]["available"] and plan["ipvs_expire"]["hook"] == "kprobe ip_vs_conn_expire"
     # both kernels load the tracepoint programs as BTF tracepoints
     assert res["hooks"] == "BTF tracepoints", res["hooks"]
+    # accepted sockets' owners through an fexit on inet_csk_accept (4
+    # arguments on 6.1, 2 on 6.12: the return value's place comes from BTF)
+    assert plan["owner"]["hook"].endswith(" + fexit inet_csk_accept"), plan["owner"]
     # and events come through the per-CPU rings (compare-and-swap: 5.12+)
     assert res["transport"] == "percpu", res["transport"]
     if k.line == "6.1":
