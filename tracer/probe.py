@@ -204,7 +204,7 @@ def probe() -> Capabilities:
     caps.percpu_rings_note = "no BTF: compare-and-swap cannot be tried"
     if caps.btf:
         from .btf import BTFError, load_vmlinux
-        btf = load_vmlinux()   # read once for both questions
+        btf = load_vmlinux()   # read once for every question below
         caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
         caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
         caps.fentry, caps.fentry_note = _try_fexit(btf)
