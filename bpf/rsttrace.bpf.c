@@ -425,11 +425,31 @@ static __always_inline __u64 sock_inode(const void *sk, int direct)
 }
 #endif
 
-/* The owner of the socket `key` at `sk` whose cookie is `cookie` (BTF: the
- * reset's own; raw tracepoints: not compared); `full`: sk is a full socket. */
-static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u64 key,
-				       __u64 cookie, int full, int direct)
+/* Whether an owner entry guarded by `guard` (struct owner.cookie) is the
+ * socket `sk` whose cookie is `cookie`, not another one at the same address:
+ * BTF: the cookies agree (raw tracepoints: tcp_destroy_sock empties the
+ * entries instead); an entry learned by the accept() syscalls: the same
+ * socket file; `full`: sk is a full socket. */
+static __always_inline int owner_same_socket(const void *sk, __u64 guard, __u64 cookie,
+					     int full, int direct)
 {
+#ifdef HAVE_TP_ACCEPT
+	if (guard & OWNER_BY_INODE)
+		return full && (OWNER_BY_INODE | sock_inode(sk, direct)) == guard;
+#endif
+#ifdef TP_BTF
+	return cookie && guard == cookie;
+#else
+	return 1;
+#endif
+}
+
+/* The owner of the socket `sk` whose cookie is `cookie` (BTF: the reset's
+ * own); `full`: sk is a full socket. */
+static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u64 cookie,
+				       int full, int direct)
+{
+	__u64 key = sk_key(sk, direct);
 #pragma unroll
 	for (int way = 0; way < 2; way++) {
 		__u32 slot = owner_slot(key, way);
@@ -441,19 +461,8 @@ static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u6
 		if (o->check != owner_check(key, ocookie, cgroup, comm, pid) ||
 		    (o->sk & ~OWNER_CLOSED) != key)
 			continue;  /* being rewritten: unknown rather than wrong */
-#ifdef HAVE_TP_ACCEPT
-		if (ocookie & OWNER_BY_INODE) {
-			/* learned at accept(): the same socket file, or not this one */
-			if (!full || (OWNER_BY_INODE | sock_inode(sk, direct)) != ocookie)
-				continue;
-		} else
-#endif
-#ifdef TP_BTF
-		if (!cookie || ocookie != cookie)
-			continue;  /* another socket at the same address */
-#else
-		{}
-#endif
+		if (!owner_same_socket(sk, ocookie, cookie, full, direct))
+			continue;
 		e->pid = pid;
 		e->cgroup = cgroup;
 		__builtin_memcpy(e->comm, comm, sizeof(e->comm));
@@ -640,7 +649,7 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		tp = tcp_sk_of(sk, st, direct);
 		sock_addrs(e, sk, tp, head, sent, direct);
 		fill_sock(e, sk, tp, head, net, direct);
-		fill_owner(e, sk, sk_key(sk, direct), e->cookie, tp != 0, direct);
+		fill_owner(e, sk, e->cookie, tp != 0, direct);
 #ifdef OFF_SK_CGROUP
 		if (!(e->flags & EVF_OWNER) && tp) {
 			/* no owner learned (a socket connected or accepted before
@@ -785,7 +794,7 @@ int fexit__inet_csk_accept(unsigned long long *ctx)
  * is a probe read (accept()s are few: this is no storm's path). The file
  * table is read as the syscall leaves it; should another thread replace
  * `fd` in between, the entry names another file's inode, which no reset
- * on this socket can match (fill_owner): unknown, never wrong. */
+ * on this socket can match (owner_same_socket): unknown, never wrong. */
 static __always_inline void accept_learn(long fd)
 {
 	const void *task = (const void *)bpf_get_current_task();

@@ -157,7 +157,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             for kind, func, _fn in attach:
                 if kind == "fexit":
                     btf_ids[func] = btf.find(func, (KIND_FUNC,))
-                    defines.append(f"-D{FEXIT_RET[func]}={fexit_ret_index(btf, func)}")
+                    defines.append(f"-D{FEXIT_RET[func]}={fexit_ret_index(btf, btf_ids[func])}")
         except BTFError as e:
             raise LoadError(f"BTF tracepoints: {e}") from None
         defines.append("-DTP_BTF")

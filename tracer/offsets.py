@@ -218,13 +218,14 @@ def btf_tracepoint_abi(btf: BTF) -> dict[str, int]:
 FEXIT_RET: dict[str, str] = {"inet_csk_accept": "ARG_ACCEPT_RET"}
 
 
-def fexit_ret_index(btf: BTF, func: str) -> int:
-    """Where an fexit program on `func` finds the return value: the number
-    of the function's parameters (inet_csk_accept has 4 in 6.1, 2 since 6.10)."""
-    from .btf import KIND_FUNC, KIND_FUNC_PROTO
-    proto = btf._header(btf.find(func, (KIND_FUNC,)))[4]
+def fexit_ret_index(btf: BTF, func_id: int) -> int:
+    """Where an fexit program on the function whose BTF FUNC is `func_id`
+    finds the return value: the number of the function's parameters
+    (inet_csk_accept has 4 in 6.1, 2 since 6.10)."""
+    from .btf import KIND_FUNC_PROTO
+    proto = btf._header(func_id)[4]
     if btf.kind(proto) != KIND_FUNC_PROTO:
-        raise BTFError(f"{func}: no function prototype in BTF")
+        raise BTFError(f"{btf.name(func_id)}: no function prototype in BTF")
     return len(btf.proto_params(proto))
 
 

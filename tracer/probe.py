@@ -105,15 +105,25 @@ PERCPU_MAX_MEMORY = 64 << 20
 SLOT_SIZE = percpu_slot_dtype(EVENT_DTYPE).itemsize
 
 
-def _load_probe_program(btf, insns: bytes) -> None:
-    """Load (and drop) `insns` as a BTF tracepoint program; raises BTFError
-    or OSError (with the verifier's last words) when it does not load."""
-    from .bpfsys import load_btf_tracepoint
-    from .btf import KIND_TYPEDEF
+def _load_probe_program(btf, insns: bytes, fexit: str | None = None) -> None:
+    """Load (and drop) `insns` as a BTF tracepoint program, or with `fexit`
+    as an fexit program on that kernel function, attached and detached;
+    raises BTFError or OSError (with the verifier's last words) when it
+    does not load or attach."""
+    from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
+    from .btf import KIND_FUNC, KIND_TYPEDEF
     from .offsets import btf_tracepoint_abi
-    tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
-    os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, btf_tracepoint_abi(btf),
-                                 log_size=4096))
+    abi = btf_tracepoint_abi(btf)
+    if fexit is None:
+        tid = btf.find("btf_trace_tcp_receive_reset", (KIND_TYPEDEF,))
+        os.close(load_btf_tracepoint(insns, "rsttrace_probe", tid, abi, log_size=4096))
+        return
+    fd = load_btf_tracepoint(insns, "rsttrace_probe", btf.find(fexit, (KIND_FUNC,)), abi,
+                             log_size=4096, attach_type="BPF_TRACE_FEXIT")
+    try:
+        os.close(attach_btf_tracepoint(fd, abi))
+    finally:
+        os.close(fd)
 
 
 # r0 = 0; exit
@@ -134,17 +144,9 @@ def _try_tp_btf(btf) -> tuple[bool, str]:
 def _try_fexit(btf) -> tuple[bool, str]:
     """Whether fexit programs load and attach here: an empty one on the
     function rsttrace uses (inet_csk_accept), attached and detached."""
-    from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint
-    from .btf import KIND_FUNC, BTFError
-    from .offsets import btf_tracepoint_abi
+    from .btf import BTFError
     try:
-        abi = btf_tracepoint_abi(btf)
-        fd = load_btf_tracepoint(RETURN_0, "rsttrace_probe", btf.find("inet_csk_accept", (KIND_FUNC,)),
-                                 abi, log_size=4096, attach_type="BPF_TRACE_FEXIT")
-        try:
-            os.close(attach_btf_tracepoint(fd, abi))
-        finally:
-            os.close(fd)
+        _load_probe_program(btf, RETURN_0, fexit="inet_csk_accept")
     except (BTFError, OSError) as e:
         return False, f"fexit programs do not load or attach here ({str(e).rstrip(': ')})"
     return True, "fexit programs load and attach"
