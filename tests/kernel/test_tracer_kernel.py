@@ -531,43 +531,64 @@ def test_fallbacks_record_the_same(netns, addr):
     assert all(g == first for g in got.values()), got
 
 
-def test_owner_in_a_pod_cgroup_gets_its_pod(netns):
-    """A process in a cgroup shaped like a kubelet's (…/pod<uid>/<container>)
-    is reset: the record names the pod (its UID here: no kubelet log dirs)."""
-    import os
+@pytest.fixture
+def pod_cgroup():
+    """make(shape) -> (uid, leaf): a cgroup v2 directory shaped like a
+    kubelet's (`shape` with {uid}, e.g. "pod{uid}/ctr") below a throwaway
+    top directory; all of it removed afterwards."""
     import uuid
 
     from rsttrace.tracer.pods import cgroup2_root
-    from rsttrace.tracer.session import TraceSession
     root = cgroup2_root()
     if root is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
-    uid = str(uuid.uuid4())
-    top = root / f"rsttrace-test-{uid[:8]}"
-    leaf = top / "kubepods" / "burstable" / f"pod{uid}" / "ctr"
-    ns = netns.add("pod")
-    leaf.mkdir(parents=True)
-    try:
-        s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0).start()
-        try:
-            import shlex
-            script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
-                      f"{sys.executable} -c {shlex.quote(CONNECT_CLOSED)} 127.0.0.1")
-            p = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20,
-                               check=True)
-            pid = int(p.stdout.split()[0])
-            recs = poll_resets(s, lambda rs: any(r.get("pid") == pid for r in rs))
-        finally:
-            s.stop()
-        mine = [r for r in recs if r.get("pid") == pid]
-        assert mine and mine[0]["cgroup"] == os.stat(leaf).st_ino
-        assert mine[0]["pod"] == f"uid:{uid}"
-    finally:
-        for d in (leaf, leaf.parent, leaf.parent.parent, leaf.parent.parent.parent, top):
+    made = []
+
+    def make(shape: str):
+        uid = str(uuid.uuid4())
+        top = root / f"rsttrace-test-{uid[:8]}"
+        leaf = top / shape.format(uid=uid)
+        leaf.mkdir(parents=True)
+        made.append((top, leaf))
+        return uid, leaf
+
+    yield make
+    for top, leaf in made:
+        for d in [leaf, *leaf.parents]:
             try:
                 d.rmdir()
             except OSError:
                 pass
+            if d == top:
+                break
+
+
+def in_cgroup(leaf, ns: str, script: str, *args: str) -> list[str]:
+    """The command that runs python `script` in cgroup `leaf` and netns `ns`."""
+    import shlex
+    return ["sh", "-c", f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
+                        f"{sys.executable} -c {shlex.quote(script)} {shlex.join(args)}"]
+
+
+def test_owner_in_a_pod_cgroup_gets_its_pod(netns, pod_cgroup):
+    """A process in a cgroup shaped like a kubelet's (…/pod<uid>/<container>)
+    is reset: the record names the pod (its UID here: no kubelet log dirs)."""
+    import os
+
+    from rsttrace.tracer.session import TraceSession
+    uid, leaf = pod_cgroup("kubepods/burstable/pod{uid}/ctr")
+    ns = netns.add("pod")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0).start()
+    try:
+        p = subprocess.run(in_cgroup(leaf, ns, CONNECT_CLOSED, "127.0.0.1"), capture_output=True,
+                           text=True, timeout=20, check=True)
+        pid = int(p.stdout.split()[0])
+        recs = poll_resets(s, lambda rs: any(r.get("pid") == pid for r in rs))
+    finally:
+        s.stop()
+    mine = [r for r in recs if r.get("pid") == pid]
+    assert mine and mine[0]["cgroup"] == os.stat(leaf).st_ino
+    assert mine[0]["pod"] == f"uid:{uid}"
 
 
 POD_SERVER = textwrap.dedent("""
@@ -597,26 +618,16 @@ HOLDING_CLIENT = textwrap.dedent("""
 """)
 
 
-def test_accepted_sockets_name_their_pod(netns):
+def test_accepted_sockets_name_their_pod(netns, pod_cgroup):
     """A server in a kubelet-shaped pod cgroup accepts two connections, one
     before tracing begins and one after; both are then reset by their
     clients. The one accepted while traced names the process that accepted
     it (and its pod, from that process's cgroup); the one accepted before
     has no owner, and still names the pod, from the cgroup the socket itself
     belongs to (its listener's)."""
-    import shlex
-    import uuid
-
-    from rsttrace.tracer.pods import cgroup2_root
     from rsttrace.tracer.session import TraceSession
-    root = cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup v2 hierarchy mounted")
-    uid = str(uuid.uuid4())
-    top = root / f"rsttrace-test-{uid[:8]}"
-    leaf = top / f"pod{uid}" / "db"
+    uid, leaf = pod_cgroup("pod{uid}/db")
     ns = netns.add("acc")
-    leaf.mkdir(parents=True)
     procs: list[subprocess.Popen] = []
 
     def start(*cmd) -> subprocess.Popen:
@@ -628,9 +639,7 @@ def test_accepted_sockets_name_their_pod(netns):
         p.stdin.flush()
 
     try:
-        script = (f"echo $$ > {leaf}/cgroup.procs && exec ip netns exec {ns} "
-                  f"{sys.executable} -c {shlex.quote(POD_SERVER)}")
-        srv = start("sh", "-c", script)
+        srv = start(*in_cgroup(leaf, ns, POD_SERVER))
         port = int(srv.stdout.readline())
         client = ["ip", "netns", "exec", ns, sys.executable, "-c", HOLDING_CLIENT, str(port)]
         before = start(*client)
@@ -667,11 +676,6 @@ def test_accepted_sockets_name_their_pod(netns):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        for d in (leaf, leaf.parent, top):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
 
 
 def test_refused_btf_tracepoints_fall_back_to_raw(monkeypatch):
