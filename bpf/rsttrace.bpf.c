@@ -25,8 +25,9 @@
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, HAVE_FEXIT_ACCEPT (with ARG_ACCEPT_RET) or HAVE_TP_ACCEPT
  * (+ HAVE_TP_ACCEPT_PLAIN), WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BENCH_RETURN_EARLY and
- * BENCH_MINIMAL for the benchmark only.
+ * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; KFUNC_RDONLY_CAST with the
+ * BTF type ids BTF_TCP_SOCK, BTF_IPHDR, BTF_IPV6HDR, BTF_TCPHDR; BENCH_RETURN_EARLY
+ * and BENCH_MINIMAL for the benchmark only.
  */
 #include <uapi/linux/ptrace.h>
 #include "rsttrace.h"
@@ -42,6 +43,26 @@
 #define TP_PROBE(name) RAW_TRACEPOINT_PROBE(name)
 #define TP_ARG(i) (ctx->args[i])
 #define DIRECT 0
+#endif
+
+/* bpf_rdonly_cast(obj, btf_id): `obj` typed as the kernel struct whose BTF
+ * type id is `btf_id`, read-only, its loads fault-safe. The verifier turns
+ * the call into a register move, so a socket's tcp_sock and a packet's
+ * headers become plain loads instead of a helper call each (a tcp_sock
+ * helper, a probe read of the headers). A kfunc, which bcc cannot call:
+ * written as a call of helper number KFUNC_RDONLY_CAST (the kfunc's BTF id,
+ * far above every helper's), which the loader turns into the kfunc call
+ * (bpfsys.as_kfunc_calls). BTF tracepoints only, where the probe loaded one. */
+#if defined(KFUNC_RDONLY_CAST) && defined(TP_BTF)
+static const void *(*rdonly_cast)(const void *obj, __u32 btf_id) = (void *)KFUNC_RDONLY_CAST;
+#define CAST 1
+#else
+#define CAST 0
+#define rdonly_cast(obj, id) ((const void *)0)
+#define BTF_TCP_SOCK 0
+#define BTF_IPHDR 0
+#define BTF_IPV6HDR 0
+#define BTF_TCPHDR 0
 #endif
 
 /* bench/bench_storm.py --floor, the benchmark's lower bounds:
@@ -323,12 +344,15 @@ static __always_inline __u64 sk_key(const void *sk, int direct)
 #define SKF(type, off) (direct ? LD(type, sk, off, 1) : AT(head, off, type))
 
 /* The tcp_sock behind a socket, or 0 (time-wait and request minisocks have
- * no tcp_sock fields). With BTF the helper hands out a pointer typed as
- * tcp_sock, which the verifier then lets us read. */
+ * no tcp_sock fields; every other socket a tcp: tracepoint passes is a full
+ * TCP one). With BTF the pointer must be typed as tcp_sock for the verifier
+ * to let us read it: cast, or where the cast is missing, the helper. */
 static __always_inline const void *tcp_sk_of(const void *sk, __u8 st, int direct)
 {
 	if (st == TCP_TIME_WAIT_ || st == TCP_NEW_SYN_RECV_)
 		return 0;
+	if (direct && CAST)
+		return rdonly_cast(sk, BTF_TCP_SOCK);
 	if (direct)
 		return bpf_skc_to_tcp_sock((void *)sk);
 	return sk;
@@ -548,6 +572,35 @@ static __always_inline void sock_addrs(struct rst_event *e, const void *sk, cons
 	e->dport = sent ? rport : num;
 }
 
+/* The segment's TCP flags and, with `addrs`, its addresses reversed, read
+ * through headers cast to the kernel's iphdr/ipv6hdr and tcphdr: plain loads
+ * at their wire offsets. */
+static __always_inline void skb_trigger_cast(struct rst_event *e, const unsigned char *head,
+					     __u16 nh, __u16 th, int addrs)
+{
+	const void *ip = rdonly_cast(head + nh, BTF_IPHDR);
+	const void *tcp = rdonly_cast(head + th, BTF_TCPHDR);
+
+	e->trigger_flags = LD_DIRECT(__u8, tcp, 13);
+	e->flags |= EVF_TRIGGER;
+	if (!addrs)
+		return;
+	e->sport = ntohs(LD_DIRECT(__u16, tcp, 2));
+	e->dport = ntohs(LD_DIRECT(__u16, tcp, 0));
+	if ((LD_DIRECT(__u8, ip, 0) >> 4) == 6) {
+		const void *ip6 = rdonly_cast(head + nh, BTF_IPV6HDR);
+		e->family = AF_INET6;
+		*(__u64 *)e->saddr = LD_DIRECT(__u64, ip6, 24);
+		*(__u64 *)(e->saddr + 8) = LD_DIRECT(__u64, ip6, 32);
+		*(__u64 *)e->daddr = LD_DIRECT(__u64, ip6, 8);
+		*(__u64 *)(e->daddr + 8) = LD_DIRECT(__u64, ip6, 16);
+	} else {
+		e->family = AF_INET;
+		*(__u32 *)e->saddr = LD_DIRECT(__u32, ip, 16);
+		*(__u32 *)e->daddr = LD_DIRECT(__u32, ip, 12);
+	}
+}
+
 /* The segment a reset answers: its TCP flags (a reset that answers a SYN
  * is a refused connection) and, with `addrs`, its addresses reversed (the
  * reset goes from the segment's destination back to its source). */
@@ -564,6 +617,11 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 		head = LD(const unsigned char *, skb, OFF_SKB_HEAD, 1);
 		nh = LD(__u16, skb, OFF_SKB_NETWORK_HEADER, 1);
 		th = LD(__u16, skb, OFF_SKB_TRANSPORT_HEADER, 1);
+		if (CAST) {
+			if (head)
+				skb_trigger_cast(e, head, nh, th, addrs);
+			return;
+		}
 	} else {
 		if (bpf_probe_read_kernel(blk, sizeof(blk), (const char *)skb + SKB_BLK_START))
 			return;
@@ -571,7 +629,7 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 		nh = SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16);
 		th = SKB_AT(blk, OFF_SKB_TRANSPORT_HEADER, __u16);
 	}
-	/* packet bytes are not described by BTF: probe reads either way. The
+	/* without the cast, packet bytes are probe reads either way. The
 	 * IP header's first 40 bytes hold both addresses (v4 and v6); with no
 	 * IP options or extension headers the TCP header's flags follow within
 	 * the same 64 bytes, so one read serves. */

@@ -104,6 +104,26 @@ def load_btf_tracepoint(insns: bytes, name: str, btf_id: int, abi: dict[str, int
             raise BPFSysError(first.errno, f"{first.strerror}: " + " | ".join(tail)) from None
 
 
+# include/uapi/linux/bpf.h: a call instruction's src_reg for a kfunc call
+BPF_PSEUDO_KFUNC_CALL = 2
+_BPF_CALL = 0x85  # BPF_JMP | BPF_CALL
+
+
+def as_kfunc_calls(insns: bytes, kfuncs: list[int] | tuple[int, ...]) -> bytes:
+    """`insns` with every helper call whose number is one of `kfuncs` (BTF
+    FUNC ids of vmlinux kfuncs) made a call of that kfunc: the programs
+    write a kfunc call as a helper call with the kfunc's id, which bcc
+    compiles but cannot mark. Helper numbers are a few hundred at most,
+    kfunc ids tens of thousands, so no helper call is taken for one."""
+    wanted = set(kfuncs)
+    out = bytearray(insns)
+    for i in range(0, len(out) - 7, 8):
+        if (out[i] == _BPF_CALL and out[i + 1] >> 4 == 0
+                and int.from_bytes(out[i + 4:i + 8], "little", signed=True) in wanted):
+            out[i + 1] = (out[i + 1] & 0x0F) | (BPF_PSEUDO_KFUNC_CALL << 4)  # off 0: vmlinux
+    return bytes(out)
+
+
 def attach_btf_tracepoint(prog_fd: int, abi: dict[str, int]) -> int:
     """Attach a loaded BTF tracepoint program; the returned descriptor keeps
     it attached (BPF_RAW_TRACEPOINT_OPEN with no name: the program's

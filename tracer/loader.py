@@ -21,9 +21,10 @@ from pathlib import Path
 from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
-from .offsets import (FEXIT_RET, RAW_TP_ARGS, KernelLayout, btf_tracepoint_abi, fexit_ret_index,
-                      kernel_layout, raw_tp_layout)
-from .bpfsys import attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
+from .offsets import (CAST_TYPES, FEXIT_RET, RAW_TP_ARGS, RDONLY_CAST, KernelLayout,
+                      btf_tracepoint_abi, fexit_ret_index, kernel_layout, raw_tp_layout,
+                      rdonly_cast_ids)
+from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
 TRACEPOINT_DEFINES = {
@@ -79,6 +80,9 @@ class Program:
     abi: dict[str, int] = field(default_factory=dict)
     transport: str = "ringbuf"        # probe.transport(): percpu, ringbuf or perfbuf
     percpu: tuple[int, int] = (0, 0)  # per-CPU rings: (CPUs, slots each)
+    # BTF ids of the kfuncs the BTF programs call (written as helper calls
+    # with these numbers: bpfsys.as_kfunc_calls)
+    kfuncs: list[int] = field(default_factory=list)
 
     @property
     def tp_btf(self) -> bool:
@@ -147,6 +151,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
     defines += [f"-D{d}" for d in extra_defines]   # the benchmark's lower bounds (bench_storm --floor)
     btf_ids: dict[str, int] = {}
     abi: dict[str, int] = {}
+    kfuncs: list[int] = []
     if tp_btf:
         try:
             abi = btf_tracepoint_abi(btf)
@@ -161,12 +166,19 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         except BTFError as e:
             raise LoadError(f"BTF tracepoints: {e}") from None
         defines.append("-DTP_BTF")
+        if caps.rdonly_cast:
+            casts = rdonly_cast_ids(btf)
+            defines += [f"-D{k}={v}" for k, v in casts.items()]
+            layout.defines.update(casts)
+            layout.sources.update({k: f"BTF id of {RDONLY_CAST}" if k == "KFUNC_RDONLY_CAST"
+                                   else f"BTF id of struct {CAST_TYPES[k]}" for k in casts})
+            kfuncs = [casts["KFUNC_RDONLY_CAST"]]
     try:
         misses_at = btf.field("bpf_prog_info", "recursion_misses")[0]
     except BTFError:
         misses_at = None
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
-                   misses_at, btf_ids, abi, transport, percpu)
+                   misses_at, btf_ids, abi, transport, percpu, kfuncs)
 
 
 def percpu_ring_size(ring_pages: int) -> tuple[int, int]:
@@ -268,7 +280,8 @@ class LoaderProcess:
         self.used = True
         parent, proc = self._parent, self._proc
         req = json.dumps({"text": program.text, "cflags": program.cflags, "attach": program.attach,
-                          "btf_ids": program.btf_ids, "abi": program.abi, "maps": list(MAPS)})
+                          "btf_ids": program.btf_ids, "abi": program.abi, "kfuncs": program.kfuncs,
+                          "maps": list(MAPS)})
         try:
             proc.stdin.write(req)
             proc.stdin.close()
@@ -323,15 +336,17 @@ def load_inprocess(program: Program):
     perf-buffer fallback (kernels without a ring buffer), whose reading
     goes through bcc."""
     return compile_and_attach(program.text, program.cflags, program.attach, program.btf_ids,
-                              program.abi)
+                              program.abi, program.kfuncs)
 
 
 def compile_and_attach(text: str, cflags: list[str], attach: list,
-                       btf_ids: dict[str, int] | None = None, abi: dict[str, int] | None = None):
+                       btf_ids: dict[str, int] | None = None, abi: dict[str, int] | None = None,
+                       kfuncs: list[int] = ()):
     """bcc compile + load (raw tracepoint programs attach themselves), BTF
     tracepoint and fexit programs loaded and attached from bcc's bytecode, kprobes
     attached. Used in this process and in the loader process
-    (loader_child.py). The BTF tracepoints' descriptors are in
+    (loader_child.py); their calls of `kfuncs` are made kfunc calls. The
+    BTF tracepoints' descriptors are in
     `b.rsttrace_btf_tps` as (prog fd, link fd)."""
     try:
         from bcc import BPF
@@ -349,7 +364,8 @@ def compile_and_attach(text: str, cflags: list[str], attach: list,
     for kind, target, fn in attach:
         if kind in ("tp_btf", "fexit"):
             try:
-                prog = load_btf_tracepoint(b.dump_func(fn), fn, btf_ids[target], abi,
+                prog = load_btf_tracepoint(as_kfunc_calls(b.dump_func(fn), kfuncs), fn,
+                                           btf_ids[target], abi,
                                            attach_type="BPF_TRACE_FEXIT" if kind == "fexit"
                                            else "BPF_TRACE_RAW_TP")
                 b.rsttrace_btf_tps.append((prog, attach_btf_tracepoint(prog, abi)))

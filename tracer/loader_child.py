@@ -8,7 +8,7 @@ once the parent holds them the loader can go, and the long-running tracer
 stays small (RSS is a target in bench/).
 
 Run as `python -m rsttrace.tracer.loader_child FD` with a JSON request on
-stdin: {"text", "cflags", "attach", "btf_ids", "abi", "maps"}.
+stdin: {"text", "cflags", "attach", "btf_ids", "abi", "kfuncs", "maps"}.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def load(req: dict) -> tuple[dict, list[int]]:
 
     from rsttrace.tracer.loader import compile_and_attach, program_fds
     b = compile_and_attach(req["text"], req["cflags"], req["attach"], req.get("btf_ids"),
-                           req.get("abi"))
+                           req.get("abi"), req.get("kfuncs", []))
     fds: list[int] = []
     maps = {}
     for name in req["maps"]:

@@ -212,6 +212,24 @@ def btf_tracepoint_abi(btf: BTF) -> dict[str, int]:
             "BPF_TRACE_FEXIT": enum_value(btf, "bpf_attach_type", "BPF_TRACE_FEXIT")}
 
 
+# bpf_rdonly_cast (a kfunc the verifier turns into a register move) and the
+# kernel structs the BTF programs read through it: define -> struct. Their
+# BTF type ids are the kfunc's second argument (bpf/rsttrace.bpf.c).
+RDONLY_CAST = "bpf_rdonly_cast"
+CAST_TYPES: dict[str, str] = {"BTF_TCP_SOCK": "tcp_sock", "BTF_IPHDR": "iphdr",
+                              "BTF_IPV6HDR": "ipv6hdr", "BTF_TCPHDR": "tcphdr"}
+
+
+def rdonly_cast_ids(btf: BTF) -> dict[str, int]:
+    """KFUNC_RDONLY_CAST (the kfunc's BTF FUNC id) and the CAST_TYPES'
+    struct ids; BTFError where one is missing."""
+    from .btf import KIND_FUNC, KIND_STRUCT
+    ids = {"KFUNC_RDONLY_CAST": btf.find(RDONLY_CAST, (KIND_FUNC,))}
+    for define, struct_name in CAST_TYPES.items():
+        ids[define] = btf.find(struct_name, (KIND_STRUCT,))
+    return ids
+
+
 # fexit programs rsttrace loads: kernel function -> the program's -D for
 # the index of its return value in the program's context (after the
 # function's arguments, however many this kernel's version has)

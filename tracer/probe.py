@@ -48,6 +48,10 @@ class Capabilities:
     btf: bool = False
     tp_btf: bool = False     # BTF tracepoints load (fields read without helper calls)
     tp_btf_note: str = ""
+    # BTF programs may call bpf_rdonly_cast (tried for real): a tcp_sock and
+    # packet headers read as plain loads
+    rdonly_cast: bool = False
+    rdonly_cast_note: str = "no BTF"
     netfilter_drop_reason: int | None = None
     conntrack: bool = False
     ipvs: bool = False
@@ -152,6 +156,31 @@ def _try_fexit(btf) -> tuple[bool, str]:
     return True, "fexit programs load and attach"
 
 
+def _try_rdonly_cast(btf, tp_btf: bool) -> tuple[bool, str]:
+    """Whether BTF tracepoint programs may call the bpf_rdonly_cast kfunc
+    (6.2+): one that casts to tcp_sock, loaded for real."""
+    from .bpfsys import BPF_PSEUDO_KFUNC_CALL
+    from .btf import BTFError
+    from .offsets import RDONLY_CAST, rdonly_cast_ids
+    if not tp_btf:
+        return False, "BTF tracepoints do not load: no kfunc calls"
+    try:
+        ids = rdonly_cast_ids(btf)
+    except BTFError as e:
+        return False, f"no {RDONLY_CAST} in this kernel (before 6.2?): {e}"
+    insns = b"".join([
+        bytes([0xb7, 0x01, 0, 0]) + (0).to_bytes(4, "little"),                      # r1 = 0
+        bytes([0xb7, 0x02, 0, 0]) + ids["BTF_TCP_SOCK"].to_bytes(4, "little"),      # r2 = id
+        bytes([0x85, BPF_PSEUDO_KFUNC_CALL << 4, 0, 0])
+        + ids["KFUNC_RDONLY_CAST"].to_bytes(4, "little"),                          # call kfunc
+        RETURN_0])
+    try:
+        _load_probe_program(btf, insns)
+    except OSError as e:
+        return False, f"{RDONLY_CAST} refused ({str(e).rstrip(': ')}): helper calls and probe reads"
+    return True, f"{RDONLY_CAST}: tcp_sock and packet headers read as plain loads"
+
+
 # r0 = 0, then one 64-bit compare-and-swap on the stack
 CAS_PROGRAM = bytes([
     0xb7, 0x01, 0, 0, 0, 0, 0, 0,            # r1 = 0
@@ -210,6 +239,7 @@ def probe() -> Capabilities:
         caps.tp_btf, caps.tp_btf_note = _try_tp_btf(btf)
         caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
         caps.fentry, caps.fentry_note = _try_fexit(btf)
+        caps.rdonly_cast, caps.rdonly_cast_note = _try_rdonly_cast(btf, caps.tp_btf)
         caps.accept_fields_note = unresolved(btf, ACCEPT_FIELDS)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(

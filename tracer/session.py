@@ -114,6 +114,7 @@ class TraceSession:
             "plan": probe.plan_summary(self.hooks),
             "headers": self.program.headers.note,
             "hooks": ("BTF tracepoints" if self.program.tp_btf else "raw tracepoints")
+                     + (" + bpf_rdonly_cast" if self.program.kfuncs else "")
                      + (f" ({self.tp_btf_note})" if self.tp_btf_note else ""),
             "filters": {"ports": self.ports or [], "netns": self.netns or []},
             "netns_names": {str(k): v for k, v in names.items()},
@@ -152,19 +153,24 @@ class TraceSession:
                                + "; ".join(h.why for h in self.hooks.values()))
         try:
             self.program = self._build(tp_btf=self.caps.tp_btf)
-            if detached:
+            while detached and self._attached is None:
                 try:
                     self._attached = load_detached(self.program, early)
                 except LoadError as e:
-                    if not self.program.tp_btf:
+                    # a verifier that refuses what the probe's small programs
+                    # did not show: build again without the kfunc cast, then
+                    # for raw tracepoints
+                    if self.program.kfuncs:
+                        self.tp_btf_note = f"bpf_rdonly_cast refused, not used: {e}"
+                        self.caps.rdonly_cast, self.caps.rdonly_cast_note = False, self.tp_btf_note
+                    elif self.program.tp_btf:
+                        self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
+                        self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
+                    else:
                         raise
-                    # a verifier that refuses what the probe's empty program
-                    # did not show: plan and build again for raw tracepoints
-                    self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
-                    self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
                     self.hooks = probe.plan(self.caps)
-                    self.program = self._build(tp_btf=False)
-                    self._attached = load_detached(self.program)
+                    self.program = self._build(tp_btf=self.caps.tp_btf)
+            if detached:
                 self.layout = self._attached.layout
             else:
                 self._bpf = load_inprocess(self.program)

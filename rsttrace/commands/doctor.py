@@ -46,6 +46,7 @@ def gather(load: bool) -> dict:
             "kprobes": caps.kprobes_note,
             "fexit": caps.fentry_note,
             "tp_btf": caps.tp_btf_note,
+            "kfunc cast": caps.rdonly_cast_note,
             "ring buffer": "yes" if caps.ringbuf else "no",
             "per-CPU rings": "yes" if caps.percpu_rings else f"no: {caps.percpu_rings_note}",
             "transport": transport_why,

@@ -497,24 +497,45 @@ def test_program_info_is_read_for_skipped_runs(session, netns):
 
 
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
-def test_fallbacks_record_the_same(netns, addr):
+def test_fallbacks_record_the_same(netns, addr, monkeypatch):
     """Where BTF tracepoints do not load, the same program text runs as raw
-    tracepoints with probe reads; where per-CPU rings do not work, events
-    come through the BPF ring buffer, or else the perf buffer: the same
-    reset, field for field, every way."""
+    tracepoints with probe reads; where the bpf_rdonly_cast kfunc is
+    refused, BTF tracepoints read tcp_sock through the helper and packets
+    with probe reads; where per-CPU rings do not work, events come through
+    the BPF ring buffer, or else the perf buffer: the same reset, field for
+    field, every way."""
     from rsttrace.tracer import probe
+    from rsttrace.tracer import session as sess
     from rsttrace.tracer.session import TraceSession
     ns = netns.add("w")
     ino = netns.inode(ns)
+    caps = probe.probe()
+    real_load = sess.load_detached
+
+    def refuse_kfuncs(program, *a, **kw):
+        if program.kfuncs:
+            raise sess.LoadError("BTF tracepoint tcp_send_reset refused: kfunc (test)")
+        return real_load(program, *a, **kw)
+
     got = {}
-    ways = [("ringbuf", True), ("ringbuf", False), ("perfbuf", False)]
-    if probe.probe().percpu_rings:
-        ways += [("percpu", True), ("percpu", False)]
-    for transport, btf in ways:
-        s = TraceSession(netns=[ino], ctx_period_s=0, btf_tracepoints=btf, transport=transport).start()
+    ways = [("ringbuf", True, True), ("ringbuf", False, True), ("perfbuf", False, True)]
+    if caps.percpu_rings:
+        ways += [("percpu", True, True), ("percpu", False, True)]
+    if caps.rdonly_cast:  # the cast refused after all: BTF tracepoints without it
+        ways.append(("percpu" if caps.percpu_rings else "ringbuf", True, False))
+    for transport, btf, cast in ways:
+        with monkeypatch.context() as m:
+            if not cast:
+                m.setattr(sess, "load_detached", refuse_kfuncs)
+            s = TraceSession(netns=[ino], ctx_period_s=0, btf_tracepoints=btf,
+                             transport=transport).start()
         try:
             assert s.program.tp_btf is btf and s.transport == transport
             assert s.header["plan"]["reset_recv"]["hook"].startswith("BTF" if btf else "raw")
+            assert bool(s.program.kfuncs) == (btf and cast and caps.rdonly_cast)
+            if not cast:
+                assert s.header["hooks"].startswith("BTF tracepoints (bpf_rdonly_cast refused")
+                assert not any(f.startswith("-DKFUNC_RDONLY_CAST") for f in s.program.cflags)
             p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, addr],
                                capture_output=True, text=True, timeout=20, check=True)
             pid, port = map(int, p.stdout.split())
@@ -524,7 +545,7 @@ def test_fallbacks_record_the_same(netns, addr):
         assert len(recs) == 2, recs
         assert all(r["dport"] == port for r in recs)
         assert next(r for r in recs if r["dir"] == "recv")["pid"] == pid
-        got[transport, btf] = {r["dir"]: {k: v for k, v in r.items()
+        got[transport, btf, cast] = {r["dir"]: {k: v for k, v in r.items()
                                           if k not in ("t", "cookie", "dport", "pid")}
                                for r in recs}
     first = got[ways[0]]
