@@ -75,18 +75,27 @@ class Decoder:
         return "\n".join(self._assemble(arr, text=True))
 
     def _assemble(self, arr: np.ndarray, text: bool) -> list:
+        """Events of one shape (kind, direction and flags: which fields are
+        valid) are built together, so a field every one of them has the
+        same way (null, or one value) is written once per group instead of
+        once per event; then put back in ring order."""
         if not len(arr):
             return []
-        kinds = arr["kind"]
-        present = np.unique(kinds)
+        shape = ((arr["kind"].astype(np.uint32) << 24) | (arr["dir"].astype(np.uint32) << 16)
+                 | (arr["flags"].astype(np.uint32) << 8) | arr["flags2"])
+        present, inv = np.unique(shape, return_inverse=True)
         if len(present) == 1:
-            return self._kind(int(present[0]), arr, text)
-        out: list = [None] * len(arr)
-        for k in present.tolist():
-            idx = np.flatnonzero(kinds == k)
-            for i, item in zip(idx.tolist(), self._kind(k, arr[idx], text)):
-                out[i] = item
-        return [x for x in out if x is not None]
+            return self._kind(int(present[0]) >> 24, arr, text)
+        out = np.empty(len(arr), dtype=object)
+        keep = np.zeros(len(arr), dtype=bool)
+        inv = inv.reshape(-1)
+        for g, key in enumerate(present.tolist()):
+            idx = np.flatnonzero(inv == g)
+            items = self._kind(key >> 24, arr[idx], text)
+            if items:
+                out[idx] = items
+                keep[idx] = True
+        return out[keep].tolist()
 
     def _kind(self, kind: int, a: np.ndarray, text: bool) -> list:
         build = {EV_RESET: self._reset, EV_CT_DROP: self._ct_drop, EV_CT_FULL: self._ct_full,
@@ -101,8 +110,9 @@ class Decoder:
         for k, c in zip(keys, cols):
             same = c.const_json()
             if same is None:
-                parts.append(f'"{k}":%s')
-                varying.append(c.json())
+                fmt, values = c.template_part()
+                parts.append(f'"{k}":{fmt}')
+                varying += values
             else:
                 parts.append(f'"{k}":' + same.replace("%", "%%"))
         template = "{" + ",".join(parts) + "}"
@@ -112,7 +122,11 @@ class Decoder:
 
     # -- per kind: (keys, columns) -------------------------------------
     def _time(self, a: np.ndarray) -> "Col":
-        return Col((a["ts_ns"] / 1e9 + self.mono_to_unix).round(6).tolist(), "float")
+        """Unix time in whole microseconds: "s.uuuuuu" in the text, the
+        same number as a float (both exact to the microsecond)."""
+        us = (a["ts_ns"] // 1000).astype(np.int64) + round(self.mono_to_unix * 1e6)
+        return Col(None, "float", make_py=lambda: (us / 1e6).tolist(),
+                   fmt=lambda: ("%d.%06d", [(us // 1_000_000).tolist(), (us % 1_000_000).tolist()]))
 
     def _reset(self, a: np.ndarray):
         n = len(a)
@@ -207,17 +221,27 @@ class Col:
     JSON text, each made on first use (the recorder only needs the text,
     the live path only the values)."""
 
-    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts")
+    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts", "_fmt")
 
     def __init__(self, py: list | None, typ: str, json_text: list | None = None,
                  make_py: Callable[[], list] | None = None,
                  make_json: Callable[[], list] | None = None,
-                 codes: np.ndarray | None = None, texts: Callable[[], list] | None = None):
+                 codes: np.ndarray | None = None, texts: Callable[[], list] | None = None,
+                 fmt: Callable[[], tuple[str, list[list]]] | None = None):
         self._py, self.typ, self._json = py, typ, json_text
         self._make_py, self._make_json = make_py, make_json
         # a column of few distinct values: codes into texts(), the JSON of
         # each (its text is made from them)
         self._codes, self._texts = codes, texts
+        # numbers formatted by the row template itself (%d of Python ints),
+        # with no string made per value: (placeholders, their value lists)
+        self._fmt = fmt
+
+    def template_part(self) -> tuple[str, list[list]]:
+        """This column's placeholders in a row template and their values."""
+        if self._fmt is not None:
+            return self._fmt()
+        return "%s", [self.json()]
 
     def const_json(self) -> str | None:
         """The JSON text every row has, when that is known cheaply (one
@@ -240,6 +264,13 @@ class Col:
 
     @classmethod
     def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
+        # one value (or none) in every row: written once into the template
+        if valid is not None and not valid.any():
+            return cls.const(None, len(values), "int")
+        if valid is None or valid.all():
+            if len(values) and values.min() == values.max():
+                return cls.const(int(values[0]), len(values), "int")
+            return cls(None, "int", make_py=values.tolist, fmt=lambda: ("%d", [values.tolist()]))
         def text() -> list:
             if valid is None or valid.all():
                 return list(map(str, values.tolist()))
