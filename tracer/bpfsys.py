@@ -113,8 +113,8 @@ def as_kfunc_calls(insns: bytes, kfuncs: list[int] | tuple[int, ...]) -> bytes:
     """`insns` with every helper call whose number is one of `kfuncs` (BTF
     FUNC ids of vmlinux kfuncs) made a call of that kfunc: the programs
     write a kfunc call as a helper call with the kfunc's id, which bcc
-    compiles but cannot mark. Helper numbers are a few hundred at most,
-    kfunc ids tens of thousands, so no helper call is taken for one."""
+    compiles but cannot mark. offsets.rdonly_cast_ids makes sure such an
+    id is above every helper's number, so no helper call is taken for one."""
     wanted = set(kfuncs)
     out = bytearray(insns)
     for i in range(0, len(out) - 7, 8):

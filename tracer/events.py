@@ -75,14 +75,17 @@ class Decoder:
         return "\n".join(self._assemble(arr, text=True))
 
     def _assemble(self, arr: np.ndarray, text: bool) -> list:
-        """Events of one shape (kind, direction and flags: which fields are
-        valid) are built together, so a field every one of them has the
-        same way (null, or one value) is written once per group instead of
-        once per event; then put back in ring order."""
+        """Events of one kind are built together, then put back in ring
+        order. For text, events of one shape (kind, direction and flags:
+        which fields are valid): a field every one of them has the same way
+        (null, or one value) is written once per group instead of once per
+        event (dicts gain nothing from that: one group per kind)."""
         if not len(arr):
             return []
-        shape = ((arr["kind"].astype(np.uint32) << 24) | (arr["dir"].astype(np.uint32) << 16)
-                 | (arr["flags"].astype(np.uint32) << 8) | arr["flags2"])
+        shape = arr["kind"].astype(np.uint32) << 24
+        if text:
+            shape |= ((arr["dir"].astype(np.uint32) << 16) | (arr["flags"].astype(np.uint32) << 8)
+                      | arr["flags2"])
         present, inv = np.unique(shape, return_inverse=True)
         if len(present) == 1:
             return self._kind(int(present[0]) >> 24, arr, text)
@@ -272,8 +275,6 @@ class Col:
                 return cls.const(int(values[0]), len(values), "int")
             return cls(None, "int", make_py=values.tolist, fmt=lambda: ("%d", [values.tolist()]))
         def text() -> list:
-            if valid is None or valid.all():
-                return list(map(str, values.tolist()))
             # the valid values' texts, then "null"; each row picks its own
             texts = np.array([*map(str, values[valid].tolist()), "null"], dtype=object)
             return texts[np.where(valid, np.cumsum(valid) - 1, len(texts) - 1)].tolist()

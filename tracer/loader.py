@@ -163,16 +163,16 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
                 if kind == "fexit":
                     btf_ids[func] = btf.find(func, (KIND_FUNC,))
                     defines.append(f"-D{FEXIT_RET[func]}={fexit_ret_index(btf, btf_ids[func])}")
+            if caps.rdonly_cast:
+                casts = rdonly_cast_ids(btf)
+                defines += [f"-D{k}={v}" for k, v in casts.items()]
+                layout.defines.update(casts)
+                layout.sources.update({k: f"BTF id of {RDONLY_CAST}" if k == "KFUNC_RDONLY_CAST"
+                                       else f"BTF id of struct {CAST_TYPES[k]}" for k in casts})
+                kfuncs = [casts["KFUNC_RDONLY_CAST"]]
         except BTFError as e:
             raise LoadError(f"BTF tracepoints: {e}") from None
         defines.append("-DTP_BTF")
-        if caps.rdonly_cast:
-            casts = rdonly_cast_ids(btf)
-            defines += [f"-D{k}={v}" for k, v in casts.items()]
-            layout.defines.update(casts)
-            layout.sources.update({k: f"BTF id of {RDONLY_CAST}" if k == "KFUNC_RDONLY_CAST"
-                                   else f"BTF id of struct {CAST_TYPES[k]}" for k in casts})
-            kfuncs = [casts["KFUNC_RDONLY_CAST"]]
     try:
         misses_at = btf.field("bpf_prog_info", "recursion_misses")[0]
     except BTFError:

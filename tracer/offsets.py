@@ -222,9 +222,15 @@ CAST_TYPES: dict[str, str] = {"BTF_TCP_SOCK": "tcp_sock", "BTF_IPHDR": "iphdr",
 
 def rdonly_cast_ids(btf: BTF) -> dict[str, int]:
     """KFUNC_RDONLY_CAST (the kfunc's BTF FUNC id) and the CAST_TYPES'
-    struct ids; BTFError where one is missing."""
+    struct ids; BTFError where one is missing, or where the kfunc's id is
+    a helper's number too (the program writes the call as a helper call:
+    bpfsys.as_kfunc_calls)."""
     from .btf import KIND_FUNC, KIND_STRUCT
     ids = {"KFUNC_RDONLY_CAST": btf.find(RDONLY_CAST, (KIND_FUNC,))}
+    helpers = btf.enum("bpf_func_id").get("__BPF_FUNC_MAX_ID")
+    if helpers is None or ids["KFUNC_RDONLY_CAST"] < helpers:
+        raise BTFError(f"{RDONLY_CAST}'s BTF id {ids['KFUNC_RDONLY_CAST']} cannot be told from "
+                       f"a helper number (helpers below {helpers})")
     for define, struct_name in CAST_TYPES.items():
         ids[define] = btf.find(struct_name, (KIND_STRUCT,))
     return ids

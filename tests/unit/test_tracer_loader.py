@@ -73,5 +73,24 @@ def test_kfunc_cast_ids_come_from_btf():
     assert btf.name(ids["KFUNC_RDONLY_CAST"]) == RDONLY_CAST
     for define, name in CAST_TYPES.items():
         assert btf.kind(ids[define]) == KIND_STRUCT and btf.name(ids[define]) == name
-    # far above every helper number, so no helper call is ever taken for it
-    assert ids["KFUNC_RDONLY_CAST"] > 1000
+    # above every helper number, so no helper call is ever taken for it
+    assert ids["KFUNC_RDONLY_CAST"] > btf.enum("bpf_func_id")["__BPF_FUNC_MAX_ID"]
+
+
+def test_a_kfunc_id_that_could_be_a_helper_number_is_refused():
+    from rsttrace.tracer.btf import BTFError
+    from rsttrace.tracer.offsets import rdonly_cast_ids
+
+    class FakeBTF:
+        def __init__(self, kfunc_id):
+            self.kfunc_id = kfunc_id
+
+        def find(self, name, kinds):
+            return self.kfunc_id if name == "bpf_rdonly_cast" else 7
+
+        def enum(self, name):
+            return {"BPF_FUNC_unspec": 0, "__BPF_FUNC_MAX_ID": 212}
+
+    assert rdonly_cast_ids(FakeBTF(60000))["KFUNC_RDONLY_CAST"] == 60000
+    with pytest.raises(BTFError, match="helper"):
+        rdonly_cast_ids(FakeBTF(150))
