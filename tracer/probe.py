@@ -176,7 +176,7 @@ def _try_rdonly_cast(btf, tp_btf: bool) -> tuple[bool, str]:
         RETURN_0])
     try:
         _load_probe_program(btf, insns)
-    except OSError as e:
+    except (BTFError, OSError) as e:
         return False, f"{RDONLY_CAST} refused ({str(e).rstrip(': ')}): helper calls and probe reads"
     return True, f"{RDONLY_CAST}: tcp_sock and packet headers read as plain loads"
 

@@ -153,24 +153,8 @@ class TraceSession:
                                + "; ".join(h.why for h in self.hooks.values()))
         try:
             self.program = self._build(tp_btf=self.caps.tp_btf)
-            while detached and self._attached is None:
-                try:
-                    self._attached = load_detached(self.program, early)
-                except LoadError as e:
-                    # a verifier that refuses what the probe's small programs
-                    # did not show: build again without the kfunc cast, then
-                    # for raw tracepoints
-                    if self.program.kfuncs:
-                        self.tp_btf_note = f"bpf_rdonly_cast refused, not used: {e}"
-                        self.caps.rdonly_cast, self.caps.rdonly_cast_note = False, self.tp_btf_note
-                    elif self.program.tp_btf:
-                        self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
-                        self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
-                    else:
-                        raise
-                    self.hooks = probe.plan(self.caps)
-                    self.program = self._build(tp_btf=self.caps.tp_btf)
             if detached:
+                self._attached = self._load_detached(early)
                 self.layout = self._attached.layout
             else:
                 self._bpf = load_inprocess(self.program)
@@ -187,6 +171,26 @@ class TraceSession:
         else:
             self._bpf["events"].open_perf_buffer(self._on_perf_event, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
+
+    def _load_detached(self, early: LoaderProcess):
+        """Load self.program in a loader process. A verifier that refuses
+        what the probe's small programs did not show gets the programs
+        built again without the kfunc cast, then for raw tracepoints; each
+        step said in the header."""
+        while True:
+            try:
+                return load_detached(self.program, early)
+            except LoadError as e:
+                if self.program.kfuncs:
+                    self.tp_btf_note = f"bpf_rdonly_cast refused, not used: {e}"
+                    self.caps.rdonly_cast, self.caps.rdonly_cast_note = False, self.tp_btf_note
+                elif self.program.tp_btf:
+                    self.tp_btf_note = f"BTF tracepoints refused, raw tracepoints used: {e}"
+                    self.caps.tp_btf, self.caps.tp_btf_note = False, self.tp_btf_note
+                else:
+                    raise
+                self.hooks = probe.plan(self.caps)
+                self.program = self._build(tp_btf=self.caps.tp_btf)
 
     def _build(self, tp_btf: bool):
         return build(self.caps, self.hooks, self.transport, self.ports, self.netns,
