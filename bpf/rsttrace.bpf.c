@@ -987,6 +987,40 @@ int kp_tcp_reset(struct pt_regs *ctx)
 #endif
 
 #ifdef WANT_KPROBE_IPVS_EXPIRE
+#if !defined(OFF_NETNS_IPVS_NET) && defined(NET_NAMESPACE_LIST)
+/* The namespace of an IPVS instance (struct netns_ipvs) where BTF does not
+ * describe it: the struct net on the kernel's namespace list
+ * (NET_NAMESPACE_LIST, its head's address) whose `ipvs` is this instance.
+ * Found once per instance and remembered; a remembered namespace counts
+ * only while its `ipvs` still points back (an instance freed with its
+ * namespace and its memory reused by another is found again). */
+#define NETNS_WALK_MAX 1024
+BPF_HASH(ipvs_nets, __u64, __u64, 256);
+
+static __always_inline __u32 ipvs_netns(const void *ipvs)
+{
+	const char *head = (const char *)NET_NAMESPACE_LIST, *node;
+	__u64 key = (__u64)ipvs, *hit;
+
+	if (!ipvs)
+		return 0;
+	hit = ipvs_nets.lookup(&key);
+	if (hit && LD(const void *, (const char *)*hit, OFF_NET_IPVS, 0) == ipvs)
+		return net_inum((const void *)*hit, 0);
+	node = LD(const char *, head, 0, 0);  /* list_head.next */
+	for (int i = 0; i < NETNS_WALK_MAX && node && node != head; i++) {
+		const char *net = node - OFF_NET_LIST;
+		if (LD(const void *, net, OFF_NET_IPVS, 0) == ipvs) {
+			__u64 val = (__u64)net;
+			ipvs_nets.update(&key, &val);
+			return net_inum(net, 0);
+		}
+		node = LD(const char *, node, 0, 0);
+	}
+	return 0;  /* more namespaces than the walk's bound: unknown */
+}
+#endif
+
 /* ip_vs_conn_expire(struct timer_list *t) is the timer callback that drops
  * an idle IPVS entry; there is no tracepoint for it. The entry is the
  * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF). */
@@ -998,14 +1032,18 @@ int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 	__u16 cport, vport, dport;
 	__u32 ns = 0;
 
-#ifdef OFF_NETNS_IPVS_NET
 	const void *ipvs = LD(const void *, cp, OFF_IPVS_IPVS, 0);
+#if defined(OFF_NETNS_IPVS_NET)
 	ns = ipvs ? net_inum(LD(const void *, ipvs, OFF_NETNS_IPVS_NET, 0), 0) : 0;
-	if (!netns_wanted(ns))
-		return 0;
+#elif defined(NET_NAMESPACE_LIST)
+	ns = ipvs_netns(ipvs);
+#else
+	(void)ipvs;
 #endif
-	/* (without BTF for struct netns_ipvs, as on Debian 6.1/6.12, the
-	 * namespace is unknown (0) and only the port filter applies) */
+	/* an unknown namespace (0: neither way exists here, or the walk gave
+	 * up) passes the namespace filter: only the port filter applies */
+	if (ns && !netns_wanted(ns))
+		return 0;
 	cport = ntohs(LD(__u16, cp, OFF_IPVS_CPORT, 0));
 	vport = ntohs(LD(__u16, cp, OFF_IPVS_VPORT, 0));
 	dport = ntohs(LD(__u16, cp, OFF_IPVS_DPORT, 0));

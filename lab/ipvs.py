@@ -145,6 +145,8 @@ class Outcome:
     fix: str
     client_errors: list[str]
     ipvs_expire_events: int     # expiries of the scenario's client flows
+    ipvs_expire_netns: list     # their namespaces (inodes), distinct
+    node_netns: int             # the IPVS node's namespace (inode)
     ipvs_joined: bool           # the verdict's evidence cites the IPVS expiry
     ipvs_netlink: dict | None   # node's timeouts read by tracer/ipvs.py
     ipvs_cli: tuple | None      # the same from ipvsadm -Ln --timeout
@@ -187,6 +189,7 @@ def run_all(names: list[str], say=print) -> tuple[list[Outcome], dict[str, Any]]
                 exp = [r for r in records if r.get("kind") == "ipvs_expire"
                        and (r.get("client"), r.get("cport")) in flows]
                 o = Outcome(name, d.expected, d.diagnosed, d.evidence, d.fix, run.errors, len(exp),
+                            sorted({r.get("netns") for r in exp}), node_ino,
                             "IPVS expired" in d.evidence, node_ctx.get("ipvs"),
                             lab.ipvs_timeouts_cli(), d.ok)
                 outcomes.append(o)

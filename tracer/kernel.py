@@ -187,6 +187,20 @@ def kprobes_available(config: dict[str, str]) -> tuple[bool, str]:
     return True, "kprobes available"
 
 
+def ksym_address(name: str, path: str = "/proc/kallsyms") -> int | None:
+    """The address of kernel symbol `name` (a function or, on kernels built
+    with CONFIG_KALLSYMS_ALL, a variable), or None where it is not listed
+    or its address is hidden (kptr_restrict, not root)."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    m = re.search(rf"^([0-9a-f]+) \w {re.escape(name)}$", text, re.MULTILINE)
+    address = int(m.group(1), 16) if m else 0
+    return address or None
+
+
 def kprobe_symbol(name: str) -> bool:
     """Whether `name` can take a kprobe (listed as traceable, not inlined)."""
     for path in (TRACEFS / "available_filter_functions", Path("/proc/kallsyms")):

@@ -22,8 +22,8 @@ from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlin
 from . import kernel
 from .kernel import Headers, find_headers
 from .offsets import (CAST_TYPES, FEXIT_RET, RAW_TP_ARGS, RDONLY_CAST, KernelLayout,
-                      btf_tracepoint_abi, fexit_ret_index, kernel_layout, raw_tp_layout,
-                      rdonly_cast_ids)
+                      btf_tracepoint_abi, fexit_ret_index, ipvs_netns, kernel_layout,
+                      raw_tp_layout, rdonly_cast_ids)
 from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
@@ -104,8 +104,11 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
     ipvs_btf = None
     if hooks.get("ipvs_expire") and hooks["ipvs_expire"].available:
         ipvs_btf = load_module("ip_vs", btf) or btf
+    netns_list = None
     try:
         layout = kernel_layout(btf, ipvs_btf)
+        if ipvs_btf is not None:
+            netns_list = ipvs_netns(btf, ipvs_btf, layout, kernel.ksym_address)[1]
     except BTFError as e:
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
     defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
@@ -144,6 +147,8 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             if pages < 1 or pages & (pages - 1):
                 raise LoadError(f"ring buffer pages must be a power of 2, got {pages}")
         defines += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={ring_pages}", f"-DRESCUE_PAGES={rescue_pages}"]
+    if netns_list is not None:
+        defines.append(f"-DNET_NAMESPACE_LIST={netns_list:#x}ULL")
     if ports:
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:

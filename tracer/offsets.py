@@ -9,6 +9,7 @@ sock_common as skc_flags). Nothing here is a number typed by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .btf import BTF, BTFError
 
@@ -99,12 +100,19 @@ IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_IPVS_VPORT": ("ip_vs_conn", ("vport",)),
     "OFF_IPVS_DPORT": ("ip_vs_conn", ("dport",)),
 }
-# Debian's 6.1 and 6.12 describe struct netns_ipvs nowhere (vmlinux has
-# only a forward declaration, the ip_vs module's BTF omits it): where it is
-# missing the program cannot tell an expiry's namespace and reports 0.
-IPVS_OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
+# An expiry's namespace: the entry's netns_ipvs names its struct net. Debian's
+# 6.1 and 6.12 describe struct netns_ipvs nowhere (vmlinux has only a forward
+# declaration, the ip_vs module's BTF omits it); there the program walks the
+# kernel's list of namespaces (struct net.list, from net_namespace_list) for
+# the one whose `ipvs` is the entry's.
+IPVS_NETNS_DIRECT: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_NETNS_IPVS_NET": ("netns_ipvs", ("net",)),
 }
+IPVS_NETNS_WALK: dict[str, tuple[str, tuple[str, ...]]] = {
+    "OFF_NET_IPVS": ("net", ("ipvs",)),
+    "OFF_NET_LIST": ("net", ("list",)),
+}
+NETNS_LIST_SYMBOL = "net_namespace_list"
 
 
 @dataclass
@@ -139,6 +147,29 @@ def unresolved(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]]) -> str:
     except BTFError as e:
         return str(e)
     return ""
+
+
+def ipvs_netns(btf: BTF, ipvs_btf: BTF, out: KernelLayout,
+               ksym: Callable[[str], int | None]) -> tuple[str, int | None]:
+    """How the IPVS program learns an expiry's namespace: (what to say, the
+    namespace list's address where it walks the list). The offsets it needs
+    go into `out`; the address does not (it is passed to the compiler only,
+    never written to a recording)."""
+    try:
+        _resolve(ipvs_btf, IPVS_NETNS_DIRECT, out)
+        return "namespace from the entry's struct netns_ipvs (BTF)", None
+    except BTFError:
+        pass
+    why = unresolved(btf, IPVS_NETNS_WALK)
+    if why:
+        return f"namespace unknown (0): no struct netns_ipvs in BTF, and {why}", None
+    head = ksym(NETNS_LIST_SYMBOL)
+    if head is None:
+        return (f"namespace unknown (0): no struct netns_ipvs in BTF, and {NETNS_LIST_SYMBOL} is "
+                "not in /proc/kallsyms (kernel without CONFIG_KALLSYMS_ALL, or kptr_restrict)"), None
+    _resolve(btf, IPVS_NETNS_WALK, out)
+    return ("namespace found in the kernel's namespace list (no struct netns_ipvs in BTF; "
+            f"{NETNS_LIST_SYMBOL} from /proc/kallsyms)"), head
 
 
 # Raw tracepoint arguments, located by type in the tracepoint's BTF
@@ -274,9 +305,4 @@ def kernel_layout(btf: BTF, ipvs_btf: BTF | None = None) -> KernelLayout:
         pass  # kernels before 5.17: no drop reasons; the probe reports it
     if ipvs_btf is not None:
         _resolve(ipvs_btf, IPVS_OFFSETS, out)
-        for define, spec in IPVS_OPTIONAL.items():
-            try:
-                _resolve(ipvs_btf, {define: spec}, out)
-            except BTFError:
-                pass
     return out

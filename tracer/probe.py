@@ -17,7 +17,7 @@ from pathlib import Path
 from . import kernel
 from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
-from .offsets import ACCEPT_FIELDS, unresolved
+from .offsets import ACCEPT_FIELDS, KernelLayout, ipvs_netns, unresolved
 
 SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
@@ -57,6 +57,7 @@ class Capabilities:
     ipvs: bool = False
     ipvs_note: str = ""
     ipvs_btf: bool = False
+    ipvs_netns_note: str = ""   # how an IPVS expiry's namespace is learned (offsets.ipvs_netns)
     # why an accepted socket's file cannot be followed in this kernel's BTF
     # ("": it can; offsets.ACCEPT_FIELDS)
     accept_fields_note: str = "no BTF"
@@ -255,6 +256,14 @@ def probe() -> Capabilities:
     else:
         caps.ipvs_note = "kernel built without IPVS"
     caps.ipvs_btf = Path("/sys/kernel/btf/ip_vs").exists() or (caps.ipvs and config.get("CONFIG_IP_VS") == "y")
+    if caps.ipvs and caps.ipvs_btf and caps.kprobes:
+        from .btf import BTFError, load_module, load_vmlinux
+        btf = load_vmlinux()
+        try:
+            caps.ipvs_netns_note = ipvs_netns(btf, load_module("ip_vs", btf) or btf, KernelLayout(),
+                                              kernel.ksym_address)[0]
+        except BTFError as e:
+            caps.ipvs_netns_note = f"namespace unknown (0): {e}"
     return caps
 
 
@@ -339,7 +348,8 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
         out["ipvs_expire"] = Hook("ipvs_expire", False, None, "no BTF for ip_vs: struct ip_vs_conn layout unknown")
     else:
         out["ipvs_expire"] = Hook("ipvs_expire", True, "kprobe ip_vs_conn_expire",
-                                  "kprobe (no tracepoint exists); layout from ip_vs BTF",
+                                  "kprobe (no tracepoint exists); layout from ip_vs BTF"
+                                  + (f"; {caps.ipvs_netns_note}" if caps.ipvs_netns_note else ""),
                                   ["WANT_KPROBE_IPVS_EXPIRE"],
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
 

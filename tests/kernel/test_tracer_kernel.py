@@ -328,15 +328,22 @@ def test_fallback_hooks_compile(session):
     flags += ["-DWANT_KPROBE_SEND_RESET", "-DWANT_KPROBE_TCP_RESET", "-DWANT_KRETPROBE_CT_ALLOC",
               "-DWANT_KPROBE_IPVS_EXPIRE"]
     # compile-only: this kernel has no IPVS, so its offsets are placeholders
+    # (struct net.list is real); the expiry's namespace three ways: unknown,
+    # from struct netns_ipvs, by walking the namespace list
+    from rsttrace.tracer.btf import load_vmlinux
     from rsttrace.tracer.offsets import IPVS_OFFSETS
     flags += [f"-D{k}=0" for k in IPVS_OFFSETS]
-    b = BPF(text=program_text(), cflags=flags)
-    try:
-        for fn in ("kp_send_reset", "kp_tcp_reset",
-                   "kp_ip_vs_conn_expire", "kr_nf_conntrack_alloc"):
-            b.load_func(fn, BPF.KPROBE)  # passes the verifier
-    finally:
-        b.cleanup()
+    net_list = load_vmlinux().field("net", "list")[0]
+    for netns_way in ([], ["-DOFF_NETNS_IPVS_NET=0"],
+                      ["-DNET_NAMESPACE_LIST=0xffffffff80000000ULL", "-DOFF_NET_IPVS=8",
+                       f"-DOFF_NET_LIST={net_list}"]):
+        b = BPF(text=program_text(), cflags=flags + netns_way)
+        try:
+            fns = ("kp_send_reset", "kp_tcp_reset", "kp_ip_vs_conn_expire", "kr_nf_conntrack_alloc")
+            for fn in fns if not netns_way else fns[2:3]:
+                b.load_func(fn, BPF.KPROBE)  # passes the verifier
+        finally:
+            b.cleanup()
 
 
 def test_tcp_state_transitions_counted_in_kernel(session, netns):

@@ -2,7 +2,8 @@
 tracefs format captured in the vm tier; the BPF side runs there."""
 
 from rsttrace.tracer.kernel import parse_format
-from rsttrace.tracer.offsets import IPVS_OFFSETS, IPVS_OPTIONAL
+from rsttrace.tracer.btf import BTFError
+from rsttrace.tracer.offsets import NETNS_LIST_SYMBOL, KernelLayout, ipvs_netns
 from rsttrace.tracer.probe import Capabilities, plan
 
 # /sys/kernel/tracing/events/tcp/tcp_send_reset/format on 6.1.0-56-amd64
@@ -49,6 +50,58 @@ def test_61_adds_kprobes_for_no_socket_resets_and_ipvs():
     assert p["ipvs_expire"].available and p["ipvs_expire"].hook == "kprobe ip_vs_conn_expire"
 
 
-def test_netns_of_ipvs_is_optional():
-    # Debian's ip_vs BTF has no struct netns_ipvs: it must not block loading
-    assert "OFF_NETNS_IPVS_NET" in IPVS_OPTIONAL and "OFF_NETNS_IPVS_NET" not in IPVS_OFFSETS
+class LayoutBTF:
+    """BTF that knows only the given struct members: {(struct, member): offset}."""
+
+    def __init__(self, members):
+        self.members = members
+
+    def field(self, struct_name, path):
+        if (struct_name, path) not in self.members:
+            raise BTFError(f"struct {struct_name} has no member {path!r}")
+        return self.members[(struct_name, path)], 8
+
+
+NET = {("net", "ipvs"): 4032, ("net", "list"): 16}
+
+
+def test_ipvs_expiry_namespace_from_netns_ipvs_where_btf_has_it():
+    out = KernelLayout()
+    note, head = ipvs_netns(LayoutBTF(NET), LayoutBTF({("netns_ipvs", "net"): 24}), out,
+                            lambda name: 0xffffffff82000000)
+    assert head is None and out.defines == {"OFF_NETNS_IPVS_NET": 24}
+    assert "struct netns_ipvs" in note
+
+
+def test_ipvs_expiry_namespace_by_walking_the_namespace_list_on_debian():
+    # Debian's 6.1 and 6.12: no struct netns_ipvs anywhere; struct net has
+    # `ipvs` (IPVS is a module) and kallsyms lists the list's head
+    out, asked = KernelLayout(), []
+    note, head = ipvs_netns(LayoutBTF(NET), LayoutBTF({}), out,
+                            lambda name: asked.append(name) or 0xffffffff82a0b540)
+    assert head == 0xffffffff82a0b540 and asked == [NETNS_LIST_SYMBOL]
+    assert out.defines == {"OFF_NET_IPVS": 4032, "OFF_NET_LIST": 16}
+    assert "namespace list" in note
+    # the address is for the compiler only, never part of the recorded layout
+    assert 0xffffffff82a0b540 not in out.defines.values()
+
+
+def test_ipvs_expiry_namespace_unknown_says_why():
+    out = KernelLayout()
+    note, head = ipvs_netns(LayoutBTF(NET), LayoutBTF({}), out, lambda name: None)
+    assert head is None and out.defines == {} and "kallsyms" in note and "unknown" in note
+    note, head = ipvs_netns(LayoutBTF({("net", "list"): 16}), LayoutBTF({}), out, lambda name: 1)
+    assert head is None and out.defines == {} and "OFF_NET_IPVS" in note
+
+
+def test_ksym_address_reads_kallsyms(tmp_path):
+    from rsttrace.tracer.kernel import ksym_address
+    f = tmp_path / "kallsyms"
+    f.write_text("ffffffff81000000 T _text\n"
+                 "ffffffff82a0b540 D net_namespace_list\n"
+                 "ffffffffc0a01000 t ip_vs_conn_expire\t[ip_vs]\n"
+                 "0000000000000000 D init_net\n")
+    assert ksym_address("net_namespace_list", str(f)) == 0xffffffff82a0b540
+    assert ksym_address("net_namespace", str(f)) is None       # whole names only
+    assert ksym_address("init_net", str(f)) is None            # hidden (kptr_restrict)
+    assert ksym_address("net_namespace_list", str(tmp_path / "none")) is None

@@ -90,6 +90,7 @@ def test_plan_uses_kprobes_where_the_kernel_needs_them(guest):
     res = _results(output)
     plan = res["plan"]
     assert plan["ipvs_expire"]["available"] and plan["ipvs_expire"]["hook"] == "kprobe ip_vs_conn_expire"
+    assert "namespace found in the kernel's namespace list" in plan["ipvs_expire"]["why"], plan["ipvs_expire"]
     # both kernels load the tracepoint programs as BTF tracepoints; 6.12
     # reads tcp_sock and packet headers through bpf_rdonly_cast (6.2+)
     want = "BTF tracepoints" + ("" if k.line == "6.1" else " + bpf_rdonly_cast")
@@ -124,6 +125,9 @@ def test_ipvs_idle_expiry_is_keepalive_and_joins_the_expiry(guest):
     assert o["diagnosed"] == "keepalive", o
     assert "ipvs tcp timeout 3 s" in o["evidence"]
     assert o["ipvs_expire_events"] >= 1 and o["ipvs_joined"], o
+    # Debian's BTF has no struct netns_ipvs: the program found the node's
+    # namespace on the kernel's namespace list (offsets.ipvs_netns)
+    assert o["ipvs_expire_netns"] == [o["node_netns"]], o
 
 
 def test_keepalive_below_ipvs_timeout_no_reset(guest):
