@@ -28,6 +28,11 @@ nothing is wrong, every connection passing the state-change program.
 ring buffer instead of the per-CPU rings (the default where they work), so
 the two transports are compared in the same run.
 
+--loops N runs N storm loops at once (default 1). One loop keeps one CPU
+busy and leaves the recorder the other; with a loop per CPU (--loops 2
+here) the machine makes its highest rate and every CPU-second the recorder
+spends is taken from the storm.
+
 --pin runs the storm on CPU 0 and everything else (the recorder, this
 script) on the other CPUs: the cost in the kernel alone, without the
 recorder's own CPU time landing on the workload's CPU when the scheduler
@@ -64,7 +69,12 @@ def main() -> int:
     ap.add_argument("--compare-transport", choices=("ringbuf", "perfbuf"),
                     help="also a storm per round traced with events through this transport "
                          "instead of the default (per-CPU rings where they work)")
+    ap.add_argument("--loops", type=int, default=1,
+                    help="storm loops at once (a loop per CPU: the machine's highest rate)")
     args = ap.parse_args()
+    if args.loops < 1 or (args.pin and args.loops > 1):
+        print("--loops must be at least 1, and 1 with --pin", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("bench_storm needs root (namespaces, BPF)", file=sys.stderr)
         return 2
@@ -77,12 +87,13 @@ def main() -> int:
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
     results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [],
-               "pinned": args.pin, "workload": args.workload}
+               "pinned": args.pin, "workload": args.workload, "loops": args.loops}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
-        storm(ns, binary, 0.5, cpu=storm_cpu, workload=args.workload)  # warm up
+        storm(ns, binary, 0.5, cpu=storm_cpu, workload=args.workload, loops=args.loops)  # warm up
         for rnd in range(args.rounds):
-            count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
+            count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload,
+                                   loops=args.loops)
             results["untraced"].append({"rate": count / elapsed})
 
             results["traced"].append(traced_round(ns, binary, tmp / f"storm-{rnd}.jsonl", args,
@@ -92,10 +103,12 @@ def main() -> int:
                                                      storm_cpu, args.compare_transport))
             if args.floor:
                 for key, define in BOUNDS:
-                    rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload)
+                    rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload,
+                                      args.loops)
                     results[key].append({"rate": rate})
         # the untraced rate after the last round, so every round sits between two
-        count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload)
+        count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload,
+                                   loops=args.loops)
         results["untraced"].append({"rate": count / elapsed})
     un = [r["rate"] for r in results["untraced"]]
     # Each measured storm against the untraced storms just before and just
@@ -103,8 +116,7 @@ def main() -> int:
     base = [(un[i] + un[i + 1]) / 2 for i in range(args.rounds)]
     per_round = {key: [r["rate"] / b for r, b in zip(results[key], base)]
                  for key in ("traced", "other", "floor", "minimal")}
-    ratio = statistics.median(per_round["traced"])
-    print(f"events through: {results['traced'][0]['transport']}")
+    print(f"events through: {results['traced'][0]['transport']}; storm loops at once: {args.loops}")
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
           f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}{'ready s':>8}")
     for i, (u, t) in enumerate(zip(results["untraced"], results["traced"])):
@@ -151,7 +163,8 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
     ready_s = time.monotonic() - t0
     header = json.loads(rec.read_text().split("\n", 1)[0])
     before = out_rsts(ns)
-    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload)
+    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
+                           loops=args.loops)
     kernel_sent = out_rsts(ns) - before
     time.sleep(0.3)  # let the consumer drain
     cpu_s, rss = proc_stats(proc.pid)
@@ -173,7 +186,7 @@ BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"))
 
 
 def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | None,
-                workload: str) -> float:
+                workload: str, loops: int) -> float:
     """One storm with the programs built with a bound's define, their
     events drained (and dropped) as the recorder would read them."""
     from rsttrace.tracer.session import TraceSession
@@ -188,7 +201,7 @@ def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | No
         drain = threading.Thread(target=drain_loop)
         drain.start()
         try:
-            count, elapsed = storm(ns, binary, seconds, cpu=cpu, workload=workload)
+            count, elapsed = storm(ns, binary, seconds, cpu=cpu, workload=workload, loops=loops)
         finally:
             stop.set()
             drain.join()

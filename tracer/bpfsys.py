@@ -244,7 +244,12 @@ class PerCPURingReader:
 
     def __init__(self, ring: np.ndarray, pos: np.ndarray, slots: int, maps=()):
         self._ring, self._pos, self.slots = ring, pos, slots
-        self.record_dtype = ring.dtype.fields["ev"][0]
+        self.record_dtype, at = ring.dtype.fields["ev"][:2]
+        # the events as rows of 8-byte words: copied out ten times faster
+        # than items of the structured type
+        assert ring.dtype.itemsize % 8 == 0 and at % 8 == 0 and self.record_dtype.itemsize % 8 == 0
+        self._words = ring.view(np.uint64).reshape(len(ring), ring.dtype.itemsize // 8)[
+            :, at // 8:(at + self.record_dtype.itemsize) // 8]
         self._maps = list(maps)
         self._first = 0   # the CPU read first; moves on when a read is cut short
 
@@ -262,7 +267,7 @@ class PerCPURingReader:
                    (ring_map, pos_map))
 
     def close(self) -> None:
-        self._ring = self._pos = None
+        self._ring = self._pos = self._words = None
         for m in self._maps:
             try:
                 m.close()
@@ -272,37 +277,44 @@ class PerCPURingReader:
 
     def read(self, max_records: int = 1 << 20) -> np.ndarray:
         """Published events since the last call, copied out (their slots
-        are handed back to the programs before returning)."""
+        are handed back to the programs before returning). The slots to
+        take are found first; their events are then copied once, already in
+        time order and without those the programs' filters refused."""
         heads = self._pos["head"].copy()
         tails = self._pos["tail"]
-        parts = []
+        taken = []    # (cpu, new tail)
+        spans = []    # slot numbers to copy, per CPU
         budget = max_records
         pending = np.flatnonzero(heads != tails)
         # from where the last cut-short read stopped, so a CPU with more than
         # a batch waiting cannot starve the others
         pending = np.roll(pending, -int(np.searchsorted(pending, self._first)))
         self._first = 0
+        seq = self._ring["seq"]
         for cpu in pending:
             if budget <= 0:
                 self._first = int(cpu)
                 break
             tail = int(tails[cpu])
             n = min(int(heads[cpu]) - tail, budget)
-            base, start = int(cpu) * self.slots, tail % self.slots
-            view = self._ring[base + start:base + min(start + n, self.slots)]
-            if len(view) < n:  # wraps to the start of this CPU's ring
-                view = np.concatenate([view, self._ring[base:base + n - len(view)]])
-            done = view["seq"] == np.arange(tail + 1, tail + n + 1, dtype=np.uint64)
+            base = int(cpu) * self.slots
+            slots = base + (np.arange(tail, tail + n, dtype=np.uint64) % self.slots).astype(np.intp)
+            done = seq[slots] == np.arange(tail + 1, tail + n + 1, dtype=np.uint64)
             if not done.all():
                 n = int(np.argmin(done))
+                slots = slots[:n]
             if n:
-                parts.append(view["ev"][:n].copy())
-                tails[cpu] = tail + n
+                spans.append(slots)
+                taken.append((cpu, tail + n))
                 budget -= n
-        if not parts:
+        if not spans:
             return np.empty(0, dtype=self.record_dtype)
-        batch = np.concatenate(parts)
-        batch = batch[batch["kind"] != 0]   # refused by the program's own filters
-        if len(parts) > 1:
-            batch = batch[np.argsort(batch["ts_ns"], kind="stable")]
+        slots = np.concatenate(spans) if len(spans) > 1 else spans[0]
+        ev = self._ring["ev"]
+        slots = slots[ev["kind"][slots] != 0]   # refused by the program's own filters
+        if len(spans) > 1:
+            slots = slots[np.argsort(ev["ts_ns"][slots], kind="stable")]
+        batch = self._words[slots].view(self.record_dtype).reshape(-1)
+        for cpu, tail in taken:
+            tails[cpu] = tail
         return batch

@@ -66,62 +66,95 @@ class Decoder:
 
     def decode_array(self, arr: np.ndarray) -> list[dict]:
         """One dict per event (docs/EVENTS.md), in ring order."""
-        return self._assemble(arr, text=False)
+        return self._assemble(arr)
 
-    def encode_jsonl(self, arr: np.ndarray) -> str:
-        """The same records as JSON Lines text (no trailing newline), without
-        building dicts: the recorder's hot path. Equal to json.dumps of
-        `decode_array` (a unit test holds them to it)."""
-        return "\n".join(self._assemble(arr, text=True))
+    def encode_jsonl(self, arr: np.ndarray) -> bytes:
+        """The same records as JSON Lines (UTF-8, every line ending in a
+        newline), without building dicts or a string per event: the
+        recorder's hot path. Equal to json.dumps of `decode_array` (a unit
+        test holds them to it).
 
-    def _assemble(self, arr: np.ndarray, text: bool) -> list:
-        """Events of one kind are built together, then put back in ring
-        order. For text, events of one shape (kind, direction and flags:
-        which fields are valid): a field every one of them has the same way
-        (null, or one value) is written once per group instead of once per
-        event (dicts gain nothing from that: one group per kind)."""
+        Events of one shape (kind, direction and flags: which fields are
+        valid) become one matrix of bytes, a row per event: each field's
+        text is a block of columns, NUL-padded to the group's widest value
+        (numbers right-aligned, their digits computed for the whole column
+        at once; values that repeat encoded once and broadcast), and a field
+        the whole group has the same way is written once into the constant
+        text between them. The rows go back to ring order in one matrix, and
+        removing the padding (JSON text never holds a NUL byte) leaves
+        exactly the compact lines."""
         if not len(arr):
-            return []
-        shape = arr["kind"].astype(np.uint32) << 24
-        if text:
-            shape |= ((arr["dir"].astype(np.uint32) << 16) | (arr["flags"].astype(np.uint32) << 8)
-                      | arr["flags2"])
+            return b""
+        shape = ((arr["kind"].astype(np.uint32) << 24) | (arr["dir"].astype(np.uint32) << 16)
+                 | (arr["flags"].astype(np.uint32) << 8) | arr["flags2"])
         present, inv = np.unique(shape, return_inverse=True)
         if len(present) == 1:
-            return self._kind(int(present[0]) >> 24, arr, text)
+            rows = self._kind_rows(int(present[0]) >> 24, arr)
+        else:
+            inv = inv.reshape(-1)
+            groups = []
+            for g, key in enumerate(present.tolist()):
+                idx = np.flatnonzero(inv == g)
+                m = self._kind_rows(key >> 24, arr[idx])
+                if m is not None:
+                    groups.append((idx, m))
+            if not groups:
+                return b""
+            rows = np.zeros((len(arr), max(m.shape[1] for _, m in groups)), np.uint8)
+            for idx, m in groups:
+                rows[idx, :m.shape[1]] = m
+        return b"" if rows is None else rows.tobytes().translate(None, b"\0")
+
+    def _assemble(self, arr: np.ndarray) -> list[dict]:
+        """Events of one kind are built together, then put back in ring
+        order."""
+        if not len(arr):
+            return []
+        present, inv = np.unique(arr["kind"], return_inverse=True)
+        if len(present) == 1:
+            return self._kind_dicts(int(present[0]), arr)
         out = np.empty(len(arr), dtype=object)
         keep = np.zeros(len(arr), dtype=bool)
         inv = inv.reshape(-1)
-        for g, key in enumerate(present.tolist()):
+        for g, kind in enumerate(present.tolist()):
             idx = np.flatnonzero(inv == g)
-            items = self._kind(key >> 24, arr[idx], text)
+            items = self._kind_dicts(kind, arr[idx])
             if items:
                 out[idx] = items
                 keep[idx] = True
         return out[keep].tolist()
 
-    def _kind(self, kind: int, a: np.ndarray, text: bool) -> list:
+    def _columns(self, kind: int, a: np.ndarray):
         build = {EV_RESET: self._reset, EV_CT_DROP: self._ct_drop, EV_CT_FULL: self._ct_full,
                  EV_IPVS_EXPIRE: self._ipvs, EV_CT_ALLOC_FAIL: self._alloc_fail}.get(kind)
-        if build is None:
+        return None if build is None else build(a)
+
+    def _kind_dicts(self, kind: int, a: np.ndarray) -> list[dict]:
+        built = self._columns(kind, a)
+        if built is None:
             return []
-        keys, cols = build(a)
-        if not text:
-            return [dict(zip(keys, row)) for row in zip(*(c.py for c in cols))]
-        # a value every row has is written into the template once
-        parts, varying = [], []
+        keys, cols = built
+        return [dict(zip(keys, row)) for row in zip(*(c.py for c in cols))]
+
+    def _kind_rows(self, kind: int, a: np.ndarray) -> np.ndarray | None:
+        """The group's lines as a NUL-padded byte matrix (see encode_jsonl)."""
+        built = self._columns(kind, a)
+        if built is None:
+            return None
+        keys, cols = built
+        n = len(a)
+        blocks, const = [], "{"
         for k, c in zip(keys, cols):
+            const += f'"{k}":'
             same = c.const_json()
-            if same is None:
-                fmt, values = c.template_part()
-                parts.append(f'"{k}":{fmt}')
-                varying += values
-            else:
-                parts.append(f'"{k}":' + same.replace("%", "%%"))
-        template = "{" + ",".join(parts) + "}"
-        if not varying:
-            return [template] * len(a)
-        return [template % row for row in zip(*varying)]
+            if same is not None:
+                const += same + ","
+                continue
+            blocks.append(_const_block(const, n))
+            blocks.append(c.block())
+            const = ","
+        blocks.append(_const_block(const[:-1] + "}\n" if const.endswith(",") else const + "}\n", n))
+        return np.concatenate(blocks, axis=1)
 
     # -- per kind: (keys, columns) -------------------------------------
     def _time(self, a: np.ndarray) -> "Col":
@@ -129,7 +162,8 @@ class Decoder:
         same number as a float (both exact to the microsecond)."""
         us = (a["ts_ns"] // 1000).astype(np.int64) + round(self.mono_to_unix * 1e6)
         return Col(None, "float", make_py=lambda: (us / 1e6).tolist(),
-                   fmt=lambda: ("%d.%06d", [(us // 1_000_000).tolist(), (us % 1_000_000).tolist()]))
+                   block=lambda: np.concatenate([_digits(us // 1_000_000), _const_block(".", len(us)),
+                                                 _digits(us % 1_000_000, pad=6)], axis=1))
 
     def _reset(self, a: np.ndarray):
         n = len(a)
@@ -152,7 +186,7 @@ class Decoder:
             Col.const("reset", n, "str"), self._time(a),
             Categorical(np.where(a["dir"] == DIR_SENT, 0, 1), ["sent", "recv"]).col(),
             Col.ints(a["netns"]),
-            Col(np.where(v6, 6, 4).tolist(), "int"),
+            Col.ints(np.where(v6, 6, 4)),
             _addresses(a["saddr"], v6), Col.ints(a["sport"]),
             _addresses(a["daddr"], v6), Col.ints(a["dport"]),
             state_names, Col.ints(st),
@@ -224,27 +258,28 @@ class Col:
     JSON text, each made on first use (the recorder only needs the text,
     the live path only the values)."""
 
-    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts", "_fmt")
+    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts", "_block")
 
     def __init__(self, py: list | None, typ: str, json_text: list | None = None,
                  make_py: Callable[[], list] | None = None,
                  make_json: Callable[[], list] | None = None,
                  codes: np.ndarray | None = None, texts: Callable[[], list] | None = None,
-                 fmt: Callable[[], tuple[str, list[list]]] | None = None):
+                 block: Callable[[], np.ndarray] | None = None):
         self._py, self.typ, self._json = py, typ, json_text
         self._make_py, self._make_json = make_py, make_json
         # a column of few distinct values: codes into texts(), the JSON of
         # each (its text is made from them)
         self._codes, self._texts = codes, texts
-        # numbers formatted by the row template itself (%d of Python ints),
-        # with no string made per value: (placeholders, their value lists)
-        self._fmt = fmt
+        # numbers: their text made for the whole column at once (_digits)
+        self._block = block
 
-    def template_part(self) -> tuple[str, list[list]]:
-        """This column's placeholders in a row template and their values."""
-        if self._fmt is not None:
-            return self._fmt()
-        return "%s", [self.json()]
+    def block(self) -> np.ndarray:
+        """This column's JSON text as a NUL-padded byte matrix, a row each."""
+        if self._block is not None:
+            return self._block()
+        if self._codes is not None:
+            return _text_matrix(self._texts())[self._codes]
+        return _text_matrix(self.json())
 
     def const_json(self) -> str | None:
         """The JSON text every row has, when that is known cheaply (one
@@ -267,18 +302,20 @@ class Col:
 
     @classmethod
     def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
-        # one value (or none) in every row: written once into the template
+        """Non-negative integers, null where not `valid`."""
+        # one value (or none) in every row: written once into the line
         if valid is not None and not valid.any():
             return cls.const(None, len(values), "int")
         if valid is None or valid.all():
             if len(values) and values.min() == values.max():
                 return cls.const(int(values[0]), len(values), "int")
-            return cls(None, "int", make_py=values.tolist, fmt=lambda: ("%d", [values.tolist()]))
-        def text() -> list:
-            # the valid values' texts, then "null"; each row picks its own
-            texts = np.array([*map(str, values[valid].tolist()), "null"], dtype=object)
-            return texts[np.where(valid, np.cumsum(valid) - 1, len(texts) - 1)].tolist()
-        return cls(None, "int", make_py=lambda: _with_nulls(values, valid), make_json=text)
+            return cls(None, "int", make_py=values.tolist, block=lambda: _digits(values))
+
+        def block() -> np.ndarray:
+            out = _digits(np.where(valid, values, 0), min_width=len(_NULL))
+            out[~valid] = np.frombuffer(_NULL.ljust(out.shape[1], b"\0"), np.uint8)
+            return out
+        return cls(None, "int", make_py=lambda: _with_nulls(values, valid), block=block)
 
     @classmethod
     def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
@@ -299,6 +336,45 @@ class Col:
             else:
                 self._json = [_dumps(v) for v in self.py]
         return self._json
+
+
+_NULL = b"null"
+_POW10 = np.array([10 ** k for k in range(1, 20)], dtype=np.uint64)
+
+
+def _digits(values: np.ndarray, pad: int = 0, min_width: int = 1) -> np.ndarray:
+    """Non-negative integers in decimal, a row of ASCII digits each, right-
+    aligned: NUL on the left (at least `min_width` columns), or with `pad`,
+    zeros to that many digits. The whole column at once: one division by
+    ten per digit position."""
+    v = np.asarray(values)
+    if v.dtype.kind == "i" and len(v) and v.min() < 0:
+        raise ValueError("negative values have no digits here")
+    v = v.astype(np.uint64)
+    nd = np.searchsorted(_POW10, v, side="right") + 1 if len(v) else np.zeros(0, np.intp)
+    wd = max(int(nd.max()) if len(v) else 1, pad)
+    w = max(wd, min_width)
+    out = np.zeros((len(v), w), np.uint8)
+    x = v.copy()
+    for j in range(w - 1, w - wd - 1, -1):
+        out[:, j] = x % 10
+        x //= 10
+    out[:, w - wd:] += 48
+    if not pad:
+        out[np.arange(w) < (w - nd)[:, None]] = 0
+    return out
+
+
+def _text_matrix(texts: list[str]) -> np.ndarray:
+    """Texts as rows of UTF-8 bytes, NUL-padded to the longest."""
+    a = np.array([t.encode() for t in texts], dtype=bytes)
+    return a.view(np.uint8).reshape(len(texts), a.dtype.itemsize)
+
+
+def _const_block(text: str, n: int) -> np.ndarray:
+    """The same text in each of n rows (a view, no copy)."""
+    b = np.frombuffer(text.encode(), np.uint8)
+    return np.broadcast_to(b, (n, len(b)))
 
 
 _BOOL_PY = np.array([False, True, None], dtype=object)

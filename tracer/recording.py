@@ -47,8 +47,8 @@ class RecordingWriter:
         self.by_kind: dict[str, int] = {}
         # Opening is the check that the path is writable: it raises before any
         # BPF is attached (the CLI opens the writer first).
-        self._fh = open(self.path, "w", encoding="utf-8")
-        self._fh.write(_dumps(header) + "\n")
+        self._fh = open(self.path, "wb")
+        self._fh.write((_dumps(header) + "\n").encode())
         self._fh.flush()
 
     def write(self, record: dict[str, Any]) -> None:
@@ -67,13 +67,13 @@ class RecordingWriter:
         with self._lock:
             if self._closed:
                 return
-            self._fh.write("\n".join(lines) + "\n")
+            self._fh.write(("\n".join(lines) + "\n").encode())
             self._fh.flush()
 
-    def write_text(self, text: str, by_kind: dict[str, int]) -> None:
-        """Records already encoded as JSON Lines (no trailing newline), as
-        `Decoder.encode_jsonl` makes them; `by_kind` counts them."""
-        if not text:
+    def write_jsonl(self, data: bytes, by_kind: dict[str, int]) -> None:
+        """Records already encoded as JSON Lines (each line ending in a
+        newline), as `Decoder.encode_jsonl` makes them; `by_kind` counts them."""
+        if not data:
             return
         for k, n in by_kind.items():
             if k != "ctx":
@@ -82,7 +82,7 @@ class RecordingWriter:
         with self._lock:
             if self._closed:
                 return
-            self._fh.write(text + "\n")
+            self._fh.write(data)
             self._fh.flush()
 
     def close(self, totals: dict[str, Any] | None = None) -> None:
@@ -93,7 +93,7 @@ class RecordingWriter:
             final = {"kind": "totals", "events": self.count, "lost": 0,
                      "by_kind": dict(self.by_kind)}
             final.update(totals or {})
-            self._fh.write(_dumps(final) + "\n")
+            self._fh.write((_dumps(final) + "\n").encode())
             self._fh.flush()
             try:
                 os.fsync(self._fh.fileno())

@@ -116,7 +116,7 @@ def run(args) -> int:
             # the hot path: raw events straight to JSON text, no dicts
             arr, ctx = session.poll_raw(timeout)
             if len(arr):
-                writer.write_text(decoder.encode_jsonl(arr), kind_counts(arr))
+                writer.write_jsonl(decoder.encode_jsonl(arr), kind_counts(arr))
             writer.write_many(ctx)
 
         while not stop.is_set():

@@ -3,6 +3,7 @@
 import socket
 
 import numpy as np
+import pytest
 
 from rsttrace.tracer import events as ev
 from rsttrace.tracer.events import EVENT_DTYPE, Decoder, parse_full_netns
@@ -97,7 +98,9 @@ def test_jsonl_text_equals_the_records():
         raw(kind=ev.EV_CT_FULL, text=b"nf_conntrack: table full in netns 9, dropping packet"),
     ])
     records = DEC.decode_array(a)
-    lines = DEC.encode_jsonl(a).split("\n")
+    data = DEC.encode_jsonl(a)
+    assert data.endswith(b"\n") and b"\0" not in data   # the padding is all gone
+    lines = data.decode().split("\n")[:-1]
     assert [json.loads(x) for x in lines] == records
     assert [r["kind"] for r in records] == ["reset", "ct_drop", "reset", "ct_full"]
     assert records[0]["comm"] == 'a"b\\c' and records[2]["src"] == "fd00::9"
@@ -134,11 +137,23 @@ def test_jsonl_text_equals_the_records_for_mixed_batches():
     for seed in range(20):
         a = _random_batch(seed, 300)
         records = DEC.decode_array(a)
-        assert [json.loads(x) for x in DEC.encode_jsonl(a).split("\n")] == records
+        assert [json.loads(x) for x in DEC.encode_jsonl(a).decode().split("\n")[:-1]] == records
         assert [r["t"] for r in records] == [(1000 * 10**6 + t // 1000) / 1e6 for t in a["ts_ns"].tolist()]
     # one group only, and a group of one row
     a = _random_batch(1, 40)
     a["kind"], a["dir"], a["flags"], a["flags2"] = ev.EV_RESET, ev.DIR_SENT, ev.EVF_REASON, 0
     a[7]["flags"] = ev.EVF_HAS_SOCK
     for batch in (a[:7], a):
-        assert [json.loads(x) for x in DEC.encode_jsonl(batch).split("\n")] == DEC.decode_array(batch)
+        assert [json.loads(x) for x in DEC.encode_jsonl(batch).decode().split("\n")[:-1]] == DEC.decode_array(batch)
+
+
+def test_digits_of_whole_columns():
+    from rsttrace.tracer.events import _digits
+    v = np.array([0, 7, 10, 99, 12345, 2**64 - 1], dtype=np.uint64)
+    rows = [bytes(r).replace(b"\0", b"") for r in _digits(v)]
+    assert rows == [str(x).encode() for x in v.tolist()]
+    assert _digits(v).shape[1] == 20
+    assert [bytes(r) for r in _digits(np.array([5, 123456]), pad=6)] == [b"000005", b"123456"]
+    assert _digits(np.array([3]), min_width=4).tolist() == [[0, 0, 0, ord("3")]]
+    with pytest.raises(ValueError):
+        _digits(np.array([-1]))

@@ -78,4 +78,4 @@ def test_decoder_adds_the_pod_of_the_owner(tmp_path):
     # the third has no owner: no pod, even with a known cgroup value
     assert [r["pod"] for r in recs] == ["payments/mysql-client-7d9f", None, None]
     import json
-    assert [json.loads(line) for line in d.encode_jsonl(a).split("\n")] == recs
+    assert [json.loads(line) for line in d.encode_jsonl(a).decode().split("\n")[:-1]] == recs
