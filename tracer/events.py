@@ -161,7 +161,7 @@ class Decoder:
         """Unix time in whole microseconds: "s.uuuuuu" in the text, the
         same number as a float (both exact to the microsecond)."""
         us = (a["ts_ns"] // 1000).astype(np.int64) + round(self.mono_to_unix * 1e6)
-        return Col(None, "float", make_py=lambda: (us / 1e6).tolist(),
+        return Col(None, make_py=lambda: (us / 1e6).tolist(),
                    block=lambda: np.concatenate([_digits(us // 1_000_000), _const_block(".", len(us)),
                                                  _digits(us % 1_000_000, pad=6)], axis=1))
 
@@ -183,7 +183,7 @@ class Decoder:
         trig = a["trigger_flags"]
         state_names = Categorical.lookup(st, lambda v: self.tcp_states.get(v, str(v)) if v else "")
         cols = [
-            Col.const("reset", n, "str"), self._time(a),
+            Col.const("reset", n), self._time(a),
             Categorical(np.where(a["dir"] == DIR_SENT, 0, 1), ["sent", "recv"]).col(),
             Col.ints(a["netns"]),
             Col.ints(np.where(v6, 6, 4)),
@@ -217,7 +217,7 @@ class Decoder:
     def _ct_drop(self, a: np.ndarray):
         rr = a["reason"]
         return ("kind", "t", "netns", "reason", "reason_raw", "protocol"), [
-            Col.const("ct_drop", len(a), "str"), self._time(a),
+            Col.const("ct_drop", len(a)), self._time(a),
             Col.ints(a["netns"], a["netns"] != 0),
             Categorical.lookup(rr, lambda v: self.drop_reasons.get(v, str(v))),
             Col.ints(rr), Col.ints(a["sport"])]
@@ -225,15 +225,15 @@ class Decoder:
     def _ct_full(self, a: np.ndarray):
         texts = [b.decode(errors="replace").strip() for b in a["text"].tolist()]
         return ("kind", "t", "netns", "text"), [
-            Col.const("ct_full", len(a), "str"), self._time(a),
-            Col([parse_full_netns(t) for t in texts], "int"), Col(texts, "any")]
+            Col.const("ct_full", len(a)), self._time(a),
+            Col([parse_full_netns(t) for t in texts]), Col(texts)]
 
     def _ipvs(self, a: np.ndarray):
         v6 = a["family"] == socket.AF_INET6
         st = a["ipvs_state"]
         return ("kind", "t", "netns", "protocol", "client", "cport", "vaddr", "vport",
                 "daddr", "dport", "state", "state_raw"), [
-            Col.const("ipvs_expire", len(a), "str"), self._time(a), Col.ints(a["netns"]),
+            Col.const("ipvs_expire", len(a)), self._time(a), Col.ints(a["netns"]),
             Col.ints(a["proto"]), _addresses(a["saddr"], v6), Col.ints(a["sport"]),
             _addresses(a["daddr"], v6), Col.ints(a["dport"]),
             _addresses(a["raddr"], v6), Col.ints(a["rport"]),
@@ -241,8 +241,8 @@ class Decoder:
 
     def _alloc_fail(self, a: np.ndarray):
         return ("kind", "t", "netns", "errno"), [
-            Col.const("ct_alloc_fail", len(a), "str"), self._time(a),
-            Col([None] * len(a), "int"), Col.ints(a["reason"])]
+            Col.const("ct_alloc_fail", len(a)), self._time(a),
+            Col([None] * len(a)), Col.ints(a["reason"])]
 
 
 RESET_KEYS = ("kind", "t", "dir", "netns", "family", "src", "sport", "dst", "dport", "state",
@@ -258,15 +258,12 @@ class Col:
     JSON text, each made on first use (the recorder only needs the text,
     the live path only the values)."""
 
-    __slots__ = ("_py", "typ", "_json", "_make_py", "_make_json", "_codes", "_texts", "_block")
+    __slots__ = ("_py", "_make_py", "_codes", "_texts", "_block")
 
-    def __init__(self, py: list | None, typ: str, json_text: list | None = None,
-                 make_py: Callable[[], list] | None = None,
-                 make_json: Callable[[], list] | None = None,
+    def __init__(self, py: list | None, make_py: Callable[[], list] | None = None,
                  codes: np.ndarray | None = None, texts: Callable[[], list] | None = None,
                  block: Callable[[], np.ndarray] | None = None):
-        self._py, self.typ, self._json = py, typ, json_text
-        self._make_py, self._make_json = make_py, make_json
+        self._py, self._make_py = py, make_py
         # a column of few distinct values: codes into texts(), the JSON of
         # each (its text is made from them)
         self._codes, self._texts = codes, texts
@@ -279,7 +276,8 @@ class Col:
             return self._block()
         if self._codes is not None:
             return _text_matrix(self._texts())[self._codes]
-        return _text_matrix(self.json())
+        # Python values (rare kinds): each one's JSON
+        return _text_matrix([_dumps(v) for v in self.py])
 
     def const_json(self) -> str | None:
         """The JSON text every row has, when that is known cheaply (one
@@ -296,46 +294,32 @@ class Col:
         return self._py
 
     @classmethod
-    def const(cls, value, n: int, typ: str) -> "Col":
+    def const(cls, value, n: int) -> "Col":
         text = _dumps(value)
-        return cls([value] * n, typ, [text] * n, codes=np.zeros(n, np.intp), texts=lambda: [text])
+        return cls([value] * n, codes=np.zeros(n, np.intp), texts=lambda: [text])
 
     @classmethod
     def ints(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
         """Non-negative integers, null where not `valid`."""
         # one value (or none) in every row: written once into the line
         if valid is not None and not valid.any():
-            return cls.const(None, len(values), "int")
+            return cls.const(None, len(values))
         if valid is None or valid.all():
             if len(values) and values.min() == values.max():
-                return cls.const(int(values[0]), len(values), "int")
-            return cls(None, "int", make_py=values.tolist, block=lambda: _digits(values))
+                return cls.const(int(values[0]), len(values))
+            return cls(None, make_py=values.tolist, block=lambda: _digits(values))
 
         def block() -> np.ndarray:
             out = _digits(np.where(valid, values, 0), min_width=len(_NULL))
             out[~valid] = np.frombuffer(_NULL.ljust(out.shape[1], b"\0"), np.uint8)
             return out
-        return cls(None, "int", make_py=lambda: _with_nulls(values, valid), block=block)
+        return cls(None, make_py=lambda: _with_nulls(values, valid), block=block)
 
     @classmethod
     def bools(cls, values: np.ndarray, valid: np.ndarray | None = None) -> "Col":
         codes = values.astype(np.intp) if valid is None else np.where(valid, values, 2)
-        return cls(None, "bool", make_py=lambda: _BOOL_PY[codes].tolist(), codes=codes,
+        return cls(None, make_py=lambda: _BOOL_PY[codes].tolist(), codes=codes,
                    texts=_BOOL_JSON.tolist)
-
-    def json(self) -> list[str]:
-        if self._json is None:
-            if self._make_json is not None:
-                self._json = self._make_json()
-            elif self._codes is not None:
-                self._json = np.array(self._texts(), dtype=object)[self._codes].tolist()
-            elif self.typ == "int":
-                self._json = ["null" if v is None else str(v) for v in self.py]
-            elif self.typ == "float":
-                self._json = list(map(repr, self.py))
-            else:
-                self._json = [_dumps(v) for v in self.py]
-        return self._json
 
 
 _NULL = b"null"
@@ -408,7 +392,7 @@ class Categorical:
             codes = np.where(self.valid, codes, len(cats) - 1)
 
         texts = functools.cache(lambda: [_dumps(c) for c in cats[:-1]] + ["null"])
-        return Col(None, "str", make_py=lambda: np.array(cats, dtype=object)[codes].tolist(),
+        return Col(None, make_py=lambda: np.array(cats, dtype=object)[codes].tolist(),
                    codes=codes, texts=texts)
 
 
