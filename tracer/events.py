@@ -390,9 +390,8 @@ class Categorical:
 
     @classmethod
     def lookup(cls, raw: np.ndarray, name, valid: np.ndarray | None = None) -> Col:
-        uniq, inv = np.unique(raw, return_inverse=True)
-        cats = [name(u) for u in uniq.tolist()]
-        return cls(inv.reshape(-1), cats, valid).col()
+        uniq, inv = _distinct(raw)
+        return cls(inv, [name(u) for u in uniq.tolist()], valid).col()
 
     def col(self) -> Col:
         cats = self.categories + [None]
@@ -405,13 +404,22 @@ class Categorical:
                    codes=codes, texts=texts)
 
 
+def _distinct(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, each row's index into them); a column of one value
+    (common within a shape group) needs no sort."""
+    if len(raw) and (raw == raw[0]).all():
+        return raw[:1], np.zeros(len(raw), np.intp)
+    uniq, inv = np.unique(raw, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
 def _addresses(raw: np.ndarray, v6: np.ndarray) -> Col:
     """16-byte address fields -> strings, each distinct address formatted once."""
     b = np.ascontiguousarray(raw).view(np.uint8).reshape(len(raw), 16)
     if not v6.any():
-        uniq, inv = np.unique(b[:, :4].copy().view("<u4").reshape(-1), return_inverse=True)
+        uniq, inv = _distinct(b[:, :4].copy().view("<u4").reshape(-1))
         cats = [socket.inet_ntop(socket.AF_INET, int(u).to_bytes(4, "little")) for u in uniq.tolist()]
-        return Categorical(inv.reshape(-1), cats).col()
+        return Categorical(inv, cats).col()
     keyed = np.where(v6[:, None], b, np.pad(b[:, :4], ((0, 0), (0, 12))))
     fam_key = np.concatenate([keyed, v6[:, None].astype(np.uint8)], axis=1)
     uniq, inv = np.unique(fam_key, axis=0, return_inverse=True)

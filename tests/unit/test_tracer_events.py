@@ -157,3 +157,21 @@ def test_digits_of_whole_columns():
     assert _digits(np.array([3]), min_width=4).tolist() == [[0, 0, 0, ord("3")]]
     with pytest.raises(ValueError):
         _digits(np.array([-1]))
+
+
+def test_columns_of_one_value_and_of_many_decode_alike():
+    """A column that is the same in every row of a batch skips the sort of
+    distinct values: it must name each row as a mixed column does."""
+    import json
+    one = np.concatenate([raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET, state=2,
+                              flags=ev.EVF_HAS_SOCK | ev.EVF_OWNER, pid=9, comm=b"mysqld",
+                              saddr=np.void(bytes([10, 0, 0, 7]) + bytes(12)), sport=p)
+                          for p in range(40000, 40005)])
+    mixed = one.copy()
+    mixed["comm"][0], mixed["saddr"][0], mixed["state"][0] = b"app", np.void(bytes(16)), 1
+    for batch in (one, mixed):
+        records = DEC.decode_array(batch)
+        assert [json.loads(x) for x in DEC.encode_jsonl(batch).decode().split("\n")[:-1]] == records
+        assert [(r["src"], r["comm"], r["state"]) for r in records[1:]] == \
+            [("10.0.0.7", "mysqld", "SYN_SENT")] * 4
+    assert (records[0]["src"], records[0]["comm"], records[0]["state"]) == ("0.0.0.0", "app", "ESTABLISHED")
