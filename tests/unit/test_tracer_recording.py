@@ -29,6 +29,30 @@ def test_round_trip(tmp_path):
     assert not rec.truncated and rec.warnings == []
 
 
+def test_encoded_events_and_records_interleave_in_one_file(tmp_path):
+    """The recorder's hot path writes the encoder's bytes between records
+    written as dicts (context): one valid file, counted by kind."""
+    import numpy as np
+
+    from rsttrace.tracer import events as ev
+    a = np.zeros(3, dtype=ev.EVENT_DTYPE)
+    a["kind"], a["dir"], a["ts_ns"] = ev.EV_RESET, ev.DIR_SENT, [1, 2, 3]
+    a["kind"][2] = ev.EV_CT_DROP
+    dec = ev.Decoder(hz=250, mono_to_unix=100.0)
+    path = tmp_path / "r.jsonl"
+    w = RecordingWriter(path, HEADER)
+    w.write({"kind": "ctx", "t": 0.5, "namespaces": []})
+    w.write_jsonl(dec.encode_jsonl(a), {"reset": 2, "ct_drop": 1})
+    w.write({"kind": "ctx", "t": 9.0, "namespaces": [{"name": "pod-ä"}]})
+    w.close()
+    rec = read_recording(path)
+    assert [r["kind"] for r in rec.records] == ["ctx", "reset", "reset", "ct_drop", "ctx"]
+    assert rec.records[1:4] == dec.decode_array(a)
+    assert rec.records[4]["namespaces"][0]["name"] == "pod-ä"
+    assert rec.totals["events"] == 3 and rec.totals["by_kind"] == {"ctx": 2, "reset": 2, "ct_drop": 1}
+    assert not rec.truncated and rec.warnings == []
+
+
 def test_truncated_last_line_is_reported_and_rest_read(tmp_path):
     path = write(tmp_path)
     lines = path.read_bytes().split(b"\n")
