@@ -12,6 +12,8 @@ import struct
 
 import numpy as np
 
+from .events import take
+
 _libc = ctypes.CDLL(None, use_errno=True)
 NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 BPF_MAP_LOOKUP_ELEM = 1
@@ -244,12 +246,7 @@ class PerCPURingReader:
 
     def __init__(self, ring: np.ndarray, pos: np.ndarray, slots: int, maps=()):
         self._ring, self._pos, self.slots = ring, pos, slots
-        self.record_dtype, at = ring.dtype.fields["ev"][:2]
-        # the events as rows of 8-byte words: copied out ten times faster
-        # than items of the structured type
-        assert ring.dtype.itemsize % 8 == 0 and at % 8 == 0 and self.record_dtype.itemsize % 8 == 0
-        self._words = ring.view(np.uint64).reshape(len(ring), ring.dtype.itemsize // 8)[
-            :, at // 8:(at + self.record_dtype.itemsize) // 8]
+        self.record_dtype = ring.dtype.fields["ev"][0]
         self._maps = list(maps)
         self._first = 0   # the CPU read first; moves on when a read is cut short
 
@@ -267,7 +264,7 @@ class PerCPURingReader:
                    (ring_map, pos_map))
 
     def close(self) -> None:
-        self._ring = self._pos = self._words = None
+        self._ring = self._pos = None
         for m in self._maps:
             try:
                 m.close()
@@ -314,7 +311,7 @@ class PerCPURingReader:
         slots = slots[ev["kind"][slots] != 0]   # refused by the program's own filters
         if len(spans) > 1:
             slots = slots[np.argsort(ev["ts_ns"][slots], kind="stable")]
-        batch = self._words[slots].view(self.record_dtype).reshape(-1)
+        batch = take(self._ring, slots, "ev")
         for cpu, tail in taken:
             tails[cpu] = tail
         return batch

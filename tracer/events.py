@@ -42,13 +42,28 @@ KINDS = {EV_RESET: "reset", EV_CT_DROP: "ct_drop", EV_CT_FULL: "ct_full",
          EV_IPVS_EXPIRE: "ipvs_expire", EV_CT_ALLOC_FAIL: "ct_alloc_fail"}
 
 
-def take(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """arr[idx] for events: the rows copied as 8-byte words, ten times
-    faster than numpy's copy of structured items."""
-    if arr.dtype.itemsize % 8:
-        return arr[idx]
-    words = np.ascontiguousarray(arr).view(np.uint64).reshape(len(arr), arr.dtype.itemsize // 8)
-    return words[idx].view(arr.dtype).reshape(-1)
+def take(arr: np.ndarray, idx: np.ndarray, field: str | None = None) -> np.ndarray:
+    """arr[idx], or arr[field][idx], copied as rows of 8-byte words: ten
+    times faster than numpy's copy of structured items."""
+    dtype, at = (arr.dtype, 0) if field is None else arr.dtype.fields[field][:2]
+    if arr.dtype.itemsize % 8 or at % 8 or dtype.itemsize % 8 or not arr.flags.c_contiguous:
+        return (arr if field is None else arr[field])[idx]
+    words = arr.view(np.uint64).reshape(len(arr), arr.dtype.itemsize // 8)
+    return words[:, at // 8:(at + dtype.itemsize) // 8][idx].view(dtype).reshape(-1)
+
+
+def _groups(arr: np.ndarray, key: np.ndarray) -> list[tuple[np.ndarray | None, int, np.ndarray]]:
+    """The batch split by `key`: (rows in the batch, key, their events);
+    rows None where one group is the whole batch."""
+    present, inv = np.unique(key, return_inverse=True)
+    if len(present) == 1:
+        return [(None, int(present[0]), arr)]
+    inv = inv.reshape(-1)
+    out = []
+    for g, k in enumerate(present.tolist()):
+        idx = np.flatnonzero(inv == g)
+        out.append((idx, k, take(arr, idx)))
+    return out
 
 
 def _addr(raw: bytes, family: int) -> str:
@@ -96,38 +111,30 @@ class Decoder:
             return b""
         shape = ((arr["kind"].astype(np.uint32) << 24) | (arr["dir"].astype(np.uint32) << 16)
                  | (arr["flags"].astype(np.uint32) << 8) | arr["flags2"])
-        present, inv = np.unique(shape, return_inverse=True)
-        if len(present) == 1:
-            rows = self._kind_rows(int(present[0]) >> 24, arr)
+        groups = [(idx, m) for idx, key, a in _groups(arr, shape)
+                  if (m := self._kind_rows(key >> 24, a)) is not None]
+        if not groups:
+            return b""
+        if groups[0][0] is None:
+            rows = groups[0][1]
         else:
-            inv = inv.reshape(-1)
-            groups = []
-            for g, key in enumerate(present.tolist()):
-                idx = np.flatnonzero(inv == g)
-                m = self._kind_rows(key >> 24, take(arr, idx))
-                if m is not None:
-                    groups.append((idx, m))
-            if not groups:
-                return b""
             rows = np.zeros((len(arr), max(m.shape[1] for _, m in groups)), np.uint8)
             for idx, m in groups:
                 rows[idx, :m.shape[1]] = m
-        return b"" if rows is None else rows.tobytes().translate(None, b"\0")
+        return rows.tobytes().translate(None, b"\0")
 
     def _assemble(self, arr: np.ndarray) -> list[dict]:
         """Events of one kind are built together, then put back in ring
         order."""
         if not len(arr):
             return []
-        present, inv = np.unique(arr["kind"], return_inverse=True)
-        if len(present) == 1:
-            return self._kind_dicts(int(present[0]), arr)
+        groups = _groups(arr, arr["kind"])
+        if groups[0][0] is None:
+            return self._kind_dicts(groups[0][1], arr)
         out = np.empty(len(arr), dtype=object)
         keep = np.zeros(len(arr), dtype=bool)
-        inv = inv.reshape(-1)
-        for g, kind in enumerate(present.tolist()):
-            idx = np.flatnonzero(inv == g)
-            items = self._kind_dicts(kind, take(arr, idx))
+        for idx, kind, a in groups:
+            items = self._kind_dicts(kind, a)
             if items:
                 out[idx] = items
                 keep[idx] = True

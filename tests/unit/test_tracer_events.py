@@ -175,3 +175,17 @@ def test_columns_of_one_value_and_of_many_decode_alike():
         assert [(r["src"], r["comm"], r["state"]) for r in records[1:]] == \
             [("10.0.0.7", "mysqld", "SYN_SENT")] * 4
     assert (records[0]["src"], records[0]["comm"], records[0]["state"]) == ("0.0.0.0", "app", "ESTABLISHED")
+
+
+def test_take_copies_rows_as_numpy_would():
+    from rsttrace.tracer.bpfsys import percpu_slot_dtype
+    from rsttrace.tracer.events import take
+    a = np.zeros(6, dtype=EVENT_DTYPE)
+    a["ts_ns"], a["comm"], a["sport"] = np.arange(6) * 7, b"x", np.arange(6) + 100
+    idx = np.array([4, 0, 4, 2])
+    assert take(a, idx).tobytes() == a[idx].tobytes()
+    assert take(a[::2], np.array([2, 0])).tobytes() == a[::2][[2, 0]].tobytes()  # not contiguous
+    slots = np.zeros(6, dtype=percpu_slot_dtype(EVENT_DTYPE))
+    slots["ev"], slots["seq"] = a, 9
+    got = take(slots, idx, "ev")
+    assert got.dtype == EVENT_DTYPE and got.tobytes() == a[idx].tobytes()
