@@ -24,9 +24,16 @@ both resets of every connect).
 accept, one byte each way, close; no reset): what tracing costs a node when
 nothing is wrong, every connection passing the state-change program.
 
---compare-transport ringbuf adds a storm per round recorded through the BPF
-ring buffer instead of the per-CPU rings (the default where they work), so
-the two transports are compared in the same run.
+--compare "OPTIONS" adds a storm per round recorded by `rsttrace record`
+with these options added, compared in the same run: `--compare "--transport
+ringbuf"` the BPF ring buffer instead of the per-CPU rings (the default
+where they work), `--compare "--burst-buffer 0"` every event written as JSON
+text as it comes instead of held raw during the storm.
+
+Per traced round: the recorder's CPU until the storm ended ("cpu s", start-
+up included, its compiler process not), the events it held raw during the
+storm ("held"), the CPU it spent after being told to stop, writing them
+("+cpu s"), and how long that took ("stop s").
 
 --loops N runs N storm loops at once (default 1). One loop keeps one CPU
 busy and leaves the recorder the other; with a loop per CPU (--loops 2
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import statistics
 import subprocess
@@ -51,7 +59,7 @@ import threading
 import time
 from pathlib import Path
 
-from stormlab import out_rsts, proc_stats, storm, storm_namespace
+from stormlab import children_cpu, end_process, out_rsts, proc_stats, storm, storm_namespace
 
 
 def main() -> int:
@@ -66,9 +74,9 @@ def main() -> int:
                     help="connects refused by a reset (default), or healthy connection churn")
     ap.add_argument("--pin", action="store_true",
                     help="storm on CPU 0, the recorder and this script on the others")
-    ap.add_argument("--compare-transport", choices=("ringbuf", "perfbuf"),
-                    help="also a storm per round traced with events through this transport "
-                         "instead of the default (per-CPU rings where they work)")
+    ap.add_argument("--compare", metavar="OPTIONS",
+                    help="also a storm per round recorded with these `rsttrace record` options "
+                         "added (e.g. \"--transport ringbuf\" or \"--burst-buffer 0\")")
     ap.add_argument("--loops", type=int, default=1,
                     help="storm loops at once (a loop per CPU: the machine's highest rate)")
     args = ap.parse_args()
@@ -98,9 +106,9 @@ def main() -> int:
 
             results["traced"].append(traced_round(ns, binary, tmp / f"storm-{rnd}.jsonl", args,
                                                   storm_cpu))
-            if args.compare_transport:
+            if args.compare:
                 results["other"].append(traced_round(ns, binary, tmp / f"other-{rnd}.jsonl", args,
-                                                     storm_cpu, args.compare_transport))
+                                                     storm_cpu, shlex.split(args.compare)))
             if args.floor:
                 for key, define in BOUNDS:
                     rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload,
@@ -118,15 +126,17 @@ def main() -> int:
                  for key in ("traced", "other", "floor", "minimal")}
     print(f"events through: {results['traced'][0]['transport']}; storm loops at once: {args.loops}")
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
-          f"{'lost':>6}{'cpu s':>7}{'rss MB':>8}{'attach s':>9}{'ready s':>8}")
+          f"{'lost':>6}{'cpu s':>7}{'held':>8}{'+cpu s':>7}{'stop s':>7}{'rss MB':>8}{'attach s':>9}"
+          f"{'ready s':>8}")
     for i, (u, t) in enumerate(zip(results["untraced"], results["traced"])):
         print(f"{i:<6}{u['rate']:>12.0f}{t['rate']:>10.0f}{t['kernel_resets_sent']:>12}"
-              f"{t['recorded_sent']:>10}{t['lost']:>6}{t['consumer_cpu_s']:>7}{t['peak_rss_mb']:>8}"
+              f"{t['recorded_sent']:>10}{t['lost']:>6}{t['consumer_cpu_s']:>7}{t['held']:>8}"
+              f"{t['cpu_after_stop_s']:>7}{t['stop_s']:>7}{t['peak_rss_mb']:>8}"
               f"{t['attach_s']:>9}{t['start_to_attached_s']:>8}")
     print(f"{'after':<6}{un[-1]:>12.0f}")
     results["per_round"] = per_round
     for key, label in (("traced", f"traced by rsttrace record ({results['traced'][0]['transport']})"),
-                       ("other", f"traced through {args.compare_transport}"),
+                       ("other", f"traced with {args.compare}"),
                        ("floor", "programs attached, returning at once"),
                        ("minimal", "bare events from the reset programs only")):
         if per_round[key]:
@@ -134,27 +144,31 @@ def main() -> int:
             print(f"{label}: rate ratio to untraced, median {median:.3f} ({(1 - median) * 100:+.1f} % "
                   f"slowdown); per round {', '.join(f'{x:.3f}' for x in per_round[key])}")
             results["ratio" if key == "traced" else f"{key}_ratio"] = median
-    for key in ("traced", "other"):
+    for key, label in (("traced", "traced"), ("other", f"with {args.compare}")):
         if results[key]:
             r = results[key]
-            print(f"through {r[0]['transport']}: lost {sum(x['lost'] for x in r)}, recorded sent "
+
+            def span(field):
+                return f"{min(x[field] for x in r)}–{max(x[field] for x in r)}"
+            print(f"{label} ({r[0]['transport']}): lost {sum(x['lost'] for x in r)}, recorded sent "
                   f"resets == the kernel's count in {sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
-                  f" of {len(r)} rounds, consumer CPU {min(x['consumer_cpu_s'] for x in r)}–"
-                  f"{max(x['consumer_cpu_s'] for x in r)} s per round")
+                  f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until the "
+                  f"storm ended, then {span('cpu_after_stop_s')} s writing {span('held')} held "
+                  f"events in {span('stop_s')} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
 def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
-                 transport: str | None = None) -> dict:
-    """One storm recorded by `rsttrace record` (through `transport`, or
-    the default): its rate, the kernel's count of resets sent against the
-    recording's, loss, the recorder's CPU and peak RSS, time to attach."""
+                 options: list[str] = ()) -> dict:
+    """One storm recorded by `rsttrace record` (with `options` added): its
+    rate, the kernel's count of resets sent against the recording's, loss,
+    the recorder's CPU and peak RSS, time to attach."""
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(rec),
                              "--netns", ns, "--quiet", "--ctx-period", "1",
-                             *(["--transport", transport] if transport else [])],
+                             *options],
                             stderr=subprocess.PIPE, text=True)
     while not rec.exists() or rec.stat().st_size == 0:
         if proc.poll() is not None:
@@ -168,8 +182,8 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
     kernel_sent = out_rsts(ns) - before
     time.sleep(0.3)  # let the consumer drain
     cpu_s, rss = proc_stats(proc.pid)
-    proc.terminate()
-    proc.wait(timeout=30)
+    helpers = children_cpu(proc.pid)
+    stop_s, life_cpu_s = end_process(proc)   # events held during the storm are written now
     lines = rec.read_text().splitlines()
     totals = json.loads(lines[-1])
     sent = sum(1 for line in lines if '"dir":"sent"' in line)
@@ -178,6 +192,8 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
     return {"rate": count / elapsed, "kernel_resets_sent": kernel_sent,
             "recorded_sent": sent, "recorded_recv": recv, "lost": totals["lost"],
             "consumer_cpu_s": round(cpu_s, 2), "peak_rss_mb": round(rss / 2**20, 1),
+            "cpu_after_stop_s": round(life_cpu_s - helpers - cpu_s, 2), "stop_s": round(stop_s, 2),
+            "held": totals.get("burst_held", 0),
             "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
             "transport": header["transport"]}
 

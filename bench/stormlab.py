@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -83,3 +84,21 @@ def proc_stats(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) * 1024
     return cpu, hwm
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the process's children it has waited for (its loader
+    and compiler processes), so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def end_process(proc) -> tuple[float, float]:
+    """SIGTERM `proc` and wait for it: (seconds until it exited, CPU
+    seconds of its whole life, its waited-for children included)."""
+    t0 = time.monotonic()
+    proc.terminate()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.monotonic() - t0, usage.ru_utime + usage.ru_stime
+

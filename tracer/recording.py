@@ -28,6 +28,17 @@ def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
+def encode_records(records: Iterable[dict[str, Any]]) -> tuple[bytes, dict[str, int]]:
+    """Records as JSON Lines (UTF-8, each line ending in a newline), and
+    how many there are of each kind."""
+    lines, by_kind = [], {}
+    for r in records:
+        lines.append(_dumps(r) + "\n")
+        k = r.get("kind", "?")
+        by_kind[k] = by_kind.get(k, 0) + 1
+    return "".join(lines).encode(), by_kind
+
+
 class RecordingWriter:
     """Appends records to a JSONL file; `close(totals)` ends it.
 
@@ -55,20 +66,7 @@ class RecordingWriter:
         self.write_many((record,))
 
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = []
-        for r in records:
-            lines.append(_dumps(r))
-            k = r.get("kind", "?")
-            if k != "ctx":
-                self.count += 1
-            self.by_kind[k] = self.by_kind.get(k, 0) + 1
-        if not lines:
-            return
-        with self._lock:
-            if self._closed:
-                return
-            self._fh.write(("\n".join(lines) + "\n").encode())
-            self._fh.flush()
+        self.write_jsonl(*encode_records(records))
 
     def write_jsonl(self, data: bytes, by_kind: dict[str, int]) -> None:
         """Records already encoded as JSON Lines (each line ending in a

@@ -40,6 +40,14 @@ def register(sub) -> None:
     p.add_argument("--transport", choices=("percpu", "ringbuf", "perfbuf"),
                    help="how events reach the recorder (default: the best this kernel has, "
                         "in that order; `rsttrace doctor` says which)")
+    p.add_argument("--burst-buffer", type=int, default=None, metavar="MB",
+                   help="while events arrive faster than --burst-rate, keep up to MB of them raw "
+                        "(232 bytes each, in an unlinked file beside the output) and write them "
+                        "as JSON text once the rate falls or the recording ends, so the recorder "
+                        "takes less CPU from a host in a reset storm (default 1024; 0: write "
+                        "every event as it comes)")
+    p.add_argument("--burst-rate", type=int, default=None, metavar="EVENTS",
+                   help="events per second above which they are held (default 20000)")
     p.add_argument("--accept-syscalls", action="store_true",
                    help="where no fexit program can learn an accepted socket's owner, learn it "
                         "from the accept() syscall tracepoints (turns on syscall tracing: every "
@@ -83,6 +91,13 @@ def run(args) -> int:
         raise CLIError(f"cannot write {args.output}: {out_dir} is not a writable directory")
     if args.duration is not None and args.duration <= 0:
         raise CLIError("--duration must be positive")
+    from rsttrace.tracer.burst import DEFAULT_MAX_MB, HOLD_RATE, BurstWriter
+    burst_mb = DEFAULT_MAX_MB if args.burst_buffer is None else args.burst_buffer
+    burst_rate = HOLD_RATE if args.burst_rate is None else args.burst_rate
+    if burst_mb < 0:
+        raise CLIError("--burst-buffer must be 0 (never hold events) or a size in MB")
+    if burst_rate <= 0:
+        raise CLIError("--burst-rate must be a positive number of events per second")
 
     stop = threading.Event()
 
@@ -92,7 +107,7 @@ def run(args) -> int:
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
                            accept_syscalls=args.accept_syscalls)
-    writer = None
+    writer = burst = None
     t0 = time.monotonic()
     try:
         try:
@@ -110,23 +125,23 @@ def run(args) -> int:
             for m in missing:
                 print(f"rsttrace: unavailable: {m}", file=sys.stderr)
         last_print = 0.0
-        decoder = session.decoder
+        # the hot path: raw events straight to JSON text (no dicts), or held
+        # raw while they come in a burst
+        burst = BurstWriter(writer, session.decoder, out_dir, max_bytes=burst_mb << 20,
+                            rate=burst_rate)
 
         def drain(timeout: float) -> None:
-            # the hot path: raw events straight to JSON text, no dicts
-            arr, ctx = session.poll_raw(timeout)
-            if len(arr):
-                writer.write_jsonl(decoder.encode_jsonl(arr), kind_counts(arr))
-            writer.write_many(ctx)
+            burst.write(*session.poll_raw(timeout))
 
         while not stop.is_set():
-            drain(0.1)
+            drain(0 if burst.catching_up else 0.1)
             now = time.monotonic()
             if args.duration is not None and now - t0 >= args.duration:
                 break
             if not args.quiet and sys.stderr.isatty() and now - last_print > 1:
                 st = session.stats()
-                print(f"\r{st['events']} events, {st['lost']} lost, {now - t0:.0f} s ",
+                held = f", {burst.held} held (burst)" if burst.held else ""
+                print(f"\r{st['events']} events, {st['lost']} lost{held}, {now - t0:.0f} s ",
                       end="", file=sys.stderr, flush=True)
                 last_print = now
         # last events still in the buffer, then a final context snapshot
@@ -139,10 +154,19 @@ def run(args) -> int:
     finally:
         stats = session.stats() if session.running else {"events": 0, "lost": 0}
         session.stop()
-        if writer is not None:
-            writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
-                          "kernel_events": stats["events"], "rescued": stats.get("rescued", 0),
-                          "duration_s": round(time.monotonic() - t0, 3)})
+        try:
+            if burst is not None:
+                if burst.held and not args.quiet:
+                    print(f"\nrsttrace: writing {burst.held} events held during a burst",
+                          file=sys.stderr)
+                burst.finish()
+        finally:
+            if writer is not None:
+                held = {} if burst is None else {"burst_held": burst.deferred,
+                                                 "burst_peak_mb": round(burst.peak_bytes / 2**20, 1)}
+                writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
+                              "kernel_events": stats["events"], "rescued": stats.get("rescued", 0),
+                              "duration_s": round(time.monotonic() - t0, 3), **held})
         for s, h in old.items():
             signal.signal(s, h)
     if not args.quiet:
@@ -151,14 +175,6 @@ def run(args) -> int:
     if args.csv:
         return write_csv(args.output, args.csv)
     return 0
-
-
-def kind_counts(arr) -> dict[str, int]:
-    import numpy as np
-
-    from rsttrace.tracer.events import KINDS
-    kinds, counts = np.unique(arr["kind"], return_counts=True)
-    return {KINDS.get(int(k), str(k)): int(n) for k, n in zip(kinds, counts)}
 
 
 def write_csv(recording: str, csv_path: str) -> int:
