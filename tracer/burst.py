@@ -73,6 +73,7 @@ class BurstWriter:
         self.held = 0          # events held now
         self.deferred = 0      # events ever held
         self.peak_bytes = 0
+        self.note = ""         # why holding stopped, if it did
 
     @property
     def catching_up(self) -> bool:
@@ -122,22 +123,38 @@ class BurstWriter:
         self._writer.write_many(ctx)
 
     def _hold(self, arr: np.ndarray, ctx: list[dict]) -> None:
+        """Keep `arr` and `ctx` behind what is held; where the file cannot
+        take them (disk full, say), write everything as text instead, from
+        now on."""
+        try:
+            frames = self._append(arr, ctx)
+        except OSError as e:
+            self.max_bytes = 0
+            self.note = f"holding events raw stopped ({e.strerror or e}): written as they come"
+            self.finish()
+            self._emit(arr, ctx)
+            return
+        self._frames.extend(frames)
+        self.held += len(arr)
+        self.deferred += len(arr)
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+
+    def _append(self, arr: np.ndarray, ctx: list[dict]) -> list[tuple[int, int, dict | None]]:
         if self._fd is None:
             # unlinked: nothing is left behind however the process ends
             f = tempfile.TemporaryFile(dir=self._dir, prefix=".rsttrace-burst-")
             self._fd = os.dup(f.fileno())
             f.close()
+        frames = []
         for data, counts in ((np.ascontiguousarray(arr), None), encode_records(ctx)):
             size = data.nbytes if isinstance(data, np.ndarray) else len(data)
             if size:
                 n = os.pwrite(self._fd, data, self._end)
                 if n != size:
                     raise OSError(f"short write to the burst file ({n} of {size} bytes)")
-                self._frames.append((self._end, n, counts))
+                frames.append((self._end, n, counts))
                 self._end += n
-        self.held += len(arr)
-        self.deferred += len(arr)
-        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        return frames
 
     def _read(self, at: int, length: int) -> bytes:
         data = os.pread(self._fd, length, at)

@@ -164,6 +164,9 @@ def run(args) -> int:
             if writer is not None:
                 held = {} if burst is None else {"burst_held": burst.deferred,
                                                  "burst_peak_mb": round(burst.peak_bytes / 2**20, 1)}
+                if burst is not None and burst.note:
+                    held["burst_note"] = burst.note
+                    print(f"\nrsttrace: {burst.note}", file=sys.stderr)
                 writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
                               "kernel_events": stats["events"], "rescued": stats.get("rescued", 0),
                               "duration_s": round(time.monotonic() - t0, 3), **held})

@@ -135,3 +135,32 @@ def test_a_cap_of_zero_never_holds(tmp_path):
         b.write(batch(i * 5000, 5000), [])
         assert b.held == 0
     assert b.busy and b.deferred == 0
+
+
+def test_a_file_that_cannot_take_more_turns_holding_off_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from rsttrace.tracer import burst
+    clock, w, dec, b = make(tmp_path)
+    real, calls = os.pwrite, []
+
+    def pwrite(fd, data, at):
+        calls.append(at)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, at)
+    monkeypatch.setattr(burst.os, "pwrite", pwrite)
+    clock.t += WINDOW_S
+    b.write(batch(0, 10), [])
+    n = 10
+    for i in range(6):
+        clock.t += WINDOW_S
+        b.write(batch(n, 1000), [ctx(100.0 + i)])   # the 2nd call's context frame fails
+        n += 1000
+    assert b.max_bytes == 0 and b.held == 0 and "No space left" in b.note
+    b.finish()
+    w.close()
+    rec = read_recording(tmp_path / "r.jsonl")
+    ts = [r["t"] for r in rec.records if r["kind"] != "ctx"]
+    assert len(ts) == n and ts == sorted(ts)
+    assert [r["t"] for r in rec.records if r["kind"] == "ctx"] == [100.0 + i for i in range(6)]
