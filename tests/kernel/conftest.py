@@ -95,6 +95,21 @@ table ip lab {
 }"""
 
 
+CONNECT_MANY = textwrap.dedent("""
+    import socket, sys, time
+    n, deadline, done = int(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
+    while done < n and time.monotonic() < deadline:
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", 9))
+        except ConnectionRefusedError:
+            pass
+        s.close()
+        done += 1
+    print(done)
+""")
+
+
 class Netns:
     """Throwaway namespaces; connected only to each other."""
 
@@ -122,6 +137,20 @@ class Netns:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
         self.procs.append(p)
         return p
+
+    def refuse(self, name: str, n: int, seconds: float = 20) -> int:
+        """Up to `n` connects to a closed port on `name`'s loopback, each
+        answered by a reset, for at most `seconds`: how many were made."""
+        p = subprocess.run(["ip", "netns", "exec", name, PY, "-c", CONNECT_MANY, str(n),
+                            str(seconds)], capture_output=True, text=True, timeout=seconds + 30,
+                           check=True)
+        return int(p.stdout)
+
+    def out_rsts(self, name: str) -> int:
+        """Resets `name`'s kernel says it sent (TcpOutRsts)."""
+        text = self.run(name, "cat /proc/net/snmp").stdout.splitlines()
+        tcp = [line.split() for line in text if line.startswith("Tcp:")]
+        return int(tcp[1][tcp[0].index("OutRsts")])
 
     def link(self, a: str, a_addr: str, b: str, b_addr: str) -> None:
         va, vb = f"v{uuid.uuid4().hex[:6]}", f"v{uuid.uuid4().hex[:6]}"

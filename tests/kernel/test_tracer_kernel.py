@@ -378,28 +378,6 @@ def test_record_with_csv_writes_the_report(tmp_path, netns):
     assert rows[0]["incident"] == rows[1]["incident"]
 
 
-CONNECT_STORM = textwrap.dedent("""
-    import socket, sys, time
-    n, deadline, done = int(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
-    while done < n and time.monotonic() < deadline:
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", 9))
-        except ConnectionRefusedError:
-            pass
-        s.close()
-        done += 1
-    print(done)
-""")
-
-
-def out_rsts(ns: str) -> int:
-    text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], capture_output=True,
-                          text=True, check=True).stdout.splitlines()
-    tcp = [line.split() for line in text if line.startswith("Tcp:")]
-    return int(tcp[1][tcp[0].index("OutRsts")])
-
-
 def test_record_holds_a_burst_raw_and_writes_every_event(tmp_path, netns):
     """Events held raw while they come fast are all written, in time order,
     with the context records that came meanwhile, when the recording ends."""
@@ -412,13 +390,12 @@ def test_record_holds_a_burst_raw_and_writes_every_event(tmp_path, netns):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
         time.sleep(0.1)
-    before = out_rsts(ns)
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_STORM, "20000", "10"],
-                       capture_output=True, text=True, timeout=30, check=True)
-    sent = out_rsts(ns) - before
+    before = netns.out_rsts(ns)
+    made = netns.refuse(ns, 20000, seconds=10)
+    sent = netns.out_rsts(ns) - before
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=60) == 0, p.stderr.read()
-    assert int(r.stdout) == sent > 1000
+    assert made == sent > 1000
     rec = read_recording(out)
     assert not rec.truncated and rec.totals["lost"] == 0
     assert 0 < rec.totals["burst_held"] <= 2 * sent and rec.totals["burst_peak_mb"] > 0
