@@ -30,9 +30,9 @@ ringbuf"` the BPF ring buffer instead of the per-CPU rings (the default
 where they work), `--compare "--burst-buffer 0"` every event written as JSON
 text as it comes instead of held raw during the storm.
 
-Per traced round: the recorder's CPU until the storm ended ("cpu s", start-
-up included, its compiler process not), the events it held raw during the
-storm ("held"), the CPU it spent after being told to stop, writing them
+Per traced round: the recorder's CPU until 0.3 s after the storm ("cpu s",
+start-up included, its compiler process not), the events it held raw during
+the storm ("held"), the CPU it spent after being told to stop, writing them
 ("+cpu s"), and how long that took ("stop s").
 
 --loops N runs N storm loops at once (default 1). One loop keeps one CPU
@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -152,8 +152,8 @@ def main() -> int:
                 return f"{min(x[field] for x in r)}–{max(x[field] for x in r)}"
             print(f"{label} ({r[0]['transport']}): lost {sum(x['lost'] for x in r)}, recorded sent "
                   f"resets == the kernel's count in {sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
-                  f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until the "
-                  f"storm ended, then {span('cpu_after_stop_s')} s writing {span('held')} held "
+                  f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until 0.3 s "
+                  f"after the storm, then {span('cpu_after_stop_s')} s writing {span('held')} held "
                   f"events in {span('stop_s')} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

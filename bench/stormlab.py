@@ -101,4 +101,3 @@ def end_process(proc) -> tuple[float, float]:
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.monotonic() - t0, usage.ru_utime + usage.ru_stime
-
