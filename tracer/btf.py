@@ -277,8 +277,11 @@ def load_vmlinux() -> BTF:
     return BTF.load("/sys/kernel/btf/vmlinux")
 
 
+@functools.lru_cache(maxsize=4)
 def load_module(name: str, base: BTF) -> BTF | None:
-    """A module's split BTF (e.g. ip_vs), or None when the module is not loaded."""
+    """A module's split BTF (e.g. ip_vs), or None when the module is not
+    loaded; read once per start (the probe and the program build both need
+    it; `TraceSession.start` forgets it, as it does vmlinux's)."""
     path = f"/sys/kernel/btf/{name}"
     if not os.path.exists(path):
         return None

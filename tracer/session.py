@@ -24,7 +24,7 @@ from rsttrace import __version__
 
 from . import kernel, probe
 from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
-from .btf import load_vmlinux
+from .btf import load_module, load_vmlinux
 from .context import Collector, PeriodicSampler
 from .events import EVENT_DTYPE, Decoder
 from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached,
@@ -122,6 +122,7 @@ class TraceSession:
         finally:
             early.close()  # not needed after all (perf buffer), or not used
             load_vmlinux.cache_clear()  # the kernel's BTF is needed only to start
+            load_module.cache_clear()
         self.attach_s = time.perf_counter() - t0
         self._decoder = self._make_decoder()
         self._collector = Collector(only=self.netns)
