@@ -13,12 +13,14 @@ on a shared machine cancels out. The kernel's own count
 of resets sent (TcpOutRsts in the namespace's /proc/net/snmp) is the truth
 the recording is compared with.
 
---floor adds two storms per round that bound what any tracer built on these
-hooks could cost: the same programs attached but returning at once
-(BENCH_RETURN_EARLY: what running attached programs costs by itself), and
-the reset programs emitting a bare event each (time, kind, direction) with
-the others returning at once (BENCH_MINIMAL: the least it costs to see
-both resets of every connect).
+--floor adds three storms per round that bound what any tracer built on
+these hooks could cost: the same programs attached but returning at once
+(BENCH_RETURN_EARLY: what running attached programs costs by itself), the
+reset programs emitting a bare event each (time, kind, direction) with the
+others returning at once (BENCH_MINIMAL: the least it costs to see both
+resets of every connect), and the programs as rsttrace builds them with
+their events drained and dropped in this process (what the kernel side
+costs: the difference to `rsttrace record` is the recorder's own).
 
 --workload churn measures healthy connection churn instead (connect,
 accept, one byte each way, close; no reset): what tracing costs a node when
@@ -94,7 +96,7 @@ def main() -> int:
             return 2
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
-    results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [],
+    results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [], "drained": [],
                "pinned": args.pin, "workload": args.workload, "loops": args.loops}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
@@ -123,7 +125,7 @@ def main() -> int:
     # after its round: the machine's drift between rounds cancels out.
     base = [(un[i] + un[i + 1]) / 2 for i in range(args.rounds)]
     per_round = {key: [r["rate"] / b for r, b in zip(results[key], base)]
-                 for key in ("traced", "other", "floor", "minimal")}
+                 for key in ("traced", "other", "floor", "minimal", "drained")}
     print(f"events through: {results['traced'][0]['transport']}; storm loops at once: {args.loops}")
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
           f"{'lost':>6}{'cpu s':>7}{'held':>8}{'+cpu s':>7}{'stop s':>7}{'rss MB':>8}{'attach s':>9}"
@@ -138,7 +140,8 @@ def main() -> int:
     for key, label in (("traced", f"traced by rsttrace record ({results['traced'][0]['transport']})"),
                        ("other", f"traced with {args.compare}"),
                        ("floor", "programs attached, returning at once"),
-                       ("minimal", "bare events from the reset programs only")):
+                       ("minimal", "bare events from the reset programs only"),
+                       ("drained", "the programs as built, events drained in process")):
         if per_round[key]:
             median = statistics.median(per_round[key])
             print(f"{label}: rate ratio to untraced, median {median:.3f} ({(1 - median) * 100:+.1f} % "
@@ -198,16 +201,18 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
             "transport": header["transport"]}
 
 
-BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"))
+# (result key, define the programs are built with; None: as rsttrace builds them)
+BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"), ("drained", None))
 
 
-def bound_round(ns: str, binary: str, seconds: float, define: str, cpu: int | None,
+def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: int | None,
                 workload: str, loops: int) -> float:
-    """One storm with the programs built with a bound's define, their
-    events drained (and dropped) as the recorder would read them."""
+    """One storm with the programs built with a bound's define (or as
+    rsttrace builds them), their events drained (and dropped) as the
+    recorder would read them."""
     from rsttrace.tracer.session import TraceSession
     ino = os.stat(f"/run/netns/{ns}").st_ino
-    with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=(define,)) as session:
+    with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=(define,) if define else ()) as session:
         stop = threading.Event()
 
         def drain_loop():
