@@ -26,7 +26,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stormlab import out_rsts, proc_stats, storm, storm_namespace
+from rsttrace.lab.netns import tcp_out_rsts
+from stormlab import proc_stats, storm, storm_namespace
 
 
 def scrape(url: str) -> tuple[dict, float]:
@@ -85,13 +86,13 @@ def main() -> int:
             res["scrape_ms_median"] = 1000 * sorted(lat)[len(lat) // 2]
 
             # storm: the workload's rate, then the time until the exporter has counted it
-            base = out_rsts(ns)
+            base = tcp_out_rsts(ns)
             before, _ = scrape(url)
             counted0 = sent_resets(before, ns)
             cpu0, _ = proc_stats(exp.pid)
             t0 = time.monotonic()
             refused, elapsed = storm(ns, binary, args.seconds, args.max)
-            truth = out_rsts(ns) - base
+            truth = tcp_out_rsts(ns) - base
             res["traced_rate"] = refused / elapsed
             res["storm_resets"] = truth
             counted = counted0

@@ -61,7 +61,8 @@ import threading
 import time
 from pathlib import Path
 
-from stormlab import children_cpu, end_process, out_rsts, proc_stats, storm, storm_namespace
+from rsttrace.lab.netns import tcp_out_rsts
+from stormlab import children_cpu, end_process, proc_stats, storm, storm_namespace
 
 
 def main() -> int:
@@ -179,10 +180,10 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
         time.sleep(0.01)
     ready_s = time.monotonic() - t0
     header = json.loads(rec.read_text().split("\n", 1)[0])
-    before = out_rsts(ns)
+    before = tcp_out_rsts(ns)
     count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
                            loops=args.loops)
-    kernel_sent = out_rsts(ns) - before
+    kernel_sent = tcp_out_rsts(ns) - before
     time.sleep(0.3)  # let the consumer drain
     cpu_s, rss = proc_stats(proc.pid)
     helpers = children_cpu(proc.pid)

@@ -1,6 +1,6 @@
 """What the storm benchmarks share: a throwaway namespace with the storm
-binary (bench/storm.c) compiled for it, the kernel's own reset count, and
-a process's CPU and peak memory."""
+binary (bench/storm.c) compiled for it, and a process's CPU and peak
+memory. (The kernel's own reset count: rsttrace.lab.netns.tcp_out_rsts.)"""
 
 from __future__ import annotations
 
@@ -37,13 +37,6 @@ def storm_namespace(prefix: str) -> Iterator[tuple[str, str]]:
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def out_rsts(ns: str) -> int:
-    """Resets the namespace's kernel says it sent (TcpOutRsts)."""
-    text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout.splitlines()
-    tcp = [line.split() for line in text if line.startswith("Tcp:")]
-    return int(tcp[1][tcp[0].index("OutRsts")])
 
 
 def storm(ns: str, binary: str, seconds: float, max_n: int = 10_000_000,

@@ -46,6 +46,14 @@ def inode(ns: str) -> int:
     return os.stat(NETNS_DIR / ns).st_ino
 
 
+def tcp_out_rsts(ns: str) -> int:
+    """Resets the namespace's kernel says it sent (TcpOutRsts in its
+    /proc/net/snmp): the truth recordings and benchmarks are checked with."""
+    text = ns_exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+    tcp = [line.split() for line in text if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("OutRsts")])
+
+
 def list_prefixed(prefix: str) -> list[str]:
     if not NETNS_DIR.is_dir():
         return []

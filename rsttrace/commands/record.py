@@ -140,8 +140,8 @@ def run(args) -> int:
                 break
             if not args.quiet and sys.stderr.isatty() and now - last_print > 1:
                 st = session.stats()
-                held = f", {burst.held} held (burst)" if burst.held else ""
-                print(f"\r{st['events']} events, {st['lost']} lost{held}, {now - t0:.0f} s ",
+                holding = f", {burst.held} held (burst)" if burst.held else ""
+                print(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ",
                       end="", file=sys.stderr, flush=True)
                 last_print = now
         # last events still in the buffer, then a final context snapshot

@@ -146,12 +146,6 @@ class Netns:
                            check=True)
         return int(p.stdout)
 
-    def out_rsts(self, name: str) -> int:
-        """Resets `name`'s kernel says it sent (TcpOutRsts)."""
-        text = self.run(name, "cat /proc/net/snmp").stdout.splitlines()
-        tcp = [line.split() for line in text if line.startswith("Tcp:")]
-        return int(tcp[1][tcp[0].index("OutRsts")])
-
     def link(self, a: str, a_addr: str, b: str, b_addr: str) -> None:
         va, vb = f"v{uuid.uuid4().hex[:6]}", f"v{uuid.uuid4().hex[:6]}"
         # created inside `a`, so no end ever exists in the root namespace

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from rsttrace.lab.netns import tcp_out_rsts
+
 pytestmark = pytest.mark.kernel
 
 
@@ -26,9 +28,9 @@ def test_record_holds_a_burst_raw_and_writes_every_event(tmp_path, netns):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
         time.sleep(0.1)
-    before = netns.out_rsts(ns)
+    before = tcp_out_rsts(ns)
     made = netns.refuse(ns, 20000, seconds=10)
-    sent = netns.out_rsts(ns) - before
+    sent = tcp_out_rsts(ns) - before
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=60) == 0, p.stderr.read()
     assert made == sent > 1000
