@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CACHE = Path("/var/cache/rsttrace-vm")
@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 GUEST_MEMORY = "2G"
 GUEST_CPUS = 2
 BOOT_TIMEOUT_S = 1500.0
+BOOT_ATTEMPTS = 3
 
 
 class VMError(Exception):
@@ -80,6 +81,8 @@ class Result:
     returncode: int
     output: str
     seconds: float
+    # boots that died before the command started, each with its console
+    boot_failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -198,6 +201,7 @@ def vng_binary() -> str:
 # (virtme-ng's own stdio ports need udev in the guest, which this machine
 # class does not have; the console still shows the output live).
 GUEST_SCRIPT = """\
+: > {out}/started
 umount /var/cache 2>/dev/null   # virtme-ng's tmpfs hides the unpacked kernel
 if ! test -d {moddir}/kernel; then
     echo "rsttrace-vm: {moddir} not visible in the guest" > {out}/output; echo 97 > {out}/rc; exit 97
@@ -224,7 +228,14 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
         memory: str = GUEST_MEMORY, cpus: int = GUEST_CPUS, stream=None) -> Result:
     """Boot `k`, run the shell `command` as root in the repository, power off.
     `stream`, when given, receives the guest's console output line by line
-    (kernel log lines left out)."""
+    (kernel log lines left out).
+
+    A guest kernel that dies while booting, before the command has started
+    (a panic in early boot under TCG: once in CI's ~30 boots so far, none
+    in 54 boots here),
+    is booted again, up to BOOT_ATTEMPTS times in all; each such boot is in
+    `Result.boot_failures`. A guest that dies after the command started is
+    an error at once: the command may be what brought it down."""
     if os.geteuid() != 0:
         raise VMError("booting a VM kernel needs root: run it with sudo")
     if not k.ready:
@@ -233,49 +244,71 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
     for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static")):
         if shutil.which(tool) is None:
             raise VMError(f"{tool} not found: apt-get install {pkg} (scripts/vm/provision.sh does it)")
-    out = Path(tempfile.mkdtemp(prefix="rsttrace-vm-", dir="/tmp"))
+    t0 = time.monotonic()
+    failures: list[str] = []
+    while True:
+        out = Path(tempfile.mkdtemp(prefix="rsttrace-vm-", dir="/tmp"))
+        try:
+            code, console = _boot(k, command, out, t0 + timeout_s, memory, cpus, stream)
+            try:
+                rc = int((out / "rc").read_text().strip())
+            except (OSError, ValueError):
+                why = f"the {k.release} guest ended (vng exit {code})"
+                if (out / "started").exists():
+                    raise VMError(f"{why} while running the command; console: {_tail(console)}") from None
+                failures.append(f"{why} while booting: {_tail(console)}")
+                if len(failures) < BOOT_ATTEMPTS:
+                    continue
+                raise VMError(f"{why} while booting, before the command started, "
+                              f"{len(failures)} times; console: {_tail(console)}") from None
+            try:
+                output = (out / "output").read_text(errors="replace")
+            except OSError:
+                output = ""
+            return Result(k, rc, output, time.monotonic() - t0, failures)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _boot(k: Kernel, command: str, out: Path, deadline: float, memory: str, cpus: int,
+          stream) -> tuple[int | None, list[str]]:
+    """One boot: vng's exit code and the console's lines."""
+    script = out / "guest.sh"
+    script.write_text(guest_script(k, command, out))
+    cmd = [vng_binary(), "--run", str(k.image), "--disable-kvm", "--user", "root",
+           "--memory", memory, "--cpus", str(cpus), "--cwd", str(REPO), "--rwdir", str(out),
+           "--force-9p", "--verbose", "--exec", f"bash {shlex.quote(str(script))}"]
+    console: list[str] = []
     try:
-        script = out / "guest.sh"
-        script.write_text(guest_script(k, command, out))
-        cmd = [vng_binary(), "--run", str(k.image), "--disable-kvm", "--user", "root",
-               "--memory", memory, "--cpus", str(cpus), "--cwd", str(REPO), "--rwdir", str(out),
-               "--force-9p", "--verbose", "--exec", f"bash {shlex.quote(str(script))}"]
-        t0 = time.monotonic()
-        console: list[str] = []
-        try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                    start_new_session=True, env=_env())
-        except OSError as e:
-            raise VMError(f"cannot start virtme-ng: {e}") from None
-        try:
-            deadline = t0 + timeout_s
-            _pump(proc, deadline, console, stream)
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise VMError(f"the {k.release} guest did not finish in {timeout_s:.0f} s "
-                          f"(last output: {_tail(console)})") from None
-        except BaseException:
-            _kill(proc)
-            raise
-        seconds = time.monotonic() - t0
-        try:
-            rc = int((out / "rc").read_text().strip())
-        except (OSError, ValueError):
-            raise VMError(f"the {k.release} guest ended (vng exit {proc.returncode}) without "
-                          f"running the command to its end; console: {_tail(console)}") from None
-        try:
-            output = (out / "output").read_text(errors="replace")
-        except OSError:
-            output = ""
-        return Result(k, rc, output, seconds)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                start_new_session=True, env=_env())
+    except OSError as e:
+        raise VMError(f"cannot start virtme-ng: {e}") from None
+    try:
+        _pump(proc, deadline, console, stream)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise VMError(f"the {k.release} guest did not finish in time "
+                      f"(last output: {_tail(console)})") from None
+    except BaseException:
+        _kill(proc)
+        raise
+    return proc.returncode, console
+
+
+# the lines of a kernel oops or panic that say what happened and where
+OOPS = re.compile(r"BUG:|Oops|general protection|Kernel panic|RIP: |unable to handle|"
+                  r"invalid opcode|Call Trace|watchdog:")
 
 
 def _tail(console: list[str], n: int = 8) -> str:
-    return " | ".join(line.strip() for line in console[-n:])[-800:]
+    """The console's last lines, after the lines of an oops or panic if it
+    has one (those scroll away behind the register dump)."""
+    oops = [line.strip() for line in console if OOPS.search(line)][:6]
+    last = [line.strip() for line in console[-n:] if line.strip() not in oops]
+    return " | ".join(oops + last)[-1600:]
 
 
 def _env() -> dict[str, str]:

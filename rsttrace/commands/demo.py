@@ -67,6 +67,8 @@ def _run_vm(args) -> int:
                      else print(line, end="", flush=True))
     except vm.VMError as e:
         raise CLIError(str(e)) from None
+    for why in res.boot_failures:
+        print(f"(booted again: {why})")
     print(f"{'all diagnoses match' if res.ok else 'a diagnosis differs'} on {k.release} "
           f"in {time.monotonic() - t0:.0f} s")
     return 0 if res.ok else 1

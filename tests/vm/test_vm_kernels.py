@@ -53,6 +53,8 @@ def guest(request):
     k = vm.kernel_for(request.param)
     t0 = time.monotonic()
     res = vm.run(k, _guest_command(k.line), timeout_s=GUEST_TIMEOUT_S)
+    for why in res.boot_failures:
+        print(f"\n[vm {k.release}] booted again: {why}")
     print(f"\n[vm {k.release}] boot-run-poweroff {time.monotonic() - t0:.0f} s")
     return k, res.output
 
