@@ -231,10 +231,9 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
     (kernel log lines left out).
 
     A guest kernel that dies while booting, before the command has started
-    (a panic in early boot under TCG: once in CI's ~30 boots so far, none
-    in 54 boots here),
-    is booted again, up to BOOT_ATTEMPTS times in all; each such boot is in
-    `Result.boot_failures`. A guest that dies after the command started is
+    (a panic in early boot under TCG: once in CI's ~30 boots so far, none in
+    54 boots here), is booted again, up to BOOT_ATTEMPTS boots in all, all
+    within `timeout_s`; each such boot is in `Result.boot_failures`. A guest that dies after the command started is
     an error at once: the command may be what brought it down."""
     if os.geteuid() != 0:
         raise VMError("booting a VM kernel needs root: run it with sudo")
@@ -249,7 +248,7 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
     while True:
         out = Path(tempfile.mkdtemp(prefix="rsttrace-vm-", dir="/tmp"))
         try:
-            code, console = _boot(k, command, out, t0 + timeout_s, memory, cpus, stream)
+            code, console = _boot(k, command, out, t0, timeout_s, memory, cpus, stream)
             try:
                 rc = int((out / "rc").read_text().strip())
             except (OSError, ValueError):
@@ -270,9 +269,10 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
             shutil.rmtree(out, ignore_errors=True)
 
 
-def _boot(k: Kernel, command: str, out: Path, deadline: float, memory: str, cpus: int,
-          stream) -> tuple[int | None, list[str]]:
-    """One boot: vng's exit code and the console's lines."""
+def _boot(k: Kernel, command: str, out: Path, t0: float, timeout_s: float, memory: str,
+          cpus: int, stream) -> tuple[int | None, list[str]]:
+    """One boot, to end by `t0 + timeout_s`: vng's exit code and the
+    console's lines."""
     script = out / "guest.sh"
     script.write_text(guest_script(k, command, out))
     cmd = [vng_binary(), "--run", str(k.image), "--disable-kvm", "--user", "root",
@@ -285,12 +285,13 @@ def _boot(k: Kernel, command: str, out: Path, deadline: float, memory: str, cpus
                                 start_new_session=True, env=_env())
     except OSError as e:
         raise VMError(f"cannot start virtme-ng: {e}") from None
+    deadline = t0 + timeout_s
     try:
         _pump(proc, deadline, console, stream)
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         _kill(proc)
-        raise VMError(f"the {k.release} guest did not finish in time "
+        raise VMError(f"the {k.release} guest did not finish in {timeout_s:.0f} s "
                       f"(last output: {_tail(console)})") from None
     except BaseException:
         _kill(proc)
@@ -300,7 +301,7 @@ def _boot(k: Kernel, command: str, out: Path, deadline: float, memory: str, cpus
 
 # the lines of a kernel oops or panic that say what happened and where
 OOPS = re.compile(r"BUG:|Oops|general protection|Kernel panic|RIP: |unable to handle|"
-                  r"invalid opcode|Call Trace|watchdog:")
+                  r"invalid opcode|Call Trace")
 
 
 def _tail(console: list[str], n: int = 8) -> str:

@@ -43,7 +43,7 @@ def boots(monkeypatch):
     monkeypatch.setattr(vm.Kernel, "ready", property(lambda self: True))
     monkeypatch.setattr(vm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
 
-    def boot(k, command, out: Path, deadline, memory, cpus, stream):
+    def boot(k, command, out: Path, t0, timeout_s, memory, cpus, stream):
         how = plan.pop(0)
         if how == "panic":
             return 255, PANIC
@@ -88,3 +88,9 @@ def test_the_command_failing_is_a_result_not_a_retry(boots):
     res = vm.run(K, "false")
     assert res.returncode == 3 and not res.boot_failures
     assert boots == [0]
+
+
+def test_tail_does_not_take_boot_chatter_for_an_oops():
+    lines = ["[    0.47] NMI watchdog: Perf NMI watchdog permanently disabled\n",
+             *[f"[    3.{i}] virtme-ng-init: step {i}\n" for i in range(10)]]
+    assert "NMI watchdog" not in vm._tail(lines)
