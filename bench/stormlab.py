@@ -68,10 +68,17 @@ def storm(ns: str, binary: str, seconds: float, max_n: int = 10_000_000,
     return done, elapsed
 
 
+def _stat_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds from /proc/PID/stat: the process's own (all its
+    threads), and its children's that it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / hz, (int(fields[13]) + int(fields[14])) / hz
+
+
 def proc_stats(pid: int) -> tuple[float, int]:
     """(cpu seconds of the process and its threads, peak RSS bytes)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = _stat_cpu(pid)[0]
     hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -82,8 +89,7 @@ def proc_stats(pid: int) -> tuple[float, int]:
 def children_cpu(pid: int) -> float:
     """CPU seconds of the process's children it has waited for (its loader
     and compiler processes), so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu(pid)[1]
 
 
 def end_process(proc) -> tuple[float, float]:

@@ -233,8 +233,9 @@ def run(k: Kernel, command: str, timeout_s: float = BOOT_TIMEOUT_S,
     A guest kernel that dies while booting, before the command has started
     (a panic in early boot under TCG: once in CI's ~30 boots so far, none in
     54 boots here), is booted again, up to BOOT_ATTEMPTS boots in all, all
-    within `timeout_s`; each such boot is in `Result.boot_failures`. A guest that dies after the command started is
-    an error at once: the command may be what brought it down."""
+    within `timeout_s`; each such boot is in `Result.boot_failures`. A
+    guest that dies after the command started is an error at once: the
+    command may be what brought it down."""
     if os.geteuid() != 0:
         raise VMError("booting a VM kernel needs root: run it with sudo")
     if not k.ready:
