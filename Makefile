@@ -25,7 +25,7 @@ unit: install
 
 bench: install
 	$(PY) bench/bench_storm.py
-	$(PY) bench/bench_storm.py --loops 2
+	$(PY) bench/bench_storm.py --loops 2 --hooks
 	$(PY) bench/bench_encode.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_export.py

@@ -37,6 +37,14 @@ start-up included, its compiler process not), the events it held raw during
 the storm ("held"), the CPU it spent after being told to stop, writing them
 ("+cpu s"), and how long that took ("stop s").
 
+--hooks adds two storms at the end, with the kernel counting every program
+run and its time (bpf(BPF_ENABLE_STATS), held only for those storms): the
+programs as rsttrace builds them, and returning at once. Per hook it
+prints runs per connect and nanoseconds per run; the difference between
+the two builds is each program's own work, and their sum per connect is
+set against the CPU time an untraced connect takes. (What calling the
+programs costs beyond that is --floor's "returning at once".)
+
 --loops N runs N storm loops at once (default 1). One loop keeps one CPU
 busy and leaves the recorder the other; with a loop per CPU (--loops 2
 here) the machine makes its highest rate and every CPU-second the recorder
@@ -55,6 +63,7 @@ import json
 import os
 import shlex
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -62,6 +71,7 @@ import time
 from pathlib import Path
 
 from rsttrace.lab.netns import tcp_out_rsts
+from rsttrace.tracer.btf import BTFError
 from stormlab import children_cpu, end_process, proc_stats, storm, storm_namespace
 
 
@@ -80,6 +90,9 @@ def main() -> int:
     ap.add_argument("--compare", metavar="OPTIONS",
                     help="also a storm per round recorded with these `rsttrace record` options "
                          "added (e.g. \"--transport ringbuf\" or \"--burst-buffer 0\")")
+    ap.add_argument("--hooks", action="store_true",
+                    help="also, per hook: runs per connect and time per run from the kernel's "
+                         "own statistics, the programs as built and returning at once")
     ap.add_argument("--loops", type=int, default=1,
                     help="storm loops at once (a loop per CPU: the machine's highest rate)")
     args = ap.parse_args()
@@ -98,6 +111,7 @@ def main() -> int:
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
     results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [], "drained": [],
+               "hooks": {},
                "pinned": args.pin, "workload": args.workload, "loops": args.loops}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
@@ -114,13 +128,19 @@ def main() -> int:
                                                      storm_cpu, shlex.split(args.compare)))
             if args.floor:
                 for key, define in BOUNDS:
-                    rate = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload,
-                                      args.loops)
-                    results[key].append({"rate": rate})
+                    count, elapsed = bound_round(ns, binary, args.seconds, define, storm_cpu,
+                                                 args.workload, args.loops)
+                    results[key].append({"rate": count / elapsed})
         # the untraced rate after the last round, so every round sits between two
         count, elapsed = storm(ns, binary, args.seconds, cpu=storm_cpu, workload=args.workload,
                                    loops=args.loops)
         results["untraced"].append({"rate": count / elapsed})
+        if args.hooks:
+            for key, define in HOOK_BUILDS:
+                runs = {}
+                count, _ = bound_round(ns, binary, args.seconds, define, storm_cpu, args.workload,
+                                       args.loops, runs)
+                results["hooks"][key] = {"connects": count, "runs": runs}
     un = [r["rate"] for r in results["untraced"]]
     # Each measured storm against the untraced storms just before and just
     # after its round: the machine's drift between rounds cancels out.
@@ -159,9 +179,37 @@ def main() -> int:
                   f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until 0.3 s "
                   f"after the storm, then {span('cpu_after_stop_s')} s writing {span('held')} held "
                   f"events in {span('stop_s')} s")
+    if results["hooks"]:
+        print_hooks(results, statistics.median(un), args.loops)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def print_hooks(results: dict, untraced_rate: float, loops: int) -> None:
+    """Per hook: runs per connect, ns per run as built and returning at
+    once, and the difference (the programs' own work); their sum per
+    connect against the CPU time an untraced connect takes."""
+    built, early = results["hooks"]["built"], results["hooks"]["early"]
+    print("per hook, from the kernel's own run statistics (one storm each; a run's time "
+          "includes the clock reads around it, which is what returning at once shows):")
+    print(f"{'hook':<24}{'runs/connect':>13}{'ns/run built':>14}{'returning':>11}{'own work ns':>13}")
+    work = 0.0
+    for hook in sorted(built["runs"]):
+        n, t = built["runs"][hook]
+        en, et = early["runs"].get(hook, (0, 0))
+        per_run = t / n
+        floor = et / en if en else 0.0
+        per_connect = n / built["connects"]
+        work += (per_run - floor) * per_connect
+        print(f"{hook:<24}{per_connect:>13.2f}{per_run:>14.0f}{floor:>11.0f}"
+              f"{(per_run - floor) * per_connect:>13.0f}")
+    connect_ns = loops / untraced_rate * 1e9
+    results["hooks"]["own_work_ns_per_connect"] = round(work)
+    results["hooks"]["cpu_ns_per_connect_untraced"] = round(connect_ns)
+    print(f"the programs' own work: {work:.0f} ns per connect, {work / connect_ns * 100:.1f} % of the "
+          f"{connect_ns:.0f} CPU-ns an untraced connect takes ({loops} busy CPU(s) / untraced rate); "
+          f"the rest of their cost is calling them (see --floor)")
 
 
 def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
@@ -204,13 +252,17 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
 
 # (result key, define the programs are built with; None: as rsttrace builds them)
 BOUNDS = (("floor", "BENCH_RETURN_EARLY"), ("minimal", "BENCH_MINIMAL"), ("drained", None))
+# --hooks: the programs as rsttrace builds them, and returning at once
+HOOK_BUILDS = (("built", None), ("early", "BENCH_RETURN_EARLY"))
 
 
 def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: int | None,
-                workload: str, loops: int) -> float:
-    """One storm with the programs built with a bound's define (or as
-    rsttrace builds them), their events drained (and dropped) as the
-    recorder would read them."""
+                workload: str, loops: int, runs: dict | None = None) -> tuple[int, float]:
+    """(connects, elapsed s) of one storm with the programs built with a
+    bound's define (or as rsttrace builds them), their events drained (and
+    dropped) as the recorder would read them. With `runs` (a dict), the
+    kernel keeps its run statistics during the storm and `runs` gets, per
+    hook, the programs' (runs, run time ns) in it."""
     from rsttrace.tracer.session import TraceSession
     ino = os.stat(f"/run/netns/{ns}").st_ino
     with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=(define,) if define else ()) as session:
@@ -222,12 +274,77 @@ def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: i
 
         drain = threading.Thread(target=drain_loop)
         drain.start()
+        stats = ProgramRuns(session) if runs is not None else None
         try:
+            if stats:
+                stats.start()
             count, elapsed = storm(ns, binary, seconds, cpu=cpu, workload=workload, loops=loops)
+            if stats:
+                runs.update(stats.stop())
         finally:
+            if stats:
+                stats.close()
             stop.set()
             drain.join()
-    return count / elapsed
+    return count, elapsed
+
+
+class ProgramRuns:
+    """The kernel's own count and time of each attached program's runs
+    (bpf_prog_info.run_cnt, run_time_ns), kept only while this holds a
+    BPF_ENABLE_STATS descriptor: from start() to stop() or close(), never
+    past this process. The measured time is the program's run plus the
+    clock reads around it (what a program returning at once shows)."""
+
+    def __init__(self, session):
+        from rsttrace.tracer import btf
+        from rsttrace.tracer.offsets import enum_value
+        self._btf = btf.load_vmlinux()
+        self._at = {f: self._btf.field("bpf_prog_info", f)[0]
+                    for f in ("name", "run_time_ns", "run_cnt", "attach_btf_id")}
+        self._cmd = (enum_value(self._btf, "bpf_cmd", "BPF_ENABLE_STATS"),
+                     enum_value(self._btf, "bpf_stats_type", "BPF_STATS_RUN_TIME"))
+        self._session = session
+        self._fd = None
+        self._before = {}
+
+    def _read(self) -> dict[str, tuple[int, int]]:
+        """hook -> (runs, run time ns), summed over its programs."""
+        from rsttrace.tracer.bpfsys import prog_info
+        at, out = self._at, {}
+        for fd in self._session.program_fds():
+            info = prog_info(fd, max(at.values()) + 8)
+            name = info[at["name"]:at["name"] + 16].split(b"\0")[0].decode()
+            type_id = struct.unpack_from("<I", info, at["attach_btf_id"])[0]
+            if type_id:
+                # BTF tracepoints attach to btf_trace_<tracepoint>, fexit to the
+                # function (a module's type ids lie past vmlinux's: name kept)
+                try:
+                    name = self._btf.name(type_id).removeprefix("btf_trace_")
+                except (BTFError, IndexError):
+                    pass
+            t = struct.unpack_from("<Q", info, at["run_time_ns"])[0]
+            n = struct.unpack_from("<Q", info, at["run_cnt"])[0]
+            prev = out.get(name, (0, 0))
+            out[name] = (prev[0] + n, prev[1] + t)
+        return out
+
+    def start(self) -> None:
+        from rsttrace.tracer.bpfsys import enable_stats
+        self._fd = enable_stats(*self._cmd)
+        self._before = self._read()
+
+    def stop(self) -> dict[str, tuple[int, int]]:
+        after = self._read()
+        self.close()
+        runs = {name: (n - self._before.get(name, (0, 0))[0], t - self._before.get(name, (0, 0))[1])
+                for name, (n, t) in after.items()}
+        return {name: r for name, r in runs.items() if r[0]}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 if __name__ == "__main__":

@@ -136,9 +136,10 @@ def attach_btf_tracepoint(prog_fd: int, abi: dict[str, int]) -> int:
     return _bpf(abi["BPF_RAW_TRACEPOINT_OPEN"], attr)
 
 
-def prog_info_u64(fd: int, offset: int) -> int:
-    """A u64 of a program's struct bpf_prog_info, at `offset` (from BTF)."""
-    info = ctypes.create_string_buffer(offset + 8)
+def prog_info(fd: int, size: int) -> bytes:
+    """The first `size` bytes of a program's struct bpf_prog_info (field
+    offsets from BTF)."""
+    info = ctypes.create_string_buffer(size)
     # union bpf_attr { u32 bpf_fd; u32 info_len; u64 info; }
     attr = (ctypes.c_uint32 * 4)()
     attr[0] = fd
@@ -146,7 +147,20 @@ def prog_info_u64(fd: int, offset: int) -> int:
     ptr = ctypes.addressof(info)
     attr[2], attr[3] = ptr & 0xFFFFFFFF, ptr >> 32
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return struct.unpack_from("<Q", info.raw, offset)[0]
+    return info.raw
+
+
+def prog_info_u64(fd: int, offset: int) -> int:
+    """A u64 of a program's struct bpf_prog_info, at `offset` (from BTF)."""
+    return struct.unpack_from("<Q", prog_info(fd, offset + 8), offset)[0]
+
+
+def enable_stats(cmd: int, stats_type: int) -> int:
+    """bpf(BPF_ENABLE_STATS): the kernel counts every program's runs and
+    their time while the returned descriptor is open; closing it (or the
+    process ending) turns that off again. `cmd` and `stats_type` are the
+    kernel's enum values (bpf_cmd, bpf_stats_type) from BTF."""
+    return _bpf(cmd, (ctypes.c_uint32 * 1)(stats_type))
 
 
 def percpu_u64_sums(fd: int, keys: range) -> list[int]:

@@ -355,19 +355,21 @@ class TraceSession:
             n += sum(int(v) for v in self._bpf["lost"][ctypes.c_int(0)])
         return n
 
+    def program_fds(self) -> list[int]:
+        """Descriptors of the loaded programs (empty before start)."""
+        if self._attached is not None:
+            return list(self._attached.progs)
+        if self._bpf is not None:
+            return program_fds(self._bpf)
+        return []
+
     def missed(self) -> int:
         """Program runs the kernel skipped (bpf_prog_info.recursion_misses)."""
         at = self.program.misses_at if self.program is not None else None
         if at is None:
             return 0
-        if self._attached is not None:
-            fds = self._attached.progs
-        elif self._bpf is not None:
-            fds = program_fds(self._bpf)
-        else:
-            return 0
         total = 0
-        for fd in fds:
+        for fd in self.program_fds():
             try:
                 total += prog_info_u64(fd, at)
             except OSError:

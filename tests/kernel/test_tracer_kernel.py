@@ -479,7 +479,6 @@ def test_program_info_is_read_for_skipped_runs(session, netns):
     struct bpf_prog_info, offset from BTF). The same read of run_cnt, with
     run statistics switched on for the test (BPF_ENABLE_STATS: off again when
     its descriptor closes), proves the programs are the ones attached."""
-    import ctypes
     import os
 
     from rsttrace.tracer import bpfsys
@@ -488,17 +487,24 @@ def test_program_info_is_read_for_skipped_runs(session, netns):
     btf = load_vmlinux()
     assert session.program.misses_at == btf.field("bpf_prog_info", "recursion_misses")[0]
     run_cnt_at = btf.field("bpf_prog_info", "run_cnt")[0]
-    attr = (ctypes.c_uint32 * 4)()  # union bpf_attr { enum bpf_stats_type type; }
-    attr[0] = enum_value(btf, "bpf_stats_type", "BPF_STATS_RUN_TIME")
-    stats_fd = bpfsys._bpf(enum_value(btf, "bpf_cmd", "BPF_ENABLE_STATS"), attr)
+
+    def runs():
+        return sum(bpfsys.prog_info_u64(fd, run_cnt_at) for fd in session.program_fds())
+
+    ns = netns.add("p")
+    stats_fd = bpfsys.enable_stats(enum_value(btf, "bpf_cmd", "BPF_ENABLE_STATS"),
+                                   enum_value(btf, "bpf_stats_type", "BPF_STATS_RUN_TIME"))
     try:
-        ns = netns.add("p")
-        before = sum(bpfsys.prog_info_u64(fd, run_cnt_at) for fd in session._attached.progs)
+        before = runs()
         subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_CLOSED, "127.0.0.1"],
                        capture_output=True, text=True, timeout=20, check=True)
-        after = sum(bpfsys.prog_info_u64(fd, run_cnt_at) for fd in session._attached.progs)
+        after = runs()
     finally:
         os.close(stats_fd)
+    if open("/proc/sys/kernel/bpf_stats_enabled").read().strip() == "0":
+        # counting ends with the descriptor
+        netns.refuse(ns, 20)
+        assert runs() == after
     assert after - before >= 2  # at least the sent and the received reset
     assert session.missed() == 0 and session.lost() == 0
 
