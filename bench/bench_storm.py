@@ -63,7 +63,6 @@ import json
 import os
 import shlex
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -71,7 +70,6 @@ import time
 from pathlib import Path
 
 from rsttrace.lab.netns import tcp_out_rsts
-from rsttrace.tracer.btf import BTFError
 from stormlab import children_cpu, end_process, proc_stats, storm, storm_namespace
 
 
@@ -263,6 +261,7 @@ def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: i
     dropped) as the recorder would read them. With `runs` (a dict), the
     kernel keeps its run statistics during the storm and `runs` gets, per
     hook, the programs' (runs, run time ns) in it."""
+    from rsttrace.tracer.runstats import RunStats
     from rsttrace.tracer.session import TraceSession
     ino = os.stat(f"/run/netns/{ns}").st_ino
     with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=(define,) if define else ()) as session:
@@ -274,7 +273,7 @@ def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: i
 
         drain = threading.Thread(target=drain_loop)
         drain.start()
-        stats = ProgramRuns(session) if runs is not None else None
+        stats = RunStats(session) if runs is not None else None
         try:
             if stats:
                 stats.start()
@@ -287,64 +286,6 @@ def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: i
             stop.set()
             drain.join()
     return count, elapsed
-
-
-class ProgramRuns:
-    """The kernel's own count and time of each attached program's runs
-    (bpf_prog_info.run_cnt, run_time_ns), kept only while this holds a
-    BPF_ENABLE_STATS descriptor: from start() to stop() or close(), never
-    past this process. The measured time is the program's run plus the
-    clock reads around it (what a program returning at once shows)."""
-
-    def __init__(self, session):
-        from rsttrace.tracer import btf
-        from rsttrace.tracer.offsets import enum_value
-        self._btf = btf.load_vmlinux()
-        self._at = {f: self._btf.field("bpf_prog_info", f)[0]
-                    for f in ("name", "run_time_ns", "run_cnt", "attach_btf_id")}
-        self._cmd = (enum_value(self._btf, "bpf_cmd", "BPF_ENABLE_STATS"),
-                     enum_value(self._btf, "bpf_stats_type", "BPF_STATS_RUN_TIME"))
-        self._session = session
-        self._fd = None
-        self._before = {}
-
-    def _read(self) -> dict[str, tuple[int, int]]:
-        """hook -> (runs, run time ns), summed over its programs."""
-        from rsttrace.tracer.bpfsys import prog_info
-        at, out = self._at, {}
-        for fd in self._session.program_fds():
-            info = prog_info(fd, max(at.values()) + 8)
-            name = info[at["name"]:at["name"] + 16].split(b"\0")[0].decode()
-            type_id = struct.unpack_from("<I", info, at["attach_btf_id"])[0]
-            if type_id:
-                # BTF tracepoints attach to btf_trace_<tracepoint>, fexit to the
-                # function (a module's type ids lie past vmlinux's: name kept)
-                try:
-                    name = self._btf.name(type_id).removeprefix("btf_trace_")
-                except (BTFError, IndexError):
-                    pass
-            t = struct.unpack_from("<Q", info, at["run_time_ns"])[0]
-            n = struct.unpack_from("<Q", info, at["run_cnt"])[0]
-            prev = out.get(name, (0, 0))
-            out[name] = (prev[0] + n, prev[1] + t)
-        return out
-
-    def start(self) -> None:
-        from rsttrace.tracer.bpfsys import enable_stats
-        self._fd = enable_stats(*self._cmd)
-        self._before = self._read()
-
-    def stop(self) -> dict[str, tuple[int, int]]:
-        after = self._read()
-        self.close()
-        runs = {name: (n - self._before.get(name, (0, 0))[0], t - self._before.get(name, (0, 0))[1])
-                for name, (n, t) in after.items()}
-        return {name: r for name, r in runs.items() if r[0]}
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ examples:
   sudo rsttrace doctor            attach plan, kernel facts, config audit
   sudo rsttrace doctor --json     the same as JSON
   sudo rsttrace doctor --load     also compile and load the programs for real
+  sudo rsttrace doctor --cost 10  also what the programs cost this node at its
+                                  traffic now: runs/s and ns per run per hook,
+                                  measured for 10 s by the kernel itself
 """
 
 
@@ -26,10 +29,41 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--load", action="store_true",
                    help="compile, load and attach the programs, then detach")
+    p.add_argument("--cost", type=float, metavar="SECONDS",
+                   help="load the programs and measure, for SECONDS, how often each runs and how "
+                        "long it takes (the kernel's run statistics, on only meanwhile)")
     p.set_defaults(run=run)
 
 
-def gather(load: bool) -> dict:
+def measure_cost(session, seconds: float) -> dict:
+    """The programs' runs over `seconds` of this node's traffic, their
+    events drained and dropped meanwhile (so no ring fills)."""
+    import threading
+    import time
+
+    from rsttrace.tracer.runstats import RunStats, cost
+
+    stop = threading.Event()
+
+    def drain():
+        while not stop.is_set():
+            session.poll_raw(0.05)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        with RunStats(session) as stats:
+            t0 = time.monotonic()
+            stop.wait(seconds)
+            runs = stats.stop()
+            elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join()
+    return cost(runs, elapsed)
+
+
+def gather(load: bool, cost_s: float | None = None) -> dict:
     from rsttrace.tracer import kernel, probe
     from rsttrace.tracer.context import Collector
 
@@ -56,12 +90,14 @@ def gather(load: bool) -> dict:
         },
         "plan": probe.plan_summary(hooks),
     }
-    if load:
+    if load or cost_s:
         from rsttrace.tracer.session import SessionError, TraceSession
         try:
             with TraceSession(ctx_period_s=0) as s:
                 report["facts"]["load"] = (f"compiled, loaded and attached in {s.attach_s:.2f} s "
                                            f"as {s.header['hooks']}")
+                if cost_s:
+                    report["cost"] = measure_cost(s, cost_s)
         except SessionError as e:
             report["facts"]["load"] = f"FAILED: {e}"
     col = Collector()
@@ -85,7 +121,9 @@ def _fmt(v) -> str:
 def run(args) -> int:
     if os.geteuid() != 0:
         raise CLIError("doctor needs root (tracefs, BPF and every namespace): run it with sudo")
-    rep = gather(args.load)
+    if args.cost is not None and not 0 < args.cost <= 3600:
+        raise CLIError("--cost takes the seconds to measure, more than 0 and at most 3600")
+    rep = gather(args.load, args.cost)
     if args.json:
         json.dump(rep, sys.stdout, indent=2, default=str)
         print()
@@ -117,4 +155,20 @@ def run(args) -> int:
         w("  no problems found\n")
     for f in rep["findings"]:
         w(f"  {f['severity']:<8} {f['message']}\n")
+    if "cost" in rep:
+        write_cost(w, rep["cost"])
     return 0
+
+
+def write_cost(w, c: dict) -> None:
+    w(f"\nCost at this node's traffic ({c['seconds']:.1f} s, the kernel's run statistics)\n")
+    if not c["hooks"]:
+        w("  no program ran\n")
+        return
+    w(f"  {'hook':<24} {'runs/s':>10} {'ns/run':>7} {'% of a CPU':>11}\n")
+    for hook, h in c["hooks"].items():
+        w(f"  {hook:<24} {h['runs_per_s']:>10.1f} {h['ns_per_run']:>7} {h['cpu_pct']:>11.4f}\n")
+    w(f"  all programs: {c['cpu_pct']:.4f} % of one CPU: the time inside them, with the\n"
+      "  clock reads that measure it; not the tracepoints' calls into them, which cost\n"
+      "  more where the kernel mitigates indirect calls and returns (measured by\n"
+      "  bench/bench_storm.py --floor)\n")

@@ -132,8 +132,8 @@ class Netns:
         return subprocess.run(["ip", "netns", "exec", name, "sh", "-c", cmd], check=check,
                               capture_output=True, text=True, timeout=30)
 
-    def python(self, name: str, code: str, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", name, PY, "-c", code],
+    def python(self, name: str, code: str, args: tuple[str, ...] = (), **kw) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", name, PY, "-c", code, *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
         self.procs.append(p)
         return p
@@ -145,6 +145,11 @@ class Netns:
                             str(seconds)], capture_output=True, text=True, timeout=seconds + 30,
                            check=True)
         return int(p.stdout)
+
+    def refusing(self, name: str, n: int, seconds: float) -> subprocess.Popen:
+        """refuse() in the background: the loop's process, ended at
+        cleanup if not before."""
+        return self.python(name, CONNECT_MANY, args=(str(n), str(seconds)))
 
     def link(self, a: str, a_addr: str, b: str, b_addr: str) -> None:
         va, vb = f"v{uuid.uuid4().hex[:6]}", f"v{uuid.uuid4().hex[:6]}"
