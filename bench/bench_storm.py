@@ -65,8 +65,8 @@ import shlex
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rsttrace.lab.netns import tcp_out_rsts
@@ -265,26 +265,10 @@ def bound_round(ns: str, binary: str, seconds: float, define: str | None, cpu: i
     from rsttrace.tracer.session import TraceSession
     ino = os.stat(f"/run/netns/{ns}").st_ino
     with TraceSession(netns=[ino], ctx_period_s=0, extra_defines=(define,) if define else ()) as session:
-        stop = threading.Event()
-
-        def drain_loop():
-            while not stop.is_set():
-                session.poll_raw(0.05)
-
-        drain = threading.Thread(target=drain_loop)
-        drain.start()
-        stats = RunStats(session) if runs is not None else None
-        try:
-            if stats:
-                stats.start()
+        with session.discarding(), (RunStats(session) if runs is not None else nullcontext()) as stats:
             count, elapsed = storm(ns, binary, seconds, cpu=cpu, workload=workload, loops=loops)
             if stats:
                 runs.update(stats.stop())
-        finally:
-            if stats:
-                stats.close()
-            stop.set()
-            drain.join()
     return count, elapsed
 
 

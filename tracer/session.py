@@ -10,13 +10,14 @@ are counted in a BPF map and reported by `stats()`: loss is never silent.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -323,6 +324,25 @@ class TraceSession:
             ctx = self._drain_ctx()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx
+
+    @contextlib.contextmanager
+    def discarding(self) -> Iterator[None]:
+        """While in the block, a thread drains the rings and drops what it
+        reads, so none fills (for measuring the programs, not their
+        events)."""
+        stop = threading.Event()
+
+        def drain() -> None:
+            while not stop.is_set():
+                self.poll_raw(0.05)
+
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
     def poll(self, timeout_s: float = 0.1) -> list[dict]:
         """The next batch of records; waits up to `timeout_s` for one."""
