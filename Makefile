@@ -2,10 +2,15 @@
 # test tier. Both do all set-up first (scripts/install.sh is idempotent).
 PY := .venv/bin/python
 
-.PHONY: install demo doctor test test-vm unit kernel bench
+.PHONY: install install-test demo doctor test test-vm unit kernel bench
 
 install:
 	bash scripts/install.sh
+
+# what the tests need beyond the main job: Vagrant and its libvirt plugin, for
+# `vagrant validate` of the Vagrantfile (tests/unit/test_vagrantfile.py)
+install-test:
+	bash scripts/install.sh vagrant vagrant-libvirt
 
 demo: install
 	.venv/bin/rsttrace demo
@@ -13,14 +18,14 @@ demo: install
 doctor: install
 	.venv/bin/rsttrace doctor
 
-test: install
+test: install-test
 	bash scripts/test.sh
 
 # the vm tier: Debian's 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
 test-vm: install
 	bash scripts/vm/test.sh
 
-unit: install
+unit: install-test
 	$(PY) -m pytest tests/unit -q
 
 bench: install
