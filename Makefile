@@ -29,8 +29,8 @@ unit: install-test
 	$(PY) -m pytest tests/unit -q
 
 bench: install
-	$(PY) bench/bench_storm.py
-	$(PY) bench/bench_storm.py --loops 2 --hooks
+	$(PY) bench/bench_storm.py --peers
+	$(PY) bench/bench_storm.py --loops 2 --hooks --peers
 	$(PY) bench/bench_encode.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_export.py

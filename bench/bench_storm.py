@@ -50,6 +50,11 @@ busy and leaves the recorder the other; with a loop per CPU (--loops 2
 here) the machine makes its highest rate and every CPU-second the recorder
 spends is taken from the storm.
 
+--peers adds a storm per round captured by tcpdump with a reset filter,
+inside the namespace, to a pcap file (PLATFORM's closest peer): its rate
+ratio, the resets it captured against the kernel's count, the packets it
+says the kernel dropped, and its CPU.
+
 --pin runs the storm on CPU 0 and everything else (the recorder, this
 script) on the other CPUs: the cost in the kernel alone, without the
 recorder's own CPU time landing on the workload's CPU when the scheduler
@@ -62,6 +67,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,6 +97,8 @@ def main() -> int:
     ap.add_argument("--hooks", action="store_true",
                     help="also, per hook: runs per connect and time per run from the kernel's "
                          "own statistics, the programs as built and returning at once")
+    ap.add_argument("--peers", action="store_true",
+                    help="also a storm per round captured by tcpdump with a reset filter")
     ap.add_argument("--loops", type=int, default=1,
                     help="storm loops at once (a loop per CPU: the machine's highest rate)")
     args = ap.parse_args()
@@ -109,7 +117,7 @@ def main() -> int:
         os.sched_setaffinity(0, others)  # inherited by the recorder
         storm_cpu = 0
     results = {"untraced": [], "traced": [], "other": [], "floor": [], "minimal": [], "drained": [],
-               "hooks": {},
+               "tcpdump": [], "hooks": {},
                "pinned": args.pin, "workload": args.workload, "loops": args.loops}
     with storm_namespace("rtbench") as (ns, binary):
         tmp = Path(binary).parent
@@ -124,6 +132,9 @@ def main() -> int:
             if args.compare:
                 results["other"].append(traced_round(ns, binary, tmp / f"other-{rnd}.jsonl", args,
                                                      storm_cpu, shlex.split(args.compare)))
+            if args.peers:
+                results["tcpdump"].append(tcpdump_round(ns, binary, tmp / f"rst-{rnd}.pcap", args,
+                                                        storm_cpu))
             if args.floor:
                 for key, define in BOUNDS:
                     count, elapsed = bound_round(ns, binary, args.seconds, define, storm_cpu,
@@ -144,7 +155,7 @@ def main() -> int:
     # after its round: the machine's drift between rounds cancels out.
     base = [(un[i] + un[i + 1]) / 2 for i in range(args.rounds)]
     per_round = {key: [r["rate"] / b for r, b in zip(results[key], base)]
-                 for key in ("traced", "other", "floor", "minimal", "drained")}
+                 for key in ("traced", "other", "floor", "minimal", "drained", "tcpdump")}
     print(f"events through: {results['traced'][0]['transport']}; storm loops at once: {args.loops}")
     print(f"{'round':<6}{'untraced/s':>12}{'traced/s':>10}{'kernel RSTs':>12}{'recorded':>10}"
           f"{'lost':>6}{'cpu s':>7}{'held':>8}{'+cpu s':>7}{'stop s':>7}{'rss MB':>8}{'attach s':>9}"
@@ -160,7 +171,8 @@ def main() -> int:
                        ("other", f"traced with {args.compare}"),
                        ("floor", "programs attached, returning at once"),
                        ("minimal", "bare events from the reset programs only"),
-                       ("drained", "the programs as built, events drained in process")):
+                       ("drained", "the programs as built, events drained in process"),
+                       ("tcpdump", "tcpdump with a reset filter, to a pcap file")):
         if per_round[key]:
             median = statistics.median(per_round[key])
             print(f"{label}: rate ratio to untraced, median {median:.3f} ({(1 - median) * 100:+.1f} % "
@@ -177,6 +189,12 @@ def main() -> int:
                   f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until 0.3 s "
                   f"after the storm, then {span('cpu_after_stop_s')} s writing {span('held')} held "
                   f"events in {span('stop_s')} s")
+    if results["tcpdump"]:
+        r = results["tcpdump"]
+        print(f"tcpdump: captured {sum(x['captured'] for x in r)} of the kernel's "
+              f"{sum(x['kernel_resets_sent'] for x in r)} resets, {sum(x['dropped'] for x in r)} "
+              f"dropped by the kernel (its own count), CPU {min(x['cpu_s'] for x in r)}–"
+              f"{max(x['cpu_s'] for x in r)} s per round")
     if results["hooks"]:
         print_hooks(results, statistics.median(un), args.loops)
     if args.json:
@@ -246,6 +264,41 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
             "held": totals.get("burst_held", 0),
             "attach_s": header["attach_s"], "start_to_attached_s": round(ready_s, 2),
             "transport": header["transport"]}
+
+
+def tcpdump_round(ns: str, binary: str, pcap: Path, args, cpu: int | None) -> dict:
+    """One storm captured by tcpdump (every segment with RST set, inside the
+    namespace, written to `pcap`): its rate, the resets captured against the
+    kernel's count, what tcpdump says the kernel dropped, its CPU."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "lo", "-n", "-Z", "root",
+                             "-w", str(pcap), "tcp[tcpflags] & tcp-rst != 0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = ""
+    while "listening on" not in err:   # tcpdump says so once it captures
+        line = proc.stderr.readline()
+        if not line:
+            raise SystemExit("tcpdump failed: " + err)
+        err += line
+    before = tcp_out_rsts(ns)
+    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
+                           loops=args.loops)
+    kernel_sent = tcp_out_rsts(ns) - before
+    time.sleep(1.2)   # its last block of packets is handed over after 1 s
+    proc.send_signal(signal.SIGINT)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    tail = proc.stderr.read()
+    stats = {}
+    for line in tail.splitlines():   # "N packets captured", "... dropped by kernel"
+        words = line.split(" ", 1)
+        if words[0].isdigit() and len(words) == 2:
+            stats[words[1].strip()] = int(words[0])
+    if "packets captured" not in stats:
+        raise SystemExit(f"tcpdump ended without its counts (exit {proc.returncode}): {tail}")
+    pcap.unlink(missing_ok=True)
+    return {"rate": count / elapsed, "kernel_resets_sent": kernel_sent,
+            "captured": stats["packets captured"], "dropped": stats.get("packets dropped by kernel", 0),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
 
 
 # (result key, define the programs are built with; None: as rsttrace builds them)
