@@ -273,17 +273,22 @@ def tcpdump_round(ns: str, binary: str, pcap: Path, args, cpu: int | None) -> di
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "lo", "-n", "-Z", "root",
                              "-w", str(pcap), "tcp[tcpflags] & tcp-rst != 0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = ""
-    while "listening on" not in err:   # tcpdump says so once it captures
-        line = proc.stderr.readline()
-        if not line:
-            raise SystemExit("tcpdump failed: " + err)
-        err += line
-    before = tcp_out_rsts(ns)
-    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
-                           loops=args.loops)
-    kernel_sent = tcp_out_rsts(ns) - before
-    time.sleep(1.2)   # its last block of packets is handed over after 1 s
+    try:
+        err = ""
+        while "listening on" not in err:   # tcpdump says so once it captures
+            line = proc.stderr.readline()
+            if not line:
+                raise SystemExit("tcpdump failed: " + err)
+            err += line
+        before = tcp_out_rsts(ns)
+        count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
+                               loops=args.loops)
+        kernel_sent = tcp_out_rsts(ns) - before
+        time.sleep(1.2)   # its last block of packets is handed over after 1 s
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     proc.send_signal(signal.SIGINT)
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
