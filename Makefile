@@ -31,6 +31,7 @@ unit: install-test
 bench: install
 	$(PY) bench/bench_storm.py --peers
 	$(PY) bench/bench_storm.py --loops 2 --hooks --peers
+	$(PY) bench/bench_context.py
 	$(PY) bench/bench_encode.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_export.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -765,3 +766,36 @@ def test_context_counts_a_namespaces_tcp_sockets(netns):
         assert snap["tcp_sockets"] in (1, 2), snap
     finally:
         col.close()
+
+
+def test_context_reads_kept_files_live_and_lets_namespaces_go(netns):
+    """Each namespace's /proc/sys files stay open between snapshots: a
+    sysctl changed in between is read as it is now, and a namespace
+    deleted is let go: its files are closed, no descriptor is left."""
+    from rsttrace.tracer.context import FILES_PER_NETNS, Collector
+    ns = netns.add("k")
+    ino = netns.inode(ns)
+    netns.run(ns, "sysctl -qw net.ipv4.tcp_keepalive_time=111 "
+                  "net.netfilter.nf_conntrack_tcp_timeout_established=222")
+    p = netns.python(ns, HOLD_SOCKETS, stdin=subprocess.PIPE)   # makes it worth listing
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    col = Collector()
+    try:
+        [snap] = [n for n in col.snapshot()["namespaces"] if n["netns"] == ino]
+        assert snap["sysctl"]["tcp_keepalive_time"] == 111
+        assert snap["sysctl"]["nf_conntrack_tcp_timeout_established"] == 222
+        kept = len(col._files[ino])
+        assert 0 < kept <= FILES_PER_NETNS
+        netns.run(ns, "sysctl -qw net.ipv4.tcp_keepalive_time=333")
+        [snap] = [n for n in col.snapshot()["namespaces"] if n["netns"] == ino]
+        assert snap["sysctl"]["tcp_keepalive_time"] == 333
+        assert len(col._files[ino]) == kept   # read again in place, nothing opened anew
+        p.kill()
+        p.wait(timeout=10)
+        subprocess.run(["ip", "netns", "delete", ns], check=True)
+        col.snapshot()
+        assert ino not in col._files
+    finally:
+        col.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before

@@ -1,4 +1,9 @@
-"""Parsing the kernel's per-namespace counters (tracer/context.py)."""
+"""Parsing the kernel's per-namespace counters (tracer/context.py), and
+its /proc/sys files kept open per namespace."""
+
+import os
+
+import pytest
 
 from rsttrace.tracer.context import parse_ct_stat, parse_sockstat
 
@@ -28,3 +33,76 @@ def test_ct_stat_sums_per_cpu_rows_by_header():
     st = parse_ct_stat(text)
     assert st["invalid"] == 11 and st["drop"] == 2 and st["early_drop"] == 1
     assert st["clash_resolve"] == 3
+
+
+# /proc/sys files kept open per namespace (tracer/context._SysctlFiles);
+# /proc/sys is readable without root.
+
+KA = "net/ipv4/tcp_keepalive_time"
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Every os.open of a /proc/sys file, counted."""
+    from rsttrace.tracer import context
+    seen = []
+    real = os.open
+
+    def counting(path, *a, **kw):
+        if str(path).startswith("/proc/sys/"):
+            seen.append(path)
+        return real(path, *a, **kw)
+    monkeypatch.setattr(context.os, "open", counting)
+    return seen
+
+
+def test_sysctl_files_open_once_and_read_in_place(opens):
+    from rsttrace.tracer.context import _SysctlFiles
+    files = _SysctlFiles()
+    want = int(open("/proc/sys/" + KA).read())
+    try:
+        assert [files.read_int(KA) for _ in range(3)] == [want] * 3
+        assert opens == ["/proc/sys/" + KA] and len(files) == 1
+    finally:
+        files.close()
+    assert len(files) == 0
+
+
+def test_sysctl_files_not_kept_past_the_budget(opens):
+    from rsttrace.tracer.context import _SysctlFiles
+    files = _SysctlFiles(keep=False)
+    assert files.read_int(KA) == files.read_int(KA) is not None
+    assert len(opens) == 2 and len(files) == 0
+
+
+def test_a_file_that_fails_to_read_is_opened_again(opens, monkeypatch):
+    """What happens once the namespace it was opened in is gone (ENOENT)."""
+    from rsttrace.tracer import context
+    files = context._SysctlFiles()
+    try:
+        want = files.read_int(KA)
+        real = os.pread
+        failures = [OSError(2, "No such file or directory")]
+
+        def gone_once(fd, n, off):
+            if failures:
+                raise failures.pop()
+            return real(fd, n, off)
+        monkeypatch.setattr(context.os, "pread", gone_once)
+        assert files.read_int(KA) == want
+        assert len(opens) == 2 and len(files) == 1
+    finally:
+        files.close()
+
+
+def test_a_missing_file_is_looked_for_again_only_after_a_while(opens, monkeypatch):
+    from rsttrace.tracer import context
+    files = context._SysctlFiles()
+    clock = [1000.0]
+    monkeypatch.setattr(context.time, "monotonic", lambda: clock[0])
+    assert files.read_int("net/ipv4/no_such_sysctl") is None
+    assert files.read_int("net/ipv4/no_such_sysctl") is None
+    assert len(opens) == 1
+    clock[0] += context.ABSENT_TTL_S + 1
+    assert files.read_int("net/ipv4/no_such_sysctl") is None
+    assert len(opens) == 2 and len(files) == 0
