@@ -91,10 +91,15 @@ def list_namespaces() -> dict[int, Netns]:
         if not pid.isdigit():
             continue
         path = f"/proc/{pid}/ns/net"
+        # the link's text, "net:[INODE]", costs half a stat of it: this
+        # walk visits every process on the host for each snapshot
         try:
-            ino = os.stat(path).st_ino
+            link = os.readlink(path)
         except OSError:
             continue
+        if not (link.startswith("net:[") and link.endswith("]")):
+            continue
+        ino = int(link[5:-1])
         if ino not in found:
             found[ino] = Netns(ino, f"pid:{pid}", path)
     return found
