@@ -228,6 +228,15 @@ def print_hooks(results: dict, untraced_rate: float, loops: int) -> None:
           f"the rest of their cost is calling them (see --floor)")
 
 
+def counted_storm(ns: str, binary: str, args, cpu: int | None) -> tuple[int, float, int]:
+    """(connects, elapsed s, resets the kernel counted as sent: TcpOutRsts)
+    of one storm with the run's options."""
+    before = tcp_out_rsts(ns)
+    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
+                           loops=args.loops)
+    return count, elapsed, tcp_out_rsts(ns) - before
+
+
 def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
                  options: list[str] = ()) -> dict:
     """One storm recorded by `rsttrace record` (with `options` added): its
@@ -244,10 +253,7 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
         time.sleep(0.01)
     ready_s = time.monotonic() - t0
     header = json.loads(rec.read_text().split("\n", 1)[0])
-    before = tcp_out_rsts(ns)
-    count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
-                           loops=args.loops)
-    kernel_sent = tcp_out_rsts(ns) - before
+    count, elapsed, kernel_sent = counted_storm(ns, binary, args, cpu)
     time.sleep(0.3)  # let the consumer drain
     cpu_s, rss = proc_stats(proc.pid)
     helpers = children_cpu(proc.pid)
@@ -280,10 +286,7 @@ def tcpdump_round(ns: str, binary: str, pcap: Path, args, cpu: int | None) -> di
             if not line:
                 raise SystemExit("tcpdump failed: " + err)
             err += line
-        before = tcp_out_rsts(ns)
-        count, elapsed = storm(ns, binary, args.seconds, cpu=cpu, workload=args.workload,
-                               loops=args.loops)
-        kernel_sent = tcp_out_rsts(ns) - before
+        count, elapsed, kernel_sent = counted_storm(ns, binary, args, cpu)
         time.sleep(1.2)   # its last block of packets is handed over after 1 s
     except BaseException:
         proc.kill()
