@@ -182,7 +182,16 @@ def run(args) -> int:
 
 def write_csv(recording: str, csv_path: str) -> int:
     from rsttrace.analysis.report import write_report
-    rows, _summary = write_report(recording, csv_path)
+    from rsttrace.outfile import OutFile, OutputClosed, OutputError, exit_on_signals, exit_quietly
+    from rsttrace.tracer.recording import RecordingError
+    try:
+        # TERM or HUP now ends the report like Ctrl-C: its temporary file goes
+        with exit_on_signals(), OutFile(csv_path) as out:
+            rows, _summary = write_report(recording, out)
+    except OutputClosed:
+        return exit_quietly()
+    except (OutputError, RecordingError) as e:
+        raise CLIError(f"{e} (the recording {recording} is complete)") from None
     print(f"rsttrace: report -> {csv_path} ({rows} rows)", file=sys.stderr)
     return 0
 
