@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rsttrace.outfile import InPlace, open_in_place, write_error
+from rsttrace.outfile import InPlace, OutputError, open_in_place, write_error
 
 SCHEMA_VERSION = 1
 
@@ -57,7 +57,11 @@ def open_output(path: str | os.PathLike[str], force: bool = False) -> InPlace:
     """Opens where a recording goes (rsttrace.outfile.open_in_place): a new
     file (mode 0600), a FIFO or a character device; an existing file only
     if it is empty or a recording, unless `force`; never a link. Nothing
-    is changed until RecordingWriter writes the header."""
+    is changed until RecordingWriter writes the header. `-` is refused
+    rather than taken as a file of that name (it means standard output to a
+    report, and a recording is read back from a file)."""
+    if os.fspath(path) == "-":
+        raise OutputError("a recording is written to a file: give its path (`./-` for a file named -)")
     return open_in_place(path, replaceable=is_recording_start, force=force, what="recording")
 
 

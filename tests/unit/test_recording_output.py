@@ -85,6 +85,13 @@ def test_nothing_is_changed_until_the_header_is_written(tmp_path):
     assert not (tmp_path / "new.jsonl").exists()
 
 
+def test_dash_is_not_taken_for_a_file_named_dash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="written to a file"):
+        record("-")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_fifo_is_written_in_place(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
