@@ -21,6 +21,18 @@ ROW_FIELDS = ("t", "dir", "netns", "pid", "comm", "src", "sport", "dst", "dport"
 # cause, confidence, evidence, fix text, incident, sender netns, receiver netns
 VerdictCells = tuple[str, str, str, str, int, Any, Any]
 
+# Times a report can show, in unix seconds: 1970 to the end of year 9999 (a
+# CSV time is YYYY-MM-DDTHH:MM:SS.mmmZ).
+TIME_MIN, TIME_MAX = 0, 253402300799
+
+
+class TimeRangeError(ValueError):
+    """A time a report cannot show (outside TIME_MIN..TIME_MAX)."""
+
+
+def time_range_error(sec: Any) -> TimeRangeError:
+    return TimeRangeError(f"time out of range: {sec} s since 1970 (rsttrace shows 1970 to 9999)")
+
 
 def cell(v: Any) -> str:
     """One CSV cell as pandas writes it (minimal quoting), formula-safe, one line."""
@@ -110,6 +122,8 @@ class RowWriter:
         self._idle: dict[int, str] = {}
 
     def _prefix(self, sec: int) -> str:
+        if not TIME_MIN <= sec <= TIME_MAX:
+            raise time_range_error(sec)
         if len(self._sec) > 65536:
             self._sec.clear()
         p = self._sec[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))

@@ -7,24 +7,23 @@ frame and does the aggregation.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import operator
 import os
-import pickle
-import signal
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from functools import partial
+from typing import Any, Iterable, TextIO
 
 import numpy as np
 import pandas as pd
 
+from rsttrace.outfile import WriterProcess
+
 from .batches import iter_batches
 from .classify import CAUSES, Classifier, Verdict
 from .config import Finding, audit
-from .csvout import ROW_FIELDS, RowWriter, Tally
+from .csvout import ROW_FIELDS, TIME_MAX, TIME_MIN, RowWriter, Tally, TimeRangeError, time_range_error
 from .context import ContextStore
 from .findings import conntrack_episodes
 from .fixes import Fix
@@ -170,55 +169,45 @@ def csv_ready(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(df.columns))
 
 
-def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Atomic: a temporary file in the same directory, then rename, so a
-    failure never leaves half a report."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        csv_ready(df).to_csv(tmp, index=False, na_rep="", lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+def write_csv(df: pd.DataFrame, out: TextIO) -> None:
+    """The frame as CSV text into `out`, an open output (`OutFile`): where
+    and how the bytes land is rsttrace.outfile's business."""
+    if not hasattr(out, "write"):
+        raise TypeError("write_csv writes to an open output (rsttrace.outfile.OutFile), not a path")
+    out.write(csv_ready(df).to_csv(None, index=False, na_rep="", lineterminator="\n"))
 
 
 class CsvStream:
-    """Writes report rows as verdicts arrive, without holding them: the
-    bytes equal `write_csv(to_frame(verdicts))`. Atomic like write_csv:
-    `close()` renames the finished file into place, `abort()` removes it.
-    It keeps only what the summary counts (`tally`, complete after `close()`).
+    """Writes report rows into `out` (an open output) as verdicts arrive,
+    without holding them: the bytes equal `write_csv(to_frame(verdicts))`.
+    `close()` writes what is pending; `abort()` stops. It keeps only what
+    the summary counts (`tally`, complete after `close()`).
 
     Formatting a million rows costs about as much as classifying them, so
     where it can (fork, no other thread running) the rows go through a pipe
     to a writer process that formats them while this one classifies the
     next batch: the same `RowWriter` code, so the same bytes."""
 
-    def __init__(self, path: str | os.PathLike[str], names: dict[int, str] | None = None,
+    def __init__(self, out: TextIO, names: dict[int, str] | None = None,
                  writer_process: bool | None = None):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._fh = out
         self.names = names if names is not None else {}
-        self._fh = open(self.tmp, "w", encoding="utf-8", newline="")
-        self._fh.write(",".join(COLUMNS) + "\n")
+        out.write(",".join(COLUMNS) + "\n")
         self._fix_text: dict[int, tuple[list[Fix], str]] = {}
         self.n = 0
         self._pending: list[tuple[tuple, list[tuple]]] = []
         self._pending_rows = 0
-        self._child: _WriterProcess | None = None
+        self._child: WriterProcess | None = None
         if writer_process is None:
             writer_process = hasattr(os, "fork") and threading.active_count() == 1
         if writer_process:
             try:
-                self._fh.flush()
-                self._child = _WriterProcess(self._fh)
+                out.flush()     # the header, before the child inherits the file
+                self._child = WriterProcess(partial(_format_rows, out))
             except OSError:
                 self._child = None
         if self._child is None:
-            self._rows: RowWriter | None = RowWriter(self._fh)
+            self._rows: RowWriter | None = RowWriter(out)
             self.tally = self._rows.tally
         else:
             self._rows = None
@@ -258,158 +247,34 @@ class CsvStream:
             self._child.send(batch)
 
     def close(self) -> None:
+        """Writes every row still pending; the output is then complete."""
         if self._rows is not None:
             self._rows.flush()
-            self._fh.close()
         else:
             self._send()
             child, self._child = self._child, None
-            self._fh.close()
             self.tally = child.finish()
-        os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         if self._child is not None:
             child, self._child = self._child, None
             child.kill()
-        self._fh.close()
-        try:
-            self.tmp.unlink()
-        except FileNotFoundError:
-            pass
 
 
 _PIPE_ROWS = 2048    # rows per message to the writer process (~170 kB)
-_PIPE_BYTES = 1 << 20
 
 
-class _WriterProcess:
-    """A forked child that formats rows (pickled batches of
-    (verdict cells, rows) from a pipe) into the already open file with a
-    RowWriter and sends back its Tally, or the exception that stopped it."""
-
-    def __init__(self, fh: Any):
-        rows_r, rows_w = os.pipe()
-        try:
-            res_r, res_w = os.pipe()
-        except OSError:
-            os.close(rows_r)
-            os.close(rows_w)
-            raise
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in (rows_r, rows_w, res_r, res_w):
-                os.close(fd)
-            raise
-        if pid == 0:    # the writer
-            code = 1
-            try:
-                os.close(rows_w)
-                os.close(res_r)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent decides
-                code = _writer_main(fh, rows_r, res_w)
-            finally:
-                os._exit(code)
-        os.close(rows_r)
-        os.close(res_w)
-        self.pid = pid
-        try:
-            # Room for a few batches, so this process runs ahead of the writer.
-            fcntl.fcntl(rows_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
-        except OSError:
-            pass
-        self._out = os.fdopen(rows_w, "wb")
-        self._res = res_r
-
-    def send(self, batch: list) -> None:
-        try:
-            # flushed now: the writer must not wait for the next batch
-            pickle.dump(batch, self._out, protocol=pickle.HIGHEST_PROTOCOL)
-            self._out.flush()
-        except BrokenPipeError:
-            self._fail()
-
-    def _result(self) -> Any:
-        res, self._res = self._res, None
-        with os.fdopen(res, "rb") as f:
-            data = f.read()
-        self._reap()
-        if not data:
-            raise OSError("the CSV writer process ended without a result")
-        return pickle.loads(data)
-
-    def _fail(self) -> None:
-        try:
-            self._out.close()
-        except OSError:
-            pass
-        kind, val = self._result()
-        if kind == "err":
-            raise val
-        raise OSError("the CSV writer process stopped early")
-
-    def finish(self) -> Tally:
-        try:
-            pickle.dump(None, self._out, protocol=pickle.HIGHEST_PROTOCOL)
-            self._out.close()
-        except BrokenPipeError:
-            self._fail()
-        kind, val = self._result()
-        if kind == "err":
-            raise val
-        return val
-
-    def _reap(self) -> None:
-        if self.pid is not None:
-            pid, self.pid = self.pid, None
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-
-    def kill(self) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self._out.close()
-        except OSError:
-            pass
-        if self._res is not None:
-            res, self._res = self._res, None
-            os.close(res)
-        self._reap()
-
-
-def _writer_main(fh: Any, rows_fd: int, res_fd: int) -> int:
-    try:
-        writer = RowWriter(fh)
-        with os.fdopen(rows_fd, "rb", buffering=1 << 20) as src:
-            load = pickle.load
-            add = writer.add
-            while True:
-                batch = load(src)
-                if batch is None:
-                    break
-                for vc, rows in batch:
-                    add(vc, rows)
-        writer.flush()
-        fh.close()
-        result: tuple = ("ok", writer.tally)
-        code = 0
-    except BaseException as e:      # noqa: BLE001 - handed to the parent
-        try:
-            pickle.dumps(e)
-            result = ("err", e)
-        except Exception:           # noqa: BLE001
-            result = ("err", OSError(f"the CSV writer process failed: {e!r}"))
-        code = 1
-    with os.fdopen(res_fd, "wb") as out:
-        out.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    return code
+def _format_rows(out: TextIO, batches: Iterable[list]) -> Tally:
+    """The writer process: formats batches of (verdict cells, rows) into
+    `out` and returns what it counted."""
+    writer = RowWriter(out)
+    add = writer.add
+    for batch in batches:
+        for vc, rows in batch:
+            add(vc, rows)
+    writer.flush()
+    out.flush()
+    return writer.tally
 
 
 # The fields of a reset record a CSV row shows, in one C call; records that
@@ -439,6 +304,9 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
     lines: list[str] = []
     n = tally.n
     incidents = tally.incidents
+    for ms in (tally.ms_min, tally.ms_max):
+        if ms is not None and not TIME_MIN <= ms // 1000 <= TIME_MAX:
+            raise time_range_error(ms // 1000)
     if n:
         t0 = pd.Timestamp(tally.ms_min, unit="ms", tz="UTC")
         t1 = pd.Timestamp(tally.ms_max, unit="ms", tz="UTC")
@@ -550,21 +418,27 @@ def _unique_fixes(fix_lists: Iterable[list[Fix]]) -> list[Fix]:
 
 
 def parse_time(text: str | float | None) -> float | None:
-    """Unix seconds, or ISO 8601 (UTC unless it says otherwise)."""
-    if text is None or isinstance(text, (int, float)):
-        return text
+    """Unix seconds, or ISO 8601 (UTC unless it says otherwise), between
+    1970 and 9999; ValueError says what is wrong."""
+    if text is None:
+        return None
     try:
-        return float(text)
+        t = float(text)
     except ValueError:
-        pass
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ValueError(f"cannot read time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z) "
-                         "or unix seconds") from None
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return ts.timestamp()
+        try:
+            ts = pd.Timestamp(text)
+        except (ValueError, TypeError, OverflowError):
+            ts = pd.NaT
+        if ts is pd.NaT:
+            raise ValueError(f"cannot read time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z) "
+                             "or unix seconds") from None
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        t = ts.timestamp()
+    if not TIME_MIN <= t < TIME_MAX + 1:     # also NaN
+        raise TimeRangeError(f"time out of range: {text!r} (use a time from 1970 to 9999, "
+                             "ISO 8601 or unix seconds)")
+    return t
 
 
 def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeouts: dict[str, float] | None,
@@ -622,6 +496,8 @@ def _finish(tally: Tally, clf: Classifier, reader: Any, fix_lists: dict[int, lis
     latest_ctx = clf.context.latest_ctx
     findings = audit(latest_ctx, idle_timeouts) if latest_ctx else []
     warnings = list(reader.warnings)
+    if reader.totals is None and not reader.truncated:
+        warnings.append(f"{reader.path}: no totals line (recording did not end cleanly)")
     if reader.totals and reader.totals.get("lost"):
         warnings.append(f"{reader.totals['lost']} events were lost in the kernel while recording")
     return summarize(tally, clf.context, findings, _unique_fixes(fix_lists.values()), warnings,
@@ -640,17 +516,18 @@ def report_recording(path: str | os.PathLike[str], window_s: float = 10.0,
     rows = Rows()
     clf, reader, fix_lists = _replay(path, rows, window_s, idle_timeouts, pair_window_s,
                                      since, until, cause, ram_bytes)
-    return rows.frame(), _finish(rows.tally, clf, reader, fix_lists, idle_timeouts)
+    summary = _finish(rows.tally, clf, reader, fix_lists, idle_timeouts)   # checks the time range first
+    return rows.frame(), summary
 
 
-def write_report(path: str | os.PathLike[str], csv_path: str | os.PathLike[str], window_s: float = 10.0,
+def write_report(path: str | os.PathLike[str], out: TextIO, window_s: float = 10.0,
                  idle_timeouts: dict[str, float] | None = None, pair_window_s: float = 1.0,
                  since: float | None = None, until: float | None = None,
                  cause: str | None = None, ram_bytes: int | None = None) -> tuple[int, Summary]:
-    """Same as report_recording + write_csv, streaming: memory stays small
-    for millions of resets. Returns (rows written, summary). Used by
-    `rsttrace report -o` and `rsttrace record --csv`."""
-    sink = CsvStream(csv_path)
+    """Same as report_recording + write_csv, streaming into `out` (an open
+    output): memory stays small for millions of resets. Returns (rows
+    written, summary). Used by `rsttrace report -o` and `rsttrace record --csv`."""
+    sink = CsvStream(out)
     try:
         clf, reader, fix_lists = _replay(path, sink, window_s, idle_timeouts, pair_window_s,
                                          since, until, cause, ram_bytes)

@@ -118,8 +118,10 @@ def _write_csv(recording: Path, csv: Path) -> Path | None:
         from rsttrace.analysis.report import report_recording, write_csv
     except ImportError:
         return None
+    from rsttrace.outfile import OutFile
     df, _summary = report_recording(recording)
-    write_csv(df, csv)
+    with OutFile(csv) as out:
+        write_csv(df, out)
     return csv
 
 

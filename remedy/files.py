@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsttrace.outfile import OutFile
+
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a sibling temp file, fsync it, rename it over `path`, fsync the dir:
-    a crash leaves either the old file or the new one, never half of one."""
+    """A sibling temp file, fsynced, renamed over `path`, the directory
+    fsynced (rsttrace.outfile.OutFile): a crash leaves either the old file
+    or the new one, never half of one. A link at `path` is replaced, not
+    followed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    with OutFile(path, mode=mode, sync=True, over_links=True) as out:
+        out.write(text)
 
 
 @dataclass

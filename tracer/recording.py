@@ -4,8 +4,9 @@ used by reports, replay and tests.
 Pure Python (no bcc): analysis and the TUI read recordings without root.
 Layout (docs/EVENTS.md): a header line, then records, then a totals line.
 The writer only ever appends whole lines and flushes them per batch, so a
-recording stopped by Ctrl-C or SIGTERM is complete, and one killed outright
+recording stopped by Ctrl-C, SIGTERM or SIGHUP is complete, and one killed outright
 loses at most its last, partial line (which the reader reports and skips).
+Where it goes and what it may overwrite: `open_output`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from rsttrace.outfile import InPlace, OutputError, open_in_place, write_error
 
 SCHEMA_VERSION = 1
 
@@ -39,16 +42,42 @@ def encode_records(records: Iterable[dict[str, Any]]) -> tuple[bytes, dict[str, 
     return "".join(lines).encode(), by_kind
 
 
+def is_recording_start(head: bytes) -> bool:
+    """Whether a file that begins with `head` is an rsttrace recording (its
+    first line a header), which `rsttrace record` may overwrite."""
+    first = head.split(b"\n", 1)[0]
+    try:
+        rec = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and rec.get("kind") == "header"
+
+
+def open_output(path: str | os.PathLike[str], force: bool = False) -> InPlace:
+    """Opens where a recording goes (rsttrace.outfile.open_in_place): a new
+    file (mode 0600), a FIFO or a character device; an existing file only
+    if it is empty or a recording, unless `force`; never a link. Nothing
+    is changed until RecordingWriter writes the header. `-` is refused
+    rather than taken as a file of that name (it means standard output to a
+    report, and a recording is read back from a file)."""
+    if os.fspath(path) == "-":
+        raise OutputError("a recording is written to a file: give its path (`./-` for a file named -)")
+    return open_in_place(path, replaceable=is_recording_start, force=force, what="recording")
+
+
 class RecordingWriter:
     """Appends records to a JSONL file; `close(totals)` ends it.
 
-    Thread-safe: the event consumer and the context sampler both write.
-    `close` is idempotent so it can be called from a signal path and again
-    from a `finally`.
+    `target` is a path or what `open_output` opened. Thread-safe: the event
+    consumer and the context sampler both write. `close` is idempotent so
+    it can be called from a signal path and again from a `finally`.
+    Write errors raise OutputError naming the path as given.
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]):
-        self.path = Path(path)
+    def __init__(self, target: str | os.PathLike[str] | InPlace, header: dict[str, Any]):
+        out = target if isinstance(target, InPlace) else open_output(target)
+        self.path = Path(out.name)
+        self._name = out.name
         header = dict(header)
         header.setdefault("kind", "header")
         header.setdefault("schema", SCHEMA_VERSION)
@@ -56,11 +85,21 @@ class RecordingWriter:
         self._closed = False
         self.count = 0
         self.by_kind: dict[str, int] = {}
-        # Opening is the check that the path is writable: it raises before any
-        # BPF is attached (the CLI opens the writer first).
-        self._fh = open(self.path, "wb")
-        self._fh.write((_dumps(header) + "\n").encode())
-        self._fh.flush()
+        self._fh = out.fh
+        try:
+            out.start()
+            self._put((_dumps(header) + "\n").encode())
+        except BaseException:
+            self._closed = True
+            self._fh.close()
+            raise
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+        except OSError as e:
+            raise write_error(self._name, e) from None
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many((record,))
@@ -80,8 +119,7 @@ class RecordingWriter:
         with self._lock:
             if self._closed:
                 return
-            self._fh.write(data)
-            self._fh.flush()
+            self._put(data)
 
     def close(self, totals: dict[str, Any] | None = None) -> None:
         with self._lock:
@@ -91,13 +129,17 @@ class RecordingWriter:
             final = {"kind": "totals", "events": self.count, "lost": 0,
                      "by_kind": dict(self.by_kind)}
             final.update(totals or {})
-            self._fh.write((_dumps(final) + "\n").encode())
-            self._fh.flush()
             try:
-                os.fsync(self._fh.fileno())
-            except OSError:
-                pass
-            self._fh.close()
+                self._put((_dumps(final) + "\n").encode())
+                try:
+                    os.fsync(self._fh.fileno())
+                except OSError:
+                    pass        # a FIFO or a device: nothing to make durable
+            finally:
+                try:
+                    self._fh.close()
+                except OSError:
+                    pass
 
     @property
     def closed(self) -> bool:

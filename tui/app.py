@@ -211,12 +211,17 @@ class RstApp(App[int]):
         verdicts = self.state.retained_verdicts()
         stamp = datetime.fromtimestamp(self._wall(), timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"rsttrace-resets-{stamp}.csv"
+        from rsttrace.analysis.report import to_frame, write_csv
+        from rsttrace.outfile import OutFile, OutputError
         try:
-            from rsttrace.analysis.report import to_frame, write_csv
             self.export_dir.mkdir(parents=True, exist_ok=True)
-            write_csv(to_frame(verdicts, self.feeder.names.snapshot()), path)
+            with OutFile(path) as out:
+                write_csv(to_frame(verdicts, self.feeder.names.snapshot()), out)
+        except OutputError as e:
+            self.notify(f"export failed: {e} (choose another --export-dir)", severity="error", timeout=8)
+            return
         except OSError as e:
-            self.notify(f"export failed: {e.strerror}: {path} (choose another --export-dir)",
+            self.notify(f"export failed: {e.strerror}: {self.export_dir} (choose another --export-dir)",
                         severity="error", timeout=8)
             return
         self.last_export = path

@@ -116,6 +116,7 @@ def run(args) -> int:
     csv, rec = _out_paths(args)
 
     from rsttrace.lab.demo import run_demo
+    from rsttrace.outfile import OutputError
 
     def on_run(run, d) -> None:
         for e in sorted(set(run.errors)):
@@ -132,7 +133,7 @@ def run(args) -> int:
     print(f"rsttrace demo: {len(names)} scenario(s) in a namespace lab")
     try:
         res = run_demo(names, recording=rec, csv=csv, keep=args.keep, on_run=on_run)
-    except LabError as e:
+    except (LabError, OutputError) as e:
         raise CLIError(str(e)) from None
     except Exception as e:  # the tracer's own start-up errors, worded for users
         if type(e).__name__ == "SessionError":

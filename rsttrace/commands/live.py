@@ -91,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
         source = _live_source(args)
         label = "live"
         if args.record:
+            from rsttrace.outfile import OutputError
             from rsttrace.tracer.recording import RecordingWriter
             try:
                 recorder = RecordingWriter(args.record, source.header)
-            except OSError as e:
+            except OutputError as e:
                 source.stop()
-                raise CLIError(f"--record {args.record}: {e.strerror}; choose a writable path") from None
+                raise CLIError(f"--record: {e}; choose another path") from None
             label = f"live, recording {args.record}"
     apply_fn, why_not = remedy_applier() if not args.replay else (None, "replaying a recording")
     classifier = Classifier(netns_names=source.header.get("netns_names") or {})

@@ -9,11 +9,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rsttrace.analysis.report import CSV_COLUMNS, report_recording, write_csv, write_report
+from rsttrace.analysis import report
+from rsttrace.analysis.report import CSV_COLUMNS, report_recording
+from rsttrace.outfile import OutFile
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 FIRST = ("time,direction,netns,pod,pid,comm,src,sport,dst,dport,state,kernel_reason,idle_s,keepalive_s,"
          "cause,confidence,evidence,fix").split(",")
+
+
+def write_csv(df, path):
+    with OutFile(path) as out:
+        report.write_csv(df, out)
+
+
+def write_report(rec, path):
+    with OutFile(path) as out:
+        return report.write_report(rec, out)
 
 
 def read(path):

@@ -145,6 +145,31 @@ async def test_export_writes_the_report_columns(incidents, tmp_path):
 
 
 @sync
+async def test_export_never_writes_through_a_planted_link(incidents, tmp_path):
+    """The export's name is predictable (its time), and so was its
+    temporary name (`.{name}.{pid}.tmp`): a link planted there made the
+    export write wherever it pointed. The file is 0600."""
+    import os
+    import stat
+    from datetime import datetime
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    export = tmp_path / "export"
+    export.mkdir()
+    name = f"rsttrace-resets-{datetime.fromtimestamp(T0 + 100, timezone.utc):%Y%m%d-%H%M%S}.csv"
+    (export / f".{name}.{os.getpid()}.tmp").symlink_to(victim)
+    app = make_app(incidents, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("e")
+        await pilot.pause(0.05)
+    assert app.last_export == export / name
+    assert victim.read_text() == "precious\n"
+    st = os.lstat(export / name)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+
+
+@sync
 async def test_fix_plan_and_help_screens(incidents, tmp_path):
     app = make_app(incidents, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
