@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         app.run()
     finally:
         app.shutdown()
+    if args.replay:
+        import sys
+        for w in source.warnings:   # cut last line, records that did not validate
+            print(f"rsttrace: warning: {w}", file=sys.stderr)
     if recorder is not None:
         print(f"rsttrace: recording written to {args.record}")
     return 0

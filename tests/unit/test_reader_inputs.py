@@ -210,3 +210,29 @@ def test_a_bad_header_is_one_line(tmp_path, capsys):
     assert main(["report", str(p)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ":1: header: " in err and "netns_names" in err
+
+
+def test_live_replay_shows_invalid_records_and_prints_them_at_the_end(tmp_path):
+    import asyncio
+    from datetime import timezone
+
+    from rsttrace.analysis.classify import Classifier
+    from rsttrace.tui.app import RstApp
+    from rsttrace.tui.panels import StatusHeader
+
+    p = tmp_path / "r.jsonl"
+    lines = (FIX / "keepalive_lab.jsonl").read_text().splitlines()
+    p.write_text("\n".join(lines[:3] + ['{"kind":"reset","t":"x"}', '{"kind":"reset","t":1,"pid":-1}']
+                           + lines[3:]) + "\n")
+    app = RstApp(ReplaySource(p), Classifier(), tz=timezone.utc, export_dir=tmp_path, source_label="replay")
+
+    async def run() -> str:
+        async with app.run_test(size=(120, 24)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if app.state.source_done:
+                    break
+            await pilot.pause(0.2)
+            return str(app.query_one(StatusHeader).render())
+    header = asyncio.run(run())
+    assert app.state.invalid == 2 and "invalid 2" in header
