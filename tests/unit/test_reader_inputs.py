@@ -236,3 +236,10 @@ def test_live_replay_shows_invalid_records_and_prints_them_at_the_end(tmp_path):
             return str(app.query_one(StatusHeader).render())
     header = asyncio.run(run())
     assert app.state.invalid == 2 and "invalid 2" in header
+
+
+def test_live_replay_of_standard_input_is_refused(capsys):
+    # the screen reads its keys there
+    assert main(["live", "--replay", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reads its keys from standard input" in err
