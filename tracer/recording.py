@@ -159,7 +159,7 @@ class _Reader:
         self.totals: dict[str, Any] | None = None
         self.truncated = False
         self.invalid = 0                    # lines skipped because they did not validate
-        self.first_invalid: str | None = None  # "line 17: t is a string, not a time ..."
+        self.first_invalid: str | None = None  # "line 17: t: expected `float`, got `str`"
         self.totals_invalid = False         # a totals line was there, but did not validate
         self._notes: list[str] = []
 
