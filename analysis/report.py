@@ -297,9 +297,12 @@ def _flow(src: Any, sport: Any, dst: Any) -> str:
 
 def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding],
               fixes: list[Fix] | None = None, warnings: list[str] | None = None,
-              top: int = 5, bins: int = 12, ram_bytes: int | None = None) -> Summary:
+              top: int = 5, bins: int = 12, ram_bytes: int | None = None,
+              invalid: tuple[int, str | None] = (0, None)) -> Summary:
     """Resets per cause, top flows, resets over time, config findings,
-    conntrack trouble (including what caused no reset) and the fixes."""
+    conntrack trouble (including what caused no reset) and the fixes.
+    `invalid`: records of the recording that did not validate (skipped),
+    and the first of them."""
     rows: list[tuple[str, str, Any, str]] = []     # section, name, value, detail
     lines: list[str] = []
     n = tally.n
@@ -315,6 +318,10 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
     else:
         lines.append("no resets")
     rows.append(("total", "resets", n, f"{incidents} incidents"))
+    if invalid[0]:
+        lines.append(f"{invalid[0]} record{'s' if invalid[0] != 1 else ''} did not validate "
+                     f"(first: {printable(invalid[1])}): not counted above")
+        rows.append(("total", "invalid_records", invalid[0], printable(invalid[1])))
 
     if n:
         lines.append("")
@@ -501,7 +508,7 @@ def _finish(tally: Tally, clf: Classifier, reader: Any, fix_lists: dict[int, lis
     if reader.totals and reader.totals.get("lost"):
         warnings.append(f"{reader.totals['lost']} events were lost in the kernel while recording")
     return summarize(tally, clf.context, findings, _unique_fixes(fix_lists.values()), warnings,
-                     ram_bytes=clf.ram_bytes)
+                     ram_bytes=clf.ram_bytes, invalid=(reader.invalid, reader.first_invalid))
 
 
 def report_recording(path: str | os.PathLike[str], window_s: float = 10.0,

@@ -124,18 +124,26 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
     g = g or Gathered()
     names = {int(k): v for k, v in (header.get("netns_names") or {}).items() if str(k).isdigit()}
     clf = Classifier(netns_names=names, ram_bytes=ram_bytes)
-    verdicts = []
     last_ctx = None
+    # Verdicts are taken as they are decided (memory stays bounded for a
+    # recording of any size); incidents with the same cause in the same
+    # place share one list of fixes, added once.
+    added: dict[int, list[Any]] = {}
+
+    def take(verdicts: list[Any]) -> None:
+        for v in verdicts:
+            g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
+            if id(v.fixes) not in added:
+                added[id(v.fixes)] = v.fixes     # kept: its id is not reused meanwhile
+                add_fixes(g, v.fixes, node, find)
+
     for rec in records:
         if rec.get("kind") == "ctx":
             last_ctx = rec
         elif rec.get("kind") == "reset":
             g.resets += 1
-        verdicts += clf.feed(rec)
-    verdicts += clf.flush()
-    for v in verdicts:
-        g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
-        add_fixes(g, v.fixes, node, find)
+        take(clf.feed(rec))
+    take(clf.flush())
     if last_ctx is not None:
         add_fixes(g, fixes_from_ctx(last_ctx, ram_bytes), node, find)
     return g

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from rsttrace.tracer import schema
 
 from rsttrace.outfile import InPlace, OutputError, open_in_place, write_error
 
@@ -155,85 +158,219 @@ class Recording:
     warnings: list[str] = field(default_factory=list)
 
 
+# A line longer than this is not a record rsttrace writes (a context
+# snapshot of a thousand namespaces is a few hundred kB): reading stops
+# holding it there, so no input can take more memory than this and a block.
+LINE_MAX = 1 << 20
+BLOCK_BYTES = 4 << 20   # read at a time: ~10,000 records
+
+
+def _kind_of_file(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class _Reader:
-    """Streams a recording and remembers what it learned on the way."""
+    """Streams a recording and remembers what it learned on the way.
+
+    Reads a regular file, or standard input for `-`, in blocks of bytes
+    with lines of at most LINE_MAX: memory stays bounded whatever the input
+    (a FIFO or a device given by name is refused before it is opened, so it
+    cannot hang the reader or start anything). Every line after the header
+    is decoded and checked against the record layout (tracer/schema.py:
+    types, ranges, and what JSON refuses: NaN, Infinity, invalid UTF-8,
+    lone surrogates). A line that fails is skipped, counted in
+    `invalid` and named (the first one) in `warnings`: never a traceback,
+    never dropped without a word. A missing or invalid header, or an
+    unknown schema, raise RecordingError naming the line."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self.stdin = str(path) == "-"
+        self.label = "standard input" if self.stdin else str(path)
         self.header: dict[str, Any] | None = None
         self.totals: dict[str, Any] | None = None
         self.truncated = False
-        self.warnings: list[str] = []
+        self.invalid = 0                    # lines skipped because they did not validate
+        self.first_invalid: str | None = None  # "line 17: t: expected `float`, got `str`"
+        self.totals_invalid = False         # a totals line was there, but did not validate
+        self._notes: list[str] = []
+
+    @property
+    def warnings(self) -> list[str]:
+        out = list(self._notes)
+        if self.invalid:
+            n = self.invalid
+            out.append(f"{self.label}: {n} record{'s' if n != 1 else ''} did not validate "
+                       f"and {'were' if n != 1 else 'was'} skipped (first: {self.first_invalid})")
+        return out
+
+    def _open(self) -> BinaryIO:
+        if self.stdin:
+            if os.isatty(0):
+                raise RecordingError("- reads a recording from standard input, which is a terminal: "
+                                     "redirect one into it (rsttrace report - < incident.jsonl)")
+            try:
+                return open(os.dup(0), "rb", buffering=0)
+            except OSError as e:
+                raise RecordingError(f"standard input: cannot read: {e.strerror}") from None
+        try:
+            # O_PATH opens nothing: a FIFO would block an open for reading
+            # and opening a device can act (a watchdog starts ticking), so
+            # the file's type is checked on this handle first.
+            where = os.open(self.path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise RecordingError(f"{self.label}: no such file") from None
+        except OSError as e:
+            raise RecordingError(f"{self.label}: cannot read: {e.strerror}") from None
+        try:
+            mode = os.fstat(where).st_mode
+            if not stat.S_ISREG(mode):
+                raise RecordingError(f"{self.label}: {_kind_of_file(mode)}, not a recording; give a "
+                                     "file made by `rsttrace record` (or - to read standard input)")
+            # the same inode again, now for reading (the name may point elsewhere by now)
+            return open(os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_CLOEXEC), "rb", buffering=0)
+        except OSError as e:
+            raise RecordingError(f"{self.label}: cannot read: {e.strerror}") from None
+        finally:
+            os.close(where)
+
+    def _lines(self) -> Iterator[tuple[int, list[bytes | None], bool]]:
+        """(number of the first line, the lines read, whether the last of
+        them ended with a newline: only the file's last line may not).
+        Lines come without their newline; one longer than LINE_MAX comes as
+        None (`_take` counts it), and no more of it is held than that."""
+        lineno = 0
+        rest = b""
+        skipping = False        # inside a line already found too long
+        with self._open() as fh:
+            while True:
+                try:
+                    data = fh.read(BLOCK_BYTES)
+                except OSError as e:
+                    raise RecordingError(f"{self.label}: cannot read: {e.strerror}") from None
+                if not data:
+                    break
+                if skipping:
+                    i = data.find(b"\n")
+                    if i < 0:
+                        continue
+                    data = data[i + 1:]
+                    skipping = False
+                if rest:
+                    data = rest + data
+                lines: list[bytes | None] = data.split(b"\n")   # type: ignore[assignment]
+                rest = lines.pop()                              # type: ignore[assignment]
+                if len(rest) > LINE_MAX:
+                    lines.append(None)
+                    rest, skipping = b"", True
+                if lines:
+                    if max(map(len, filter(None, lines)), default=0) > LINE_MAX:
+                        lines = [None if raw is not None and len(raw) > LINE_MAX else raw
+                                 for raw in lines]
+                    yield lineno + 1, lines, True
+                    lineno += len(lines)
+        if rest:
+            yield lineno + 1, [rest], False
+
+    def _invalid(self, lineno: int, why: str) -> None:
+        if self.header is None:
+            raise RecordingError(f"{self.label}:{lineno}: missing header line ({why}); "
+                                 "not an rsttrace recording")
+        self.invalid += 1
+        if self.first_invalid is None:
+            self.first_invalid = f"line {lineno}: {why}"
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        try:
-            # text mode: json.loads on str skips per-line encoding detection;
-            # surrogateescape keeps a cut multi-byte character from raising
-            # here (the cut line is then reported like any other)
-            fh = open(self.path, encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            raise RecordingError(f"{self.path}: no such file") from None
-        except OSError as e:
-            raise RecordingError(f"{self.path}: cannot read: {e.strerror}") from None
-        with fh:
-            pending: tuple[int, str] | None = None
-            lineno = 0
-            for raw in fh:
-                lineno += 1
-                # A line is judged only once the next one exists, so that a
-                # cut last line can be told from a malformed one in the middle.
-                if pending is not None:
-                    rec = self._parse(*pending, last=False)
-                    if rec is not None:
-                        yield rec
-                pending = (lineno, raw)
-            if pending is not None:
-                rec = self._parse(*pending, last=True)
+        take = self._take
+        for first, lines, ended in self._lines():
+            last = len(lines) - 1
+            for i, raw in enumerate(lines):
+                rec = take(first + i, raw, ended or i < last)
                 if rec is not None:
                     yield rec
-            if self.header is None:
-                raise RecordingError(f"{self.path}: empty file, not an rsttrace recording "
-                                     "(record one with `rsttrace record -o FILE.jsonl`)")
+        self._end()
 
-    def _parse(self, lineno: int, raw: str, last: bool) -> dict[str, Any] | None:
-        text = raw.strip()
-        if not text:
+    def _end(self) -> None:
+        if self.header is None:
+            raise RecordingError(f"{self.label}: empty file, not an rsttrace recording "
+                                 "(record one with `rsttrace record -o FILE.jsonl`)")
+
+    def _take(self, lineno: int, raw: bytes | None, ended: bool = True) -> dict[str, Any] | None:
+        """The record on this line, or None (blank, header, totals, or
+        counted as invalid)."""
+        if raw is None:
+            self._invalid(lineno, f"longer than {LINE_MAX >> 20} MiB")
+            return None
+        if self.header is None:
+            if raw.strip():
+                self._take_header(lineno, raw)
             return None
         try:
-            rec = json.loads(text)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if last and not raw.endswith("\n"):
-                self.truncated = True
-                self.warnings.append(
-                    f"{self.path}:{lineno}: last line is cut off (recording was killed); "
-                    "it was skipped, everything before it was read")
+            return schema.decode_record(raw)
+        except schema.ERRORS as e:
+            failure = e
+        # not a record: a blank line, the totals, a cut last line or an invalid one
+        if not raw.strip():
+            return None
+        try:
+            whole = schema.decode_any(raw)
+        except schema.ERRORS:
+            whole = None
+        kind = whole.get("kind") if type(whole) is dict else None
+        if kind == "totals":
+            bad = schema.totals_problem(raw)
+            if bad is None:
+                self.totals = whole
                 return None
-            raise RecordingError(f"{self.path}:{lineno}: malformed line ({e}); "
-                                 "the file is damaged, not just cut off") from None
-        if self.header is None:
-            if rec.get("kind") != "header":
-                raise RecordingError(f"{self.path}:{lineno}: missing header line; "
-                                     "not an rsttrace recording")
-            schema = rec.get("schema")
-            if schema != SCHEMA_VERSION:
-                raise RecordingError(
-                    f"{self.path}:{lineno}: unknown schema version {schema!r} "
-                    f"(this rsttrace reads version {SCHEMA_VERSION}); "
-                    "use the rsttrace version that recorded it")
-            self.header = rec
+            self.totals_invalid = True
+        elif kind == "header":
+            bad = "a second header line"
+        elif not ended and schema.not_json(failure):
+            self.truncated = True
+            self._notes.append(
+                f"{self.label}:{lineno}: last line is cut off (recording was killed); "
+                "it was skipped, everything before it was read")
             return None
-        if rec.get("kind") == "totals":
-            self.totals = rec
-            return None
-        return rec
+        else:
+            bad = schema.why(failure)
+        self._invalid(lineno, bad)
+        return None
+
+    def _take_header(self, lineno: int, raw: bytes) -> None:
+        try:
+            rec = schema.decode_any(raw)
+        except schema.ERRORS:
+            rec = None
+        if type(rec) is not dict or rec.get("kind") != "header":
+            raise RecordingError(f"{self.label}:{lineno}: missing header line; "
+                                 "not an rsttrace recording")
+        version = rec.get("schema")
+        if version != SCHEMA_VERSION or type(version) is not int:
+            raise RecordingError(
+                f"{self.label}:{lineno}: unknown schema version {_short(version)} "
+                f"(this rsttrace reads version {SCHEMA_VERSION}); "
+                "use the rsttrace version that recorded it")
+        bad = schema.header_problem(raw)
+        if bad is not None:
+            raise RecordingError(f"{self.label}:{lineno}: header: {bad}; not a valid rsttrace recording")
+        self.header = rec
 
 
 def iter_recording(path: str | os.PathLike[str]) -> tuple[_Reader, Iterator[dict[str, Any]]]:
     """Returns (reader, iterator). The reader's `header`, `totals`,
-    `truncated` and `warnings` are filled as the iterator is consumed
-    (`header` after the first record is taken)."""
+    `truncated`, `invalid` and `warnings` are filled as the iterator is
+    consumed (`header` after the first record is taken). `path` "-" reads
+    standard input."""
     reader = _Reader(path)
     return reader, iter(reader)
 
@@ -242,6 +379,7 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     reader = _Reader(path)
     records = list(reader)
     assert reader.header is not None
-    if reader.totals is None and not reader.truncated:
-        reader.warnings.append(f"{reader.path}: no totals line (recording did not end cleanly)")
-    return Recording(reader.header, records, reader.totals, reader.truncated, reader.warnings)
+    warnings = reader.warnings
+    if reader.totals is None and not reader.truncated and not reader.totals_invalid:
+        warnings.append(f"{reader.label}: no totals line (recording did not end cleanly)")
+    return Recording(reader.header, records, reader.totals, reader.truncated, warnings)

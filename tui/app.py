@@ -23,6 +23,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer
 
+from rsttrace.analysis.safe import printable
 from rsttrace.tui.feed import Classifier, Feeder, Recorder, Source
 from rsttrace.tui.panels import (CausePanel, ConntrackPanel, DetailPane, StatusHeader,
                                  TimeoutsPanel)
@@ -246,9 +247,15 @@ class RstApp(App[int]):
         assert self.apply_fixes is not None
         try:
             msg = self.apply_fixes(fixes)
-            self.call_from_thread(self.notify, msg, timeout=10)
+            self.call_from_thread(self.tell, msg, timeout=10)
         except Exception as e:
-            self.call_from_thread(self.notify, f"apply failed: {e}", severity="error", timeout=10)
+            self.call_from_thread(self.tell, f"apply failed: {e}", severity="error", timeout=10)
+
+    def tell(self, text: str, **kw: Any) -> None:
+        """A notification that quotes the host (namespace names, paths):
+        plain text through the one sanitiser, never markup (`[/]` in a
+        name would stop the screen, `[link=...]` would make a link)."""
+        self.notify(printable(text), markup=False, **kw)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -104,6 +104,7 @@ class Feeder:
         b, self._batch = self._batch, Batch.empty(self.capacity)
         st = self.source.stats()
         b.events, b.lost = int(st.get("events", 0)), int(st.get("lost", 0))
+        b.invalid = int(st.get("invalid", 0))
         b.now = self.now()
         b.source_done = self.done
         return b

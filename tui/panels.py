@@ -75,6 +75,9 @@ class StatusHeader(Widget):
         line.append(_n(s.events))
         line.append("  lost ", style="dim")
         line.append(_n(s.lost), style="bold red" if s.lost else "green")
+        if s.invalid:   # a replayed recording's lines that did not validate (skipped)
+            line.append("  invalid ", style="dim")
+            line.append(_n(s.invalid), style="bold red")
         line.append("  resets ", style="dim")
         line.append(_n(s.total), style="bold")
         if s.paused:

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 from rich.text import Text
 
+from rsttrace.analysis.safe import printable
+
 # Colours for the causes the classifier names; a cause not listed gets a
 # stable colour from its name so new causes still stand apart.
 CAUSE_COLOURS: dict[str, str] = {
@@ -40,11 +42,8 @@ def cause_style(cause: str) -> str:
 
 def clean(value: Any) -> str:
     """Host text with control characters made visible (an escape sequence in
-    a process name must not drive the terminal)."""
-    s = "" if value is None else str(value)
-    if s.isprintable():
-        return s
-    return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in s)
+    a process name must not drive the terminal): the one sanitiser."""
+    return "" if value is None else printable(value)
 
 
 def plain(value: Any, style: str = "") -> Text:

@@ -169,6 +169,7 @@ class Batch:
     now: float = 0.0
     events: int = 0  # source totals at batch time
     lost: int = 0
+    invalid: int = 0  # replay: recorded lines skipped because they did not validate
     source_done: bool = False
     error: str | None = None
 
@@ -228,6 +229,7 @@ class LiveState:
         self.now = 0.0
         self.events = 0
         self.lost = 0
+        self.invalid = 0
         self.source_done = False
         self.error: str | None = None
         self.version = 0  # bumped when the table's view changes
@@ -242,7 +244,7 @@ class LiveState:
         self.now = max(self.now, b.now)
         self.resets.trim(self.now)
         self.events_rate.trim(self.now)
-        self.events, self.lost = b.events, b.lost
+        self.events, self.lost, self.invalid = b.events, b.lost, b.invalid
         self.source_done = b.source_done
         if b.error:
             self.error = b.error

@@ -134,6 +134,8 @@ def run(args) -> int:
                 if not flushed:
                     exporter.state.flush()   # the recording ended: decide what is still open
                     flushed = True
+                    for w in getattr(source, "warnings", ()):   # a replay: cut last line, invalid records
+                        print(f"rsttrace: warning: {w}", file=sys.stderr, flush=True)
                 stop.wait(0.2)               # keep serving the final values
                 continue
             exporter.step(0.2)

@@ -123,12 +123,19 @@ def run(args: argparse.Namespace) -> int:
     ram = access.mem_total()
 
     if args.from_file:
-        from rsttrace.tracer.recording import RecordingError, read_recording
+        # streamed: a recording of any size plans in bounded memory
+        import itertools
+
+        from rsttrace.tracer.recording import RecordingError, iter_recording
+        reader, records = iter_recording(args.from_file)
         try:
-            rec = read_recording(args.from_file)
-        except (OSError, RecordingError) as e:
+            first = next(records, None)       # reads the header
+            g = sources.from_records(itertools.chain([first] if first else [], records),
+                                     reader.header or {}, node, ram)
+        except RecordingError as e:
             raise CLIError(f"cannot read {args.from_file}: {e}") from None
-        g = sources.from_records(rec.records, rec.header, node, ram)
+        for w in reader.warnings:
+            print(f"rsttrace: warning: {w}", file=sys.stderr)
         source = f"{g.resets} resets in {args.from_file}"
     elif args.observe > 0 and not sets:
         print(f"Watching for {args.observe:g} s ...", file=sys.stderr)

@@ -44,6 +44,9 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--keep {args.keep}: keep at least 1 reset in memory")
     if args.speed < 0:
         raise CLIError(f"--speed {args.speed}: use 0 (as fast as possible) or a positive factor")
+    if args.replay == "-":
+        raise CLIError("--replay -: the live screen reads its keys from standard input; "
+                       "give the recording as a file (rsttrace report - reads standard input)")
     if args.replay and (args.record or args.port or args.netns):
         raise CLIError("--replay shows a recording as it was: drop --record/--port/--netns "
                        "(filter on screen with /)")
@@ -108,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         app.run()
     finally:
         app.shutdown()
+    if args.replay:
+        import sys
+        for w in source.warnings:   # cut last line, records that did not validate
+            print(f"rsttrace: warning: {w}", file=sys.stderr)
     if recorder is not None:
         print(f"rsttrace: recording written to {args.record}")
     return 0
