@@ -168,6 +168,9 @@ def why(e: BaseException) -> str:
         text, where = (m.group(1), m.group(2).replace("`", "").replace("$.", "").replace("$", "")) \
             if m else (msg, "")
         text = text[:1].lower() + text[1:]
+        if where == "t" and text.startswith("expected `float`"):
+            # a number that is no time a recording can hold (before 1970, past 2242)
+            text = "time out of range (" + text + ")"
         msg = f"{where}: {text}" if where else text
     else:
         msg = msg.removeprefix("JSON is ")
