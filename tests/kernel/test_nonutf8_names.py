@@ -1,6 +1,6 @@
 """Names that are not UTF-8, for real: a namespace made with
 `ip netns add $'rtu-…\\xff'` and a bind mount whose path has that byte (both
-show in /proc/self/mountinfo). `record`, `live` and `export` start,
+show in /proc/self/mountinfo). `record`, `live`, `export` and `fix` start,
 and what they write is valid UTF-8 JSON with the byte as `\\xNN`
 (tracer/fsnames.py)."""
 
@@ -18,6 +18,8 @@ import urllib.request
 import uuid
 
 import pytest
+
+from rsttrace.remedy import keys as K
 
 pytestmark = pytest.mark.kernel
 
@@ -162,3 +164,30 @@ def test_live_starts_and_records_with_a_namespace_named_with_a_byte_that_is_not_
         os.close(master)
     assert b"Traceback" not in seen
     assert shown in names_in(utf8_records(rec))
+
+
+def test_fix_plans_applies_persists_and_rolls_back_such_a_namespace(odd_ns, fix_env, tmp_path):
+    raw, shown = odd_ns
+    r = run(["fix", "--yes", "--netns", raw, "--set", f"{K.KEEPALIVE_TIME}=120"], fix_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"set {K.KEEPALIVE_TIME}=120 in {shown} (was 7200; read back)" in r.stdout
+    conf = os.path.join(os.fsencode(fix_env["RSTTRACE_ETC_DIR"]), b"netns.d",
+                        os.fsencode(raw) + b".conf")
+    assert os.path.exists(conf)   # named with the namespace's own bytes
+    subprocess.run(["ip", "netns", "exec", raw, "sysctl", "-qw", f"{K.KEEPALIVE_TIME}=7200"],
+                   check=True)
+    r = run(["fix", "--reapply"], fix_env)
+    assert r.returncode == 0 and f"in {shown}" in r.stdout, r.stdout + r.stderr
+    r = run(["fix", "--rollback"], fix_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not os.path.exists(conf)
+
+    # from a recording, whose names are text: found again by inode and cookie
+    out = tmp_path / "f.jsonl"
+    subprocess.run(["ip", "netns", "exec", raw, "sysctl", "-qw",
+                    "net.netfilter.nf_conntrack_tcp_timeout_established=300"], check=True)
+    assert run(["record", "-o", str(out), "--duration", "1", "-q", "--netns", raw]).returncode == 0
+    r = run(["fix", "--dry-run", "--from", str(out)], fix_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{shown} " in r.stdout and "150" in r.stdout, r.stdout
+    assert "identified by inode and name only" not in r.stdout

@@ -5,7 +5,7 @@ from rsttrace.remedy.handover import add_handovers, kube_proxy_flags, pod_sysctl
 from rsttrace.remedy.model import Proposal
 from rsttrace.remedy.planner import MEM_PER_ENTRY, PlanOptions, make_plan
 
-from test_remedy_fakes import FakeAccess, file_target
+from test_remedy_fakes import FakeAccess, file_target, files_as_namespaces  # noqa: F401 (autouse)
 
 
 @pytest.fixture
