@@ -22,7 +22,11 @@ def plan_text(plan: Plan, source: str = "") -> str:
         out.append(f"  {'WHERE':<15} {'SCOPE':<6} {'KEY':<36} {'NOW':>8} {'NEW':>8}")
         for c in plan.changes:
             now = "-" if c.old is None else str(c.old)
-            where = f"{c.target.label[:15]:<15} {c.scope:<6}"
+            label = c.target.label
+            if len(label) > 15:  # whole on its own line: a cut name names nothing
+                out.append(f"  {label}")
+                label = ""
+            where = f"{label:<15} {c.scope:<6}"
             if len(c.key) <= 36:
                 out.append(f"  {where} {c.key:<36} {now:>8} {c.new:>8}")
             else:  # full key on its own line: it is what users copy

@@ -151,3 +151,14 @@ def test_plan_text_fits_80_columns(acc, tmp_path):
     text = plan_text(plan, "test")
     assert max(len(line) for line in text.splitlines()) <= 80
     assert K.CT_ESTABLISHED in text and "Refused, nothing was changed" in text
+
+
+def test_plan_names_a_long_namespace_in_full(acc, tmp_path):
+    """The WHERE column is 15 wide; a longer name is what a printed command
+    and the user's `ip netns` use, so it is shown whole, never cut."""
+    from rsttrace.remedy.render import plan_text
+    name = "payments-db-clients-7f9c"
+    cli = acc.add(file_target(tmp_path, name))
+    text = plan_text(make_plan([P(cli, K.KEEPALIVE_TIME, 120, "x")], acc, acc.node))
+    assert f"\n  {name}\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
