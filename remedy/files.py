@@ -107,4 +107,5 @@ class FileState:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=1) + "\n", mode=0o600, owner=(os.getuid(), os.getgid()))
+    atomic_write(path, json.dumps(data, indent=1) + "\n", mode=0o600,
+                 owner=(os.getuid(), os.getgid()))

@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace, paths) -> int:
     from rsttrace.remedy.planner import PlanOptions, make_plan
     from rsttrace.remedy.render import plan_text
     from rsttrace.remedy import sources
+    from rsttrace.analysis.safe import printable
     from rsttrace.tracer.fsnames import text
 
     access = SystemAccess()
@@ -120,19 +121,19 @@ def _run(args: argparse.Namespace, paths) -> int:
         try:
             out = rollback_last(access, paths)
         except ApplyError as e:
-            print(f"rsttrace: {e}", file=sys.stderr)
+            print(f"rsttrace: {printable(e)}", file=sys.stderr)
             return 1
         for c in out.changes:
-            print(f"restored {c.key}={c.old} in {c.target.label} (was {c.new})")
+            print(f"restored {c.key}={c.old} in {printable(c.target.label)} (was {c.new})")
         for f in out.files:
-            print(f"restored {text(f)}")
+            print(f"restored {printable(text(f))}")
         return 0
     if args.reapply:
         done, problems = reapply(access, paths)
         for d in done:
-            print(f"set {d}")
+            print(f"set {printable(d)}")
         for p in problems:
-            print(f"rsttrace: {p}", file=sys.stderr)
+            print(f"rsttrace: {printable(p)}", file=sys.stderr)
         return 1 if problems else 0
     if args.observe < 0:
         raise CLIError("--observe must be 0 or more seconds")
@@ -194,8 +195,8 @@ def _run(args: argparse.Namespace, paths) -> int:
     if not plan.changes:
         if target is not None and not g.resets and not sets:
             # nothing seen is not the same as nothing to fix
-            print(f"\nNo reset seen in {target.label} and its configuration alone asks for no "
-                  "change. If resets happened earlier, plan from their recording "
+            print(f"\nNo reset seen in {printable(target.label)} and its configuration alone "
+                  "asks for no change. If resets happened earlier, plan from their recording "
                   "(--from FILE.jsonl) or watch while they happen (--observe S).")
         else:
             print("\nNothing to do: every value is already what the fixes ask for.")
@@ -209,14 +210,14 @@ def _run(args: argparse.Namespace, paths) -> int:
     try:
         out = apply_plan(plan, access, paths, persist_files=args.persist)
     except ApplyError as e:
-        print(f"rsttrace: not applied: {e}", file=sys.stderr)
+        print(f"rsttrace: not applied: {printable(e)}", file=sys.stderr)
         return 1
     print()
     for c in out.changes:
-        print(f"set {c.key}={c.new} in {c.target.label} (was {c.old}; read back)")
+        print(f"set {c.key}={c.new} in {printable(c.target.label)} (was {c.old}; read back)")
     for f in out.files:
-        print(f"wrote {text(f)}")
+        print(f"wrote {printable(text(f))}")
     for n in out.notes:
-        print(f"note: {n}")
+        print(f"note: {printable(n)}")
     print(f"Undo with: sudo rsttrace fix --rollback   (journal: {paths.journal})")
     return 0

@@ -24,7 +24,8 @@ from rsttrace.remedy import keys as K
 pytestmark = pytest.mark.kernel
 
 RSTTRACE = [sys.executable, "-m", "rsttrace"]
-LISTEN = "import socket, sys; s = socket.create_server(('127.0.0.1', 0)); print('ready', flush=True); sys.stdin.read()"
+LISTEN = ("import socket, sys; s = socket.create_server(('127.0.0.1', 0)); "
+          "print('ready', flush=True); sys.stdin.read()")
 
 
 @pytest.fixture
@@ -125,7 +126,8 @@ def test_export_serves_a_namespace_named_with_a_byte_that_is_not_utf8(odd_ns):
         p.wait(timeout=30)
 
 
-def test_live_starts_and_records_with_a_namespace_named_with_a_byte_that_is_not_utf8(odd_ns, tmp_path):
+def test_live_starts_and_records_with_a_namespace_named_with_a_byte_that_is_not_utf8(odd_ns,
+                                                                                     tmp_path):
     """The live screen on a terminal (a pty), recording as it goes; q quits."""
     _, shown = odd_ns
     rec = tmp_path / "live.jsonl"
@@ -191,3 +193,23 @@ def test_fix_plans_applies_persists_and_rolls_back_such_a_namespace(odd_ns, fix_
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{shown} " in r.stdout and "150" in r.stdout, r.stdout
     assert "identified by inode and name only" not in r.stdout
+
+
+def test_fix_prints_a_namespace_name_with_control_characters_escaped(fix_env):
+    """A name is anyone's choice of bytes: one that clears the screen is
+    printed as \\x1b... in what `fix` says it did (the plan table is
+    rendered by remedy/render.py)."""
+    raw = f"rte-{uuid.uuid4().hex[:6]}\x1b[2J"
+    subprocess.run(["ip", "netns", "add", raw], check=True)
+    try:
+        r = run(["fix", "--yes", "--netns", raw, "--set", f"{K.KEEPALIVE_TIME}=120"], fix_env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        back = run(["fix", "--rollback"], fix_env)
+        assert back.returncode == 0, back.stdout + back.stderr
+        said = [line for out in (r.stdout, back.stdout) for line in out.splitlines()
+                if line.startswith(("set ", "restored "))]
+        assert all("\x1b" not in line for line in said), said
+        # set, the value restored, its persisted file restored
+        assert sum(raw[:-4] + "\\x1b[2J" in line for line in said) == 3, said
+    finally:
+        subprocess.run(["ip", "netns", "del", raw], check=False)
