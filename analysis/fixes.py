@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Kernel memory per conntrack entry (struct nf_conn plus extensions, slab
 # rounded) and per hash bucket; 1M entries come to about 330 MiB.
@@ -72,6 +72,19 @@ class Where:
         if self.is_root or self.prefix():
             return ""
         return f" (run it inside netns {self.netns}: no name or process is known for it)"
+
+
+def retarget(fix: Fix, name: str) -> Fix:
+    """The same fix for the namespace now called `name` (found again under
+    another /run/netns name or through another process than the one it was
+    seen with): its commands enter that namespace. Every namespace prefix
+    in a command comes from `Where.prefix`, so it is replaced as a whole."""
+    old = Where(fix.netns, fix.netns_name).prefix()
+    new = Where(fix.netns, name).prefix()
+    if not old or old == new:
+        return replace(fix, netns_name=name)
+    return replace(fix, netns_name=name, command=fix.command.replace(old, new),
+                   snippet=fix.snippet.replace(old, new) if fix.snippet else fix.snippet)
 
 
 def ordering_ok(keepalive: float | None, ipvs_tcp: float | None, ct_established: float | None) -> bool:

@@ -5,7 +5,8 @@ it, and an IPVS netlink socket talks to its creator's namespace; so values
 of another namespace are read and written by running this module there
 (`nsenter --net=PATH python -m rsttrace.remedy.nsexec REQUEST`), while the
 namespace rsttrace runs in calls the same functions directly.
-Request and reply are one JSON object each.
+Request and reply are one JSON object each. A request carrying the
+planned namespace's `cookie` is refused (`moved`) in any other namespace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from typing import Any
 
 from rsttrace.remedy.keys import CT_BUCKETS, IPVS_KEYS, sysctl_path
+from rsttrace.tracer.netnsid import cookie_here
 
 HASHSIZE = "/sys/module/nf_conntrack/parameters/hashsize"
 
@@ -89,6 +91,17 @@ def write_value(key: str, value: int) -> dict[str, Any]:
 
 
 def handle(req: dict[str, Any]) -> dict[str, Any]:
+    want = req.get("cookie")
+    if want is not None:
+        # Checked from inside: nsenter entered whatever the path leads to
+        # now, and a namespace deleted since planning leaves its inode (and
+        # a bind mount at its name) to the next one made.
+        have = cookie_here()
+        if have != want:
+            return {"moved": True,
+                    "error": f"this is no longer the namespace planned (cookie {have}, "
+                             f"planned {want}): it was deleted and another took its place; "
+                             "nothing was read or written"}
     op = req.get("op")
     if op == "read":
         return read_values(list(req["keys"]))

@@ -31,7 +31,11 @@ def plan_text(plan: Plan, source: str = "") -> str:
         for c in plan.changes:
             now = "-" if c.old is None else printable(c.old)
             new, key = printable(c.new), printable(c.key)
-            where = f"{printable(c.target.label)[:15]:<15} {c.scope:<6}"
+            label = printable(c.target.label)
+            if len(label) > 15:  # whole on its own line: a cut name names nothing
+                out.append(f"  {label}")
+                label = ""
+            where = f"{label:<15} {c.scope:<6}"
             if len(key) <= 36:
                 out.append(f"  {where} {key:<36} {now:>8} {new:>8}")
             else:  # full key on its own line: it is what users copy

@@ -126,10 +126,11 @@ class OutFile:
     writes, where a link is not the user's choice of output."""
 
     def __init__(self, path: str | os.PathLike[str], *, mode: int = MODE, sync: bool = False,
-                 over_links: bool = False):
+                 over_links: bool = False, owner: tuple[int, int] | None = None,
+                 errors: str = "strict"):
         self.path = os.fspath(path)
         self.name = "standard output" if self.path == "-" else self.path    # for messages
-        self.mode, self.sync = mode, sync
+        self.mode, self.sync, self.owner = mode, sync, owner
         self.in_place = False
         self._dfd: int | None = None
         self._tmp: str | None = None
@@ -139,7 +140,7 @@ class OutFile:
         else:
             fd = self._open(over_links)
         try:
-            self.fh = open(fd, "w", encoding="utf-8", newline="")
+            self.fh = open(fd, "w", encoding="utf-8", errors=errors, newline="")
         except BaseException:
             os.close(fd)
             self._drop_temp()
@@ -159,6 +160,8 @@ class OutFile:
         self._dfd = _open_dir(self.path)
         try:
             self._tmp, fd = _temp_at(self._dfd, os.path.basename(self.path), self.mode)
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
         except OSError as e:
             os.close(self._dfd)
             self._dfd = None

@@ -58,7 +58,7 @@ def obj(name: str, fields: dict[str, Any], tag: str | None = None) -> Any:
 NAMESPACE = {
     "netns": U32, "name": str | None, "ct": dict[str, U64] | None,
     "sysctl": dict[str, NUM] | None, "ipvs": dict[str, NUM] | None,
-    "nat": bool | None, "tcp_sockets": U64 | None,
+    "nat": bool | None, "tcp_sockets": U64 | None, "cookie": U64 | None,
 }
 
 RECORDS: dict[str, dict[str, Any]] = {
@@ -92,6 +92,7 @@ HEADER = {
                                         "why": str | None})] | None,
     "filters": obj("Filters", {"ports": list[U16], "netns": list[U32]}) | None,
     "netns_names": dict[INODE_KEY, str] | None,
+    "netns_cookies": dict[INODE_KEY, U64 | None] | None,
 }
 
 TOTALS = {
@@ -168,7 +169,7 @@ def why(e: BaseException) -> str:
         text, where = (m.group(1), m.group(2).replace("`", "").replace("$.", "").replace("$", "")) \
             if m else (msg, "")
         text = text[:1].lower() + text[1:]
-        if where == "t" and text.startswith("expected `float`"):
+        if where == "t" and re.match(r"expected `float` [<>]", text):
             # a number that is no time a recording can hold (before 1970, past 2242)
             text = "time out of range (" + text + ")"
         msg = f"{where}: {text}" if where else text

@@ -141,6 +141,7 @@ class TraceSession:
                      + (f" ({self.tp_btf_note})" if self.tp_btf_note else ""),
             "filters": {"ports": self.ports or [], "netns": self.netns or []},
             "netns_names": {str(k): v for k, v in names.items()},
+            "netns_cookies": {str(k): v for k, v in self._collector.cookies.items() if v is not None},
             "attach_s": round(self.attach_s, 3),
         }
         self._ctx_queue.put(first_ctx)

@@ -5,7 +5,7 @@ from rsttrace.remedy.handover import add_handovers, kube_proxy_flags, pod_sysctl
 from rsttrace.remedy.model import Proposal
 from rsttrace.remedy.planner import MEM_PER_ENTRY, PlanOptions, make_plan
 
-from test_remedy_fakes import FakeAccess, file_target
+from test_remedy_fakes import FakeAccess, file_target, files_as_namespaces  # noqa: F401 (autouse)
 
 
 @pytest.fixture
@@ -151,3 +151,14 @@ def test_plan_text_fits_80_columns(acc, tmp_path):
     text = plan_text(plan, "test")
     assert max(len(line) for line in text.splitlines()) <= 80
     assert K.CT_ESTABLISHED in text and "Refused, nothing was changed" in text
+
+
+def test_plan_names_a_long_namespace_in_full(acc, tmp_path):
+    """The WHERE column is 15 wide; a longer name is what a printed command
+    and the user's `ip netns` use, so it is shown whole, never cut."""
+    from rsttrace.remedy.render import plan_text
+    name = "payments-db-clients-7f9c"
+    cli = acc.add(file_target(tmp_path, name))
+    text = plan_text(make_plan([P(cli, K.KEEPALIVE_TIME, 120, "x")], acc, acc.node))
+    assert f"\n  {name}\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
