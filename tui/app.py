@@ -10,6 +10,7 @@ ring's capacity and the screen size, so keys stay responsive in a storm.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from datetime import datetime, timezone, tzinfo
@@ -107,6 +108,19 @@ class RstApp(App[int]):
         self.w_table.focus()
         self._refresh_panels()
         self._feed_worker()
+        # A service manager's SIGTERM or a dropped ssh session's SIGHUP ends
+        # the screen as `q` does (tracing detached, a recording completed)
+        # instead of killing it mid-write; the exit status says which signal.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, lambda s=sig: self.run_worker(self._quit_on(s)))
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass    # not the main thread (tests run the app elsewhere)
+
+    async def _quit_on(self, sig: int) -> None:
+        await self.stop_source()
+        self.exit(128 + sig)
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)

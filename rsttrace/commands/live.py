@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                  tz=timezone.utc if args.utc else None, export_dir=args.export_dir,
                  source_label=label, apply_fixes=apply_fn, apply_unavailable=why_not)
     try:
-        app.run()
+        code = app.run()
     finally:
         app.shutdown()
     if args.replay:
@@ -116,5 +116,8 @@ def run(args: argparse.Namespace) -> int:
         for w in source.warnings:   # cut last line, records that did not validate
             print(f"rsttrace: warning: {w}", file=sys.stderr)
     if recorder is not None:
-        print(f"rsttrace: recording written to {args.record}")
-    return 0
+        try:
+            print(f"rsttrace: recording written to {args.record}")
+        except OSError:
+            pass    # the terminal went away (SIGHUP): the recording is complete all the same
+    return code if isinstance(code, int) else 0
