@@ -23,7 +23,7 @@ import numpy as np
 
 from rsttrace import __version__
 
-from . import kernel, probe
+from . import access, kernel, probe
 from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .btf import load_module, load_vmlinux
 from .context import Collector, PeriodicSampler
@@ -47,6 +47,9 @@ def preflight() -> None:
     """Errors a user can fix, raised before anything is attached."""
     if os.geteuid() != 0:
         raise SessionError("tracing needs root (BPF and tracefs): run it with sudo")
+    missing = access.problem()
+    if missing:
+        raise SessionError(missing)
 
 
 # glibc's mallopt parameter (malloc.h), not a kernel value
