@@ -117,8 +117,9 @@ def run(args) -> int:
     try:
         start_exporter(args, exporter)
         writer = LineWriter(sys.stdout.fileno(), node=node)
-        names = exporter.state.classifier.context.names.get
-        log = VerdictLog(writer, node, names, rate=args.log_rate)
+        # names as the metrics' netns labels have them, asked of the host
+        # for a namespace no context snapshot has named yet
+        log = VerdictLog(writer, node, exporter.state.labels.name, rate=args.log_rate)
         exporter.verdict_sinks.append(log)
         if directory is not None:
             header = {**session.header, "node": node}
