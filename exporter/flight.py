@@ -45,7 +45,10 @@ def prepare_dir(path: str | os.PathLike[str]) -> Path:
     made)."""
     p = Path(path)
     try:
-        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            p.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass                  # a directory or not: said below
         st = os.lstat(p)
     except OSError as e:
         raise RecordDirError(f"--record-dir {path}: cannot create it ({e.strerror}); "
@@ -105,7 +108,6 @@ class FlightRecorder:
         self._clock = clock
         self._writer: RecordingWriter | None = None
         self._opened_at = 0.0
-        self._opened_mono = 0.0
         self._size = 0
         self._stats0: dict[str, int] = {}
         self._last_ctx: dict[str, Any] | None = None
@@ -125,10 +127,10 @@ class FlightRecorder:
         now = self._clock()
         w = self._writer
         if w is None or self._size >= self.limits.file_bytes \
-                or time.monotonic() - self._opened_mono >= self.limits.file_s:
+                or now - self._opened_at >= self.limits.file_s:
             if w is None and now < self._retry_at:
                 return
-            if not self._rotate(now):
+            if not self._rotate(now, len(arr)):
                 return
             w = self._writer
         try:
@@ -144,14 +146,16 @@ class FlightRecorder:
         except (OSError, ValueError) as e:     # ValueError: text that cannot be encoded
             self._fail(e)
 
-    def close(self) -> None:
-        """Ends the file being written with its totals line."""
+    def close(self, pending: int = 0) -> None:
+        """Ends the file being written with its totals line; `pending`
+        events already read from the kernel go to the next file."""
         w, self._writer = self._writer, None
         if w is None:
             return
-        st = self._stats()
+        st = dict(self._stats())
+        st["events"] = st.get("events", 0) - pending
         totals = {"t": round(self._clock(), 6),
-                  "duration_s": round(time.monotonic() - self._opened_mono, 3),
+                  "duration_s": round(self._clock() - self._opened_at, 3),
                   **{k: v - self._stats0.get(k, 0) for k, v in st.items()
                      if k in ("lost", "rescued")},
                   "kernel_events": st.get("events", 0) - self._stats0.get("events", 0)}
@@ -167,9 +171,11 @@ class FlightRecorder:
             p = self.dir / f"rsttrace-{stamp}.{n}.jsonl"
         return p
 
-    def _rotate(self, now: float) -> bool:
+    def _rotate(self, now: float, pending: int = 0) -> bool:
+        """Ends the file being written and starts the next one, which
+        gets the `pending` events the kernel has already handed over."""
         try:
-            self.close()
+            self.close(pending)
         except (OSError, ValueError) as e:
             self._fail(e)
             return False
@@ -190,8 +196,9 @@ class FlightRecorder:
             self._fail(e, path)
             return False
         self._writer = w
-        self._opened_at, self._opened_mono = now, time.monotonic()
+        self._opened_at = now
         self._stats0 = dict(self._stats())
+        self._stats0["events"] = self._stats0.get("events", 0) - pending
         self._size = path.stat().st_size
         self.files += 1
         return True
