@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "rsttrace_"
+# Labels of every series, before its own: the node the exporter runs on
+# (rsttrace export/agent --node; NODE_NAME, else the host name), so the
+# series of a DaemonSet's pods stay apart whatever the scrape adds.
+COMMON_LABELS = ("node",)
 OTHER_NETNS = "other"       # counters of namespaces past the cap
 UNKNOWN_NETNS = "unknown"   # an event that named no namespace
 

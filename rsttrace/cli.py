@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export")
+COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export", "agent")
 
 EPILOG = """\
 examples:
