@@ -144,11 +144,15 @@ def expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
 
 
-def derive(docs: list[dict], *, node: str, host_ip: str, create_dirs: bool = True) -> Pod:
+def derive(docs: list[dict], *, node: str, host_ip: str, create_dirs: bool = True,
+           host_paths: dict[str, str] | None = None) -> Pod:
     """The podman run options for the DaemonSet's pod on this machine, as
-    node `node` whose address is `host_ip`. Host directories of
-    DirectoryOrCreate volumes are made (the kubelet makes them too) when
-    `create_dirs`."""
+    node `node` whose address is `host_ip`. `host_paths` stands a test's
+    directory in for a node path of a hostPath volume (the recordings, the
+    pods' log tree), so that a test writes nothing of the machine's own.
+    Host directories of DirectoryOrCreate volumes are made (the kubelet
+    makes them too) when `create_dirs`."""
+    host_paths = host_paths or {}
     spec = pod_spec(docs)
     c = container(docs)
     unknown = (set(spec) - _POD_IGNORED) | (set(c) - _CONTAINER_IGNORED)
@@ -203,6 +207,7 @@ def derive(docs: list[dict], *, node: str, host_ip: str, create_dirs: bool = Tru
         ro = bool(m.get("readOnly"))
         if "hostPath" in v:
             host, kind = v["hostPath"]["path"], v["hostPath"].get("type", "")
+            host = str(host_paths.get(host, host))
             if kind == "DirectoryOrCreate" and create_dirs:
                 os.makedirs(host, mode=0o755, exist_ok=True)
             elif kind == "Directory" and not os.path.isdir(host):

@@ -33,7 +33,8 @@ def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
     /sys/fs/cgroup/unified on hybrid hosts)."""
     try:
-        lines = Path(mountinfo).read_text().splitlines()
+        # a mount point may be any bytes (a namespace named in /run/netns)
+        lines = Path(mountinfo).read_text(errors="surrogateescape").splitlines()
     except OSError:
         return None
     for line in lines:
