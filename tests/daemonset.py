@@ -110,8 +110,12 @@ class Pod:
     probes: dict[str, tuple[str, int]] = field(default_factory=dict)       # kind -> path, port
     grace_s: int = 30
 
-    def run_argv(self, name: str, *, argv: list[str] | None = None) -> list[str]:
-        return ["podman", "run", "--rm", "--name", name, *PODMAN_HOST, *self.options,
+    def run_argv(self, name: str, *, argv: list[str] | None = None,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+        """`podman run` of the pod's container; `argv` instead of its
+        command, `extra` options after the pod's (a test's stand-in for
+        what this machine cannot show, e.g. a kernel without BTF)."""
+        return ["podman", "run", "--rm", "--name", name, *PODMAN_HOST, *self.options, *extra,
                 self.image, *(self.argv if argv is None else argv)]
 
 

@@ -63,21 +63,23 @@ def missing_caps_line(caps: int, needs: list[Need]) -> str | None:
     if not missing:
         return None
     word = "capability" if len(missing) == 1 else "capabilities"
-    return (f"rsttrace needs the {word} " + "; ".join(f"{n.cap} to {n.why}" for n in missing)
+    return (f"tracing needs the {word} " + "; ".join(f"{n.cap} to {n.why}" for n in missing)
             + ": add " + ", ".join(n.cap for n in missing)
             + " to the container's securityContext.capabilities.add (or run it privileged)")
 
 
 def tracefs_line(note: str) -> str:
-    note = " ".join(note.split())   # mount(8)'s message may take two lines
+    # mount(8)'s message may take two lines, the second a hint at dmesg
+    note = " ".join(note.split()).replace(
+        " dmesg(1) may have more information after failed mount system call.", "").rstrip(".")
     return (f"{note}: mount the host's {kernel.TRACEFS} into the container (read-only), "
             f"or on the host: mount -t tracefs nodev {kernel.TRACEFS}")
 
 
 def btf_line() -> str:
     return (f"no BTF at {BTF_PATH}: rsttrace reads the kernel's struct offsets and enum values "
-            "from it; it needs a kernel built with CONFIG_DEBUG_INFO_BTF, and in a container "
-            f"the host's {BTF_PATH.parent} mounted (read-only)")
+            "from it; it needs a kernel built with CONFIG_DEBUG_INFO_BTF (in a container that "
+            f"hides it, mount the host's {BTF_PATH.parent} read-only)")
 
 
 def problem() -> str | None:

@@ -172,7 +172,7 @@ def test_only_the_recordings_and_scratch_are_writable(base):
     assert "emptyDir" in volumes["tmp"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert {"/sys/kernel/tracing", "/sys/kernel/btf", "/sys/fs/cgroup", "/run/netns",
+    assert {"/sys/kernel/tracing", "/sys/fs/cgroup", "/run/netns",
             "/var/log/pods", "/var/lib/rsttrace"} <= set(mounts)
     assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
 

@@ -49,6 +49,9 @@ def test_sys_resource_only_where_memlock_limits_maps(release, unlimited, wants):
 
 def test_tracefs_and_btf_lines_name_the_mount():
     line = access.tracefs_line("tracefs not mounted and mount failed: mount: permission denied.\n"
-                               "       dmesg(1) may have more information")
-    assert "\n" not in line and "mount the host's /sys/kernel/tracing" in line
-    assert "/sys/kernel/btf mounted" in access.btf_line()
+                               "       dmesg(1) may have more information after failed mount "
+                               "system call.")
+    assert line == ("tracefs not mounted and mount failed: mount: permission denied: mount the "
+                    "host's /sys/kernel/tracing into the container (read-only), or on the host: "
+                    "mount -t tracefs nodev /sys/kernel/tracing")
+    assert "mount the host's /sys/kernel/btf read-only" in access.btf_line()
