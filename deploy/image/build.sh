@@ -37,29 +37,31 @@ mkdir "$tmp/src"
 tar_inputs | tar -x -C "$tmp/src"
 # setup.sh runs with a clean environment: the build host's pip settings
 # (local indexes, paths) mean nothing inside the new root. Only its proxy
-# variables and its certificate authorities pass (where a proxy intercepts
-# TLS, pip must trust its authority), the latter for the build alone.
+# variables pass, and its certificate authorities as the secret build-ca
+# (where a proxy intercepts TLS, pip must trust its authority), for the
+# build alone.
 envs=(PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root)
 for v in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
     [ -n "${!v:-}" ] && envs+=("$v=${!v}")
 done
+mkdir "$tmp/secrets"
 ca=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
-if [ -f "$ca" ]; then
-    cp "$ca" "$tmp/build-ca.crt"
-    envs+=(PIP_CERT=/tmp/build-ca.crt)
-fi
+[ -f "$ca" ] && cp "$ca" "$tmp/secrets/build-ca"
 # (merged /usr made by mmdebstrap's hook rather than the usrmerge package,
 # which would leave perl in the image)
 mmdebstrap --quiet --variant=minbase --format=tar \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-    --customize-hook="copy-in $tmp/src $([ -f "$tmp/build-ca.crt" ] && echo "$tmp/build-ca.crt") /tmp" \
+    --customize-hook="copy-in $tmp/src /tmp" \
+    --customize-hook='mkdir -p "$1/run"' \
+    --customize-hook="copy-in $tmp/secrets /run" \
     --customize-hook="chroot \"\$1\" env -i ${envs[*]} sh /tmp/src/deploy/image/setup.sh /tmp/src" \
-    --customize-hook='rm -rf "$1/tmp/src" "$1/tmp/build-ca.crt"' \
+    --customize-hook='rm -rf "$1/tmp/src" "$1/run/secrets"' \
     bookworm "$tmp/rootfs.tar" \
     "deb $mirror/debian bookworm main" \
     "deb $mirror/debian bookworm-updates main" \
     "deb $mirror/debian-security bookworm-security main"
 
+old=$(podman image inspect "$name:$version" --format '{{.Id}}' 2>/dev/null || true)
 changes=()
 while IFS= read -r line; do
     changes+=(--change "$line")
@@ -67,5 +69,9 @@ done < <(grep -E '^(CMD|ENV|LABEL) ' "$here/Containerfile")
 podman import --quiet "${changes[@]}" --change "LABEL rsttrace.inputs=$digest" \
     "$tmp/rootfs.tar" "$name:$version" >/dev/null
 podman tag "$name:$version" "$name:latest"
+# the image this one replaces, unless something still uses it
+if [ -n "$old" ] && [ "$old" != "$(podman image inspect "$name:$version" --format '{{.Id}}')" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect "$name:$version" --format '{{.Size}}')
 echo "image: $name:$version and :latest, $((size / 1000000)) MB, built in $(( $(date +%s) - t0 )) s (inputs $digest)"

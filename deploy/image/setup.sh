@@ -8,6 +8,11 @@ set -eu
 src=${1:?usage: setup.sh SOURCE_DIR}
 here=$src/deploy/image
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+# A build behind a proxy that intercepts TLS hands its authority in as the
+# secret build-ca, for this build's downloads only (it is not kept).
+if [ -s /run/secrets/build-ca ]; then
+    export PIP_CERT=/run/secrets/build-ca
+fi
 
 # no documentation, manual pages or translations in anything installed
 cp "$here/dpkg-slim.cfg" /etc/dpkg/dpkg.cfg.d/rsttrace-slim
