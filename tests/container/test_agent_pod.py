@@ -165,7 +165,7 @@ def test_resets_are_attributed_to_kubernetes_pods(agent, namespaces, node_dirs):
 def test_the_memory_bound_holds_through_a_storm(agent, namespaces):
     idle_mb = vm_hwm_mb(agent.pid())
     ns = namespaces.add("storm")
-    made = namespaces.refuse(ns, 200_000, seconds=60)
+    made = namespaces.refuse(ns, 50_000, seconds=60)
     sent = tcp_out_rsts(ns)
     assert made == sent
     agent.made[ns] = (inode(ns), sent)
