@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from daemonset import container, render
-from podrun import PODMAN, Namespaces
+from podrun import PODMAN
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +28,6 @@ def image(manifest) -> str:
     if subprocess.run([PODMAN, "image", "exists", name]).returncode != 0:
         pytest.fail(f"no image {name}: build it with `make image`")
     return name
-
-
-@pytest.fixture
-def namespaces():
-    ns = Namespaces()
-    yield ns
-    ns.cleanup()
 
 
 @pytest.fixture(scope="module")

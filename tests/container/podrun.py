@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import subprocess
-import textwrap
 import threading
 import time
 import urllib.error
@@ -19,23 +18,11 @@ from pathlib import Path
 
 from daemonset import Pod, derive
 from prometheus_client.parser import text_string_to_metric_families
+from resetloop import CONNECT_MANY
 
 PODMAN = shutil.which("podman")
 HOST_IP = "127.0.0.1"   # status.hostIP: the agent listens on loopback only
 
-CONNECT_MANY = textwrap.dedent("""
-    import socket, sys, time
-    n, deadline, done = int(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
-    while done < n and time.monotonic() < deadline:
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", 9))
-        except ConnectionRefusedError:
-            pass
-        s.close()
-        done += 1
-    print(done)
-""")
 
 
 def get(url: str, timeout: float = 5) -> tuple[int | None, str]:

@@ -15,12 +15,11 @@ import shutil
 import subprocess
 import tomllib
 
+import kubernetes_validate
 import pytest
 import yaml
 from daemonset import (COMPONENTS, DEPLOY, ROOT, container, derive, expand, find, pod_spec,
                        quantity, render, without_capability, without_mount)
-
-import kubernetes_validate
 
 from rsttrace import __version__
 from rsttrace.exporter.server import DEFAULT_PORT
