@@ -106,6 +106,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "Events read from the kernel's buffer."),
     MetricSpec("rsttrace_events_lost_total", "counter", (),
                "Events the kernel could not queue (buffer full): resets rsttrace did not see."),
+    MetricSpec("rsttrace_backlog_events", "gauge", (),
+               "Events read from the kernel and not yet classified: how far the counts lag behind "
+               "a reset storm (they wait raw in a file, not in the kernel's buffer)."),
     MetricSpec("rsttrace_hook_available", "gauge", ("signal",),
                "1 when the signal's hook is attached on this kernel, 0 when not (rsttrace doctor says why)."),
     MetricSpec("rsttrace_netns_omitted", "gauge", (),

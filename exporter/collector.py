@@ -125,6 +125,8 @@ def build_families(view: View, stats: dict[str, int] | None,
     if stats is not None:
         f.add("rsttrace_events_total", [], stats.get("events", 0))
         f.add("rsttrace_events_lost_total", [], stats.get("lost", 0))
+        if "backlog" in stats:
+            f.add("rsttrace_backlog_events", [], stats["backlog"])
     for signal, hook in sorted((view.header.get("plan") or {}).items()):
         if isinstance(hook, dict):
             f.add("rsttrace_hook_available", [signal], 1.0 if hook.get("available") else 0.0)

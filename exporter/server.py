@@ -18,7 +18,9 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.tracer.session import release_heap
 
+from .backlog import Backlog
 from .collector import RsttraceCollector
 from .http import HTTPServer, Response, text
 from .netns import NetnsLabels
@@ -70,6 +72,12 @@ MAX_PENDING = 20_000
 STALL_S = 30.0
 # raw events decoded into records at most this many at a time
 DECODE_CHUNK = 2048
+# classification time per poll; what the kernel gave beyond waits in the
+# backlog, so the rings are drained at least this often however fast
+# resets come
+STEP_BUDGET_S = 0.05
+# after this many events, the heap is given back once nothing is pending
+RELEASE_AFTER = 20_000
 
 INDEX = """rsttrace exporter
 /metrics  Prometheus metrics
@@ -88,7 +96,7 @@ class Exporter:
     def __init__(self, source: Any, listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT),
                  netns_cap: int = 50, window_s: float = 10.0,
                  idle_timeouts: dict[str, float] | None = None, resolver=None,
-                 node: str | None = None):
+                 node: str | None = None, backlog_dir: str | None = None):
         self.source = source
         self.listen = listen
         self.netns_cap = netns_cap
@@ -99,10 +107,14 @@ class Exporter:
         self.state: ExportState | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.raw_sinks: list[Any] = []
+        # raw events read and not yet classified (a live source only)
+        self.backlog: Backlog | None = None
+        self.backlog_dir = backlog_dir
         self.verdict_sinks: list[Callable[[list[Verdict]], None]] = []
         self._httpd: HTTPServer | None = None
         self._beat = time.monotonic()
         self._stopped = False
+        self._since_release = 0     # verdicts since the heap was last released
         self.scrape_errors: list[str] = []
 
     @property
@@ -139,8 +151,9 @@ class Exporter:
                                 netns_names=names, max_pending=MAX_PENDING)
         labels = NetnsLabels(cap=self.netns_cap, names=names, resolver=self.resolver)
         state = ExportState(classifier, labels, header, node=self.node)
-        self.registry.register(RsttraceCollector(state, self.source,
-                                                 on_error=lambda e: self._note(repr(e))))
+        if getattr(self.source, "poll_raw", None) is not None:
+            self.backlog = Backlog(self.backlog_dir)
+        self.registry.register(RsttraceCollector(state, self, on_error=lambda e: self._note(repr(e))))
         self.state = state
         self._beat = time.monotonic()
         return self
@@ -184,26 +197,90 @@ class Exporter:
         """One poll of the source; returns the verdicts decided."""
         state = self.state
         assert state is not None, "exporter not started"
-        poll_raw = getattr(self.source, "poll_raw", None)
-        if poll_raw is not None:
-            arr, ctx = poll_raw(timeout_s)
-            for sink in self.raw_sinks:
-                sink.write(arr, ctx)
-            decode = self.source.decoder.decode_array
-            verdicts = []
-            # a batch of thousands of events becomes records a chunk at a
-            # time: the records of one chunk are all that exist at once
-            for i in range(0, len(arr), DECODE_CHUNK):
-                verdicts += state.ingest(decode(arr[i:i + DECODE_CHUNK]))
-            if ctx:
-                verdicts += state.ingest(ctx)
-        else:
+        if self.backlog is None:
             verdicts = state.ingest(self.source.poll(timeout_s))
-        verdicts += state.tick(self._now())
+        else:
+            verdicts = self._step_raw(timeout_s)
+        if not self.backlog:
+            # behind, time is the stream's own (the classifier's): a reset
+            # waiting in the backlog has not missed its other half
+            verdicts += state.tick(self._now())
         for out in self.verdict_sinks:
             out(verdicts)
+        self._since_release += len(verdicts)
+        if self._since_release >= RELEASE_AFTER and not self.backlog \
+                and state.classifier.open_incidents < RELEASE_AFTER // 10:
+            # a burst is over and nearly every record of it decided and freed
+            release_heap()
+            self._since_release = 0
         self._beat = time.monotonic()
         return verdicts
+
+    def _step_raw(self, timeout_s: float) -> list[Verdict]:
+        """Drain the kernel's rings, classify for STEP_BUDGET_S at most,
+        and keep the rest in the backlog (exporter/backlog.py)."""
+        backlog = self.backlog
+        arr, ctx = self.source.poll_raw(0 if backlog else timeout_s)
+        deadline = time.monotonic() + STEP_BUDGET_S
+        verdicts: list[Verdict] = []
+        if backlog:
+            backlog.put(arr, ctx)
+        else:
+            i = 0
+            while i < len(arr) and time.monotonic() < deadline:
+                verdicts += self._process(arr[i:i + DECODE_CHUNK], [])
+                i += DECODE_CHUNK
+            if i < len(arr):
+                backlog.put(arr[i:], ctx)
+            elif ctx:
+                verdicts += self._process(arr[:0], ctx)
+        while backlog and time.monotonic() < deadline:
+            verdicts += self._process(*backlog.take(DECODE_CHUNK))
+        return verdicts
+
+    def _process(self, arr, ctx: list[dict]) -> list[Verdict]:
+        """A chunk of raw events and the context records after it: to the
+        raw sinks, then decoded and counted (the records of one chunk are
+        all that exist at once)."""
+        for sink in self.raw_sinks:
+            sink.write(arr, ctx)
+        verdicts = self.state.ingest(self.source.decoder.decode_array(arr)) if len(arr) else []
+        if ctx:
+            verdicts += self.state.ingest(ctx)
+        return verdicts
+
+    def drain(self, budget_s: float) -> list[Verdict]:
+        """Classify what waits in the backlog for `budget_s` at most; what
+        is left then still goes to the raw sinks (the flight recorder), so
+        a recording ends complete however far behind the classifier was."""
+        verdicts: list[Verdict] = []
+        backlog = self.backlog
+        if not backlog:
+            return verdicts
+        deadline = time.monotonic() + budget_s
+        while backlog and time.monotonic() < deadline:
+            verdicts += self._process(*backlog.take(DECODE_CHUNK))
+        while backlog:
+            arr, ctx = backlog.take(1 << 16)
+            for sink in self.raw_sinks:
+                sink.write(arr, ctx)
+        for out in self.verdict_sinks:
+            out(verdicts)
+        return verdicts
+
+    # -- what the kernel counted, with the backlog (the collector's source) ---
+    def stats(self) -> dict[str, int]:
+        """The source's counts; events dropped from a full backlog are lost
+        too, and those waiting in it are the `backlog`."""
+        st = dict(self.source.stats())
+        if self.backlog is not None:
+            st["lost"] = st.get("lost", 0) + self.backlog.dropped
+            st["backlog"] = len(self.backlog)
+        return st
+
+    def tcp_transitions(self) -> dict[tuple[str, str], int] | None:
+        read = getattr(self.source, "tcp_transitions", None)
+        return read() if read is not None else None
 
     def finish(self) -> list[Verdict]:
         """Decides what is still open (the source ended or the process
@@ -225,6 +302,8 @@ class Exporter:
             self._httpd.stop()
             self._httpd = None
         self.source.stop()
+        if self.backlog is not None:
+            self.backlog.close()
 
     def __enter__(self) -> "Exporter":
         return self.start()

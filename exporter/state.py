@@ -98,14 +98,27 @@ class ExportState:
         self.full_logs.pop(label, None)
 
     def _count(self, verdicts: list[Verdict]) -> list[Verdict]:
+        # summed by (cause, direction, namespace) first: a storm's thousands
+        # of verdicts take one label lookup per namespace
+        incidents = self.incidents
+        by: dict[tuple[str, Any, Any], int] = {}
+        newest = 0.0
         for v in verdicts:
-            self.verdicts += 1
-            self.incidents[v.cause] = self.incidents.get(v.cause, 0) + 1
+            cause = v.cause
+            incidents[cause] = incidents.get(cause, 0) + 1
+            if v.t > newest:
+                newest = v.t
             for ev in v.events:
-                t = ev.get("t")
-                label = self.labels.for_event(ev.get("netns"), float(t) if isinstance(t, (int, float)) else 0.0)
-                direction = "sent" if ev.get("dir") == "sent" else "recv"
-                self.resets[(v.cause, direction, label)] += 1
+                key = (cause, ev.get("dir"), ev.get("netns"))
+                try:
+                    by[key] = by.get(key, 0) + 1
+                except TypeError:       # a replayed record's netns that is no number
+                    key = (cause, key[1], None)
+                    by[key] = by.get(key, 0) + 1
+        self.verdicts += len(verdicts)
+        for (cause, direction, ns), n in by.items():
+            label = self.labels.for_event(ns, newest)
+            self.resets[(cause, "sent" if direction == "sent" else "recv", label)] += n
         return verdicts
 
     # -- output (the HTTP thread) -----------------------------------------

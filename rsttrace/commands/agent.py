@@ -17,6 +17,9 @@ from rsttrace.commands.export import (DEFAULT_PORT, STOP_SIGNALS, add_live_args,
                                       exporter_options, live_session, node_name, start_exporter)
 
 DEFAULT_DIR = "/var/lib/rsttrace"
+# at a signal, the backlog of a storm is classified for this long at most
+# (the rest is still recorded): well inside Kubernetes' default 30 s grace
+SHUTDOWN_BUDGET_S = 10.0
 
 EPILOG = f"""\
 examples:
@@ -109,7 +112,9 @@ def run(args) -> int:
         except RecordDirError as e:
             raise CLIError(str(e)) from None
     session = live_session(args)
-    exporter = Exporter(session, resolver=live_resolver, node=node, **options)
+    # the backlog of a storm waits beside the recordings (it is capped too)
+    exporter = Exporter(session, resolver=live_resolver, node=node,
+                        backlog_dir=str(directory) if directory is not None else None, **options)
 
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in STOP_SIGNALS}
@@ -124,7 +129,7 @@ def run(args) -> int:
         if directory is not None:
             header = {**session.header, "node": node}
             flight = FlightRecorder(directory, header, session.decoder, limits,
-                                    stats=session.stats, on_error=say)
+                                    stats=exporter.stats, on_error=say)
             exporter.raw_sinks.append(flight)
         where = f", recording to {directory}" if directory is not None else ", no flight recorder"
         say(f"agent on node {node}: {exporter.url} (attached in {session.attach_s:.2f} s, "
@@ -137,8 +142,10 @@ def run(args) -> int:
             if args.duration is not None and time.monotonic() - t0 >= args.duration:
                 break
             exporter.step(0.2)
-        # what is still in the kernel's buffer, then every open incident
+        # what is still in the kernel's buffer and the backlog, then every
+        # open incident
         exporter.step(0)
+        exporter.drain(SHUTDOWN_BUDGET_S)
     finally:
         try:
             if flight is not None:

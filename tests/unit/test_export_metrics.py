@@ -181,7 +181,7 @@ def test_every_catalog_metric_is_produced_and_named_by_convention():
                                                "nf_conntrack_tcp_timeout_established": 4,
                                                "nf_conntrack_tcp_be_liberal": 0}})],
                 omitted=0, ctx_t=1.0, header={"plan": {"reset_sent": {"available": True}}})
-    fams = build_families(view, {"events": 1, "lost": 0}, {("CLOSE", "SYN_SENT"): 1})
+    fams = build_families(view, {"events": 1, "lost": 0, "backlog": 0}, {("CLOSE", "SYN_SENT"): 1})
     produced = {s.name for f in fams for s in f.samples}
     assert produced == series_names()
     for m in METRICS:
