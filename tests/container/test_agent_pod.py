@@ -162,24 +162,43 @@ def test_resets_are_attributed_to_kubernetes_pods(agent, namespaces, node_dirs):
                     pass
 
 
-def test_the_memory_bound_holds_through_a_storm(agent, namespaces):
+def test_the_memory_bound_holds_through_storms(agent, namespaces):
+    """50,000 resets: every one counted, none lost. Then the issue's
+    200,000: the RSS bound holds; on this shared 2-CPU machine the kernel's
+    rings may overflow at that rate, and what is lost is counted, never
+    silent."""
     idle_mb = vm_hwm_mb(agent.pid())
-    ns = namespaces.add("storm")
-    made = namespaces.refuse(ns, 50_000, seconds=60)
-    sent = tcp_out_rsts(ns)
-    assert made == sent
-    agent.made[ns] = (inode(ns), sent)
-    # every reset counted, none lost
-    assert until(lambda: agent.value("rsttrace_resets_total", direction="sent", netns=ns)
-                 == sent, timeout=30), agent.value("rsttrace_resets_total", netns=ns)
-    assert agent.value("rsttrace_events_lost_total") == 0
-    peak_mb = vm_hwm_mb(agent.pid())
-    cgroup_peak, oom_kills = memory_peak(agent.pid())
     limit = int(next(o for o in agent.pod.options if o.startswith("--memory=")).split("=")[1])
-    print(f"\nagent RSS: {idle_mb:.1f} MB before a storm of {sent} resets, peak {peak_mb:.1f} MB; "
-          f"container peak {cgroup_peak / 2**20:.1f} MiB of its {limit / 2**20:.0f} MiB limit")
-    assert peak_mb < RSS_BOUND_MB
-    assert oom_kills == 0
+    for size in (50_000, 200_000):
+        ns = namespaces.add(f"storm{size // 1000}k")
+        lost_before = agent.value("rsttrace_events_lost_total")
+        made = namespaces.refuse(ns, size, seconds=60)
+        sent = tcp_out_rsts(ns)
+        assert made == sent
+
+        def counted():
+            return agent.value("rsttrace_resets_total", direction="sent", netns=ns)
+
+        def settled():
+            # counts lag a storm (the agent keeps a backlog): wait until it is worked off
+            if agent.value("rsttrace_backlog_events"):
+                return False
+            before = counted()
+            time.sleep(1)
+            return counted() == before
+        assert until(settled, timeout=60)
+        lost = agent.value("rsttrace_events_lost_total") - lost_before
+        peak_mb = vm_hwm_mb(agent.pid())
+        cgroup_peak, oom_kills = memory_peak(agent.pid())
+        print(f"\nagent RSS {idle_mb:.1f} MB before, peak {peak_mb:.1f} MB after a storm of {sent} "
+              f"resets ({counted():.0f} counted, {lost:.0f} events lost); container peak "
+              f"{cgroup_peak / 2**20:.1f} MiB of its {limit / 2**20:.0f} MiB limit")
+        assert peak_mb < RSS_BOUND_MB and oom_kills == 0
+        if size == 50_000:
+            assert counted() == sent and lost == 0
+            agent.made[ns] = (inode(ns), sent)
+        else:
+            assert counted() == sent or lost > 0
 
 
 def test_a_lab_scenario_is_diagnosed_in_the_pod(agent):
