@@ -12,6 +12,8 @@ import os
 import resource
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,15 +32,35 @@ RESET = json.loads((FIX / "keepalive_lab.jsonl").read_text().splitlines()[3])   
 def _rsttrace(args: list[str], timeout: float = 20, mem_mb: int | None = None,
               stdin: object = subprocess.DEVNULL) -> subprocess.CompletedProcess:
     """The CLI in a child process (a hang or a memory blow-up must not take
-    the test run with it), with its peak RSS in `rss_mb`."""
+    the test run with it), with its own peak RSS in `rss_mb` (wait4's usage
+    of that one child: RUSAGE_CHILDREN is the largest of every child this
+    test process ever waited for, a pip or a compiler among them)."""
     def limit() -> None:
         if mem_mb:
             resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    p = subprocess.run([sys.executable, "-m", "rsttrace", *args], capture_output=True, text=True,
-                       timeout=timeout, preexec_fn=limit, stdin=stdin)
-    p.rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024   # type: ignore[attr-defined]
-    assert before <= p.rss_mb * 1024
+    child = subprocess.Popen([sys.executable, "-m", "rsttrace", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, preexec_fn=limit, stdin=stdin)
+    out: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()))
+               for k, f in (("out", child.stdout), ("err", child.stderr))]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + timeout
+    while True:     # reaped here, not by Popen: wait4 gives this child's own usage
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            child.kill()
+            os.wait4(child.pid, 0)
+            raise subprocess.TimeoutExpired(child.args, timeout)
+        time.sleep(0.02)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    for t in readers:
+        t.join()
+    p = subprocess.CompletedProcess(child.args, child.returncode,
+                                    out["out"].decode(errors="replace"), out["err"].decode(errors="replace"))
+    p.rss_mb = usage.ru_maxrss / 1024   # type: ignore[attr-defined]
     return p
 
 
