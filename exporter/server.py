@@ -76,8 +76,10 @@ DECODE_CHUNK = 2048
 # backlog, so the rings are drained at least this often however fast
 # resets come
 STEP_BUDGET_S = 0.05
-# after this many events, the heap is given back once nothing is pending
-RELEASE_AFTER = 20_000
+# after this many verdicts, the heap is given back at the first quiet poll
+# (fewer than QUIET verdicts)
+RELEASE_AFTER = 1000
+QUIET = 100
 
 INDEX = """rsttrace exporter
 /metrics  Prometheus metrics
@@ -208,9 +210,8 @@ class Exporter:
         for out in self.verdict_sinks:
             out(verdicts)
         self._since_release += len(verdicts)
-        if self._since_release >= RELEASE_AFTER and not self.backlog \
-                and state.classifier.open_incidents < RELEASE_AFTER // 10:
-            # a burst is over and nearly every record of it decided and freed
+        if len(verdicts) < QUIET and self._since_release >= RELEASE_AFTER and not self.backlog:
+            # a burst is over (this poll was quiet): its records are freed
             release_heap()
             self._since_release = 0
         self._beat = time.monotonic()

@@ -14,9 +14,11 @@ import contextlib
 import ctypes
 import os
 import queue
+import resource
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,10 +45,63 @@ class SessionError(Exception):
     pass
 
 
+# Capability numbers of include/uapi/linux/capability.h: an ABI, the same
+# on every kernel.
+CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 12, 19, 21, 24
+# What tracing does without each (seen on this project's kernels with the
+# capability dropped): without CAP_SYS_ADMIN the programs still load
+# (CAP_BPF and CAP_PERFMON suffice) but every pod's namespace is silently
+# missing from the context; without CAP_SYS_PTRACE the root namespace and
+# pods running as other users are unnamed; CAP_SYS_ADMIN alone also
+# stands for CAP_BPF and CAP_PERFMON.
+NEEDED_CAPS = (
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "to read each pod's network namespace (setns) and load BPF programs"),
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE", "to find the namespaces of processes of other users"),
+    (CAP_NET_ADMIN, "CAP_NET_ADMIN", "to read conntrack, NAT rules and IPVS timeouts over netlink"),
+)
+# Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK (later to the memory
+# cgroup), which only CAP_SYS_RESOURCE may raise past its hard limit.
+MEMLOCK_KERNEL = (5, 11)
+
+
+def missing_capabilities(effective: int, release: str, memlock_hard: int) -> list[str]:
+    """The capabilities tracing needs that the effective set lacks, each
+    with what it is for (pure: tests call it with made-up values)."""
+    out = [f"{name} ({why})" for bit, name, why in NEEDED_CAPS if not effective >> bit & 1]
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        version = MEMLOCK_KERNEL
+    if version < MEMLOCK_KERNEL and memlock_hard != resource.RLIM_INFINITY \
+            and not effective >> CAP_SYS_RESOURCE & 1:
+        out.append(f"CAP_SYS_RESOURCE (kernel {release} charges BPF maps to RLIMIT_MEMLOCK, "
+                   f"whose hard limit is {memlock_hard} bytes)")
+    return out
+
+
+def _effective_capabilities() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def preflight() -> None:
     """Errors a user can fix, raised before anything is attached."""
     if os.geteuid() != 0:
         raise SessionError("tracing needs root (BPF and tracefs): run it with sudo")
+    eff = _effective_capabilities()
+    if eff is None:
+        return
+    missing = missing_capabilities(eff, os.uname().release,
+                                   resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
+    if missing:
+        raise SessionError(f"missing {'capability' if len(missing) == 1 else 'capabilities'} "
+                           f"{'; '.join(missing)}: add {'it' if len(missing) == 1 else 'them'} to the "
+                           "container's securityContext.capabilities.add (or run it privileged)")
 
 
 # glibc's mallopt parameter (malloc.h), not a kernel value
@@ -169,6 +224,10 @@ class TraceSession:
         self.caps = probe.probe()
         if not self.caps.tracefs:
             raise SessionError(self.caps.tracefs_note)
+        if not self.caps.btf:
+            raise SessionError("no BTF at /sys/kernel/btf/vmlinux: rsttrace reads the kernel's struct "
+                               "layouts from it; run a kernel built with CONFIG_DEBUG_INFO_BTF=y (in a "
+                               "container, /sys must be the host's sysfs)")
         self.transport = self._want_transport or probe.transport(self.caps)[0]
         usable = {"percpu": self.caps.percpu_rings, "ringbuf": self.caps.ringbuf, "perfbuf": True}
         if self.transport not in usable:

@@ -336,3 +336,31 @@ def test_the_cli_parses_durations():
     from rsttrace.commands.agent import parse_duration
     assert [parse_duration(x, "-") for x in ("90", "90s", "30m", "6h", "2d", "1.5h")] == \
         [90, 90, 1800, 21600, 172800, 5400]
+
+
+# ---- what the node lacks ----------------------------------------------------
+
+ALL_CAPS = (1 << 41) - 1
+
+
+def without(*bits: int) -> int:
+    eff = ALL_CAPS
+    for b in bits:
+        eff &= ~(1 << b)
+    return eff
+
+
+@pytest.mark.parametrize("eff,release,memlock,want", [
+    (ALL_CAPS, "6.18.44", 8 << 20, []),
+    (without(21), "6.18.44", 8 << 20, ["CAP_SYS_ADMIN"]),
+    (without(19, 12), "6.1.0-18-amd64", 8 << 20, ["CAP_SYS_PTRACE", "CAP_NET_ADMIN"]),
+    (without(39, 38), "6.18.44", 8 << 20, []),        # CAP_SYS_ADMIN stands for CAP_BPF, CAP_PERFMON
+    (without(24), "6.18.44", 8 << 20, []),            # maps are charged to the memory cgroup
+    (without(24), "5.10.0-46-amd64", 8 << 20, ["CAP_SYS_RESOURCE"]),
+    (without(24), "5.10.0-46-amd64", -1, []),          # RLIM_INFINITY
+])
+def test_missing_capabilities_are_named(eff, release, memlock, want):
+    from rsttrace.tracer.session import missing_capabilities
+    got = missing_capabilities(eff, release, memlock)
+    assert [g.split()[0] for g in got] == want
+    assert all("(" in g for g in got)     # each says what it is for
