@@ -205,13 +205,16 @@ def main() -> int:
             res["storm_resets"] = truth
             sampler.phase = "catch-up"
             counted, samples = counted0, before
+            backlog = 0.0
             while time.monotonic() - t0 < args.seconds + args.catch_up:
                 samples, _ = scrape(url)
                 counted = sent_resets(samples, ns)
+                backlog = max(backlog, total(samples, "rsttrace_backlog_events"))
                 if counted - counted0 >= truth:
                     break
                 time.sleep(0.2)
             res["catch_up_s"] = time.monotonic() - t0 - elapsed
+            res["backlog_peak_events"] = backlog
             cpu1, _ = proc_stats(proc.pid)
             res["counted"] = counted - counted0
             res["lost"] = total(samples, "rsttrace_events_lost_total") - lost0
@@ -255,7 +258,7 @@ def main() -> int:
           f"{res['traced_rate']:.0f}/s traced ({res['workload_cost_pct']:+.1f} % cost); "
           f"{res['storm_cpu_s']:.2f} CPU-s ({res['cpu_us_per_reset']:.1f} us per reset); "
           f"counted {res['counted']:.0f}, {res['lost']:.0f} lost, caught up {res['catch_up_s']:.1f} s "
-          f"after the storm")
+          f"after the storm (backlog at most {res['backlog_peak_events']:.0f} events when scraped)")
     print(f"RSS: peak {res['peak_rss_mib']:.0f} MiB (VmHWM {res['hwm_mib']:.0f}), after "
           f"{res['after_rss_mib']:.0f} MiB ({res['after_rss_mib'] - res['idle_rss_mib']:+.0f} vs idle); "
           f"CPU after {res['after_cpu_pct']:.2f} %")
