@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -73,7 +72,7 @@ def live_resolver(ino: int) -> str | None:
 # within NAT_WINDOW_S), so only the wait for a fresher context snapshot
 # (every --ctx-period) is cut short. Measured on the replay of a real
 # 200,000-reset storm: peak +19 MiB over the start, 7 MiB left after,
-# against +42 and 15 with 20,000.
+# against +37 to +42 and 15 with 20,000.
 MAX_PENDING = 5_000
 # /healthz fails when the polling loop has not come round for this long (a
 # poll takes at most a fraction of a second, a start some seconds)
@@ -99,9 +98,10 @@ INDEX = """rsttrace exporter
 class Exporter:
     """Polls a source, counts what it gives and serves the counts.
 
-    `raw_sinks` get each poll's raw events and context records before they
-    are decoded (the agent's flight recorder); `verdict_sinks` each step's
-    verdicts (the agent's log lines)."""
+    `raw_sinks` get the raw events (a chunk at a time) and the context
+    records after them as they are classified, in the kernel's order (the
+    agent's flight recorder); `verdict_sinks` each step's verdicts (the
+    agent's log lines)."""
 
     def __init__(self, source: Any, listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT),
                  netns_cap: int = 50, window_s: float = 10.0,
