@@ -45,5 +45,6 @@ bench: install
 	$(PY) bench/bench_context.py
 	$(PY) bench/bench_encode.py
 	$(PY) bench/bench_report.py
-	$(PY) bench/bench_export.py
+	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_agent.py --command export
 	$(PY) bench/bench_tui.py

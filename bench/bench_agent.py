@@ -2,7 +2,7 @@
 storm, and after it.
 
     sudo .venv/bin/python bench/bench_agent.py [--idle 10] [--after 20] [--max 200000]
-    sudo .venv/bin/python bench/bench_agent.py --command export     the exporter alone
+    sudo .venv/bin/python bench/bench_agent.py --command export     rsttrace export
 
 `rsttrace agent` (or `rsttrace export`) runs as a subprocess, scraped every
 second; a sampler reads its RSS and CPU from /proc every 0.2 s. The storm
@@ -31,26 +31,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from rsttrace.lab.netns import tcp_out_rsts
-from stormlab import proc_stats, storm, storm_namespace
-
-
-def scrape(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
-
-
-def sent_resets(samples: dict, ns: str) -> float:
-    return sum(v for (name, labels), v in samples.items()
-               if name == "rsttrace_resets_total" and dict(labels).get("netns") == ns
-               and dict(labels).get("direction") == "sent")
+from stormlab import proc_stats, scrape, sent_resets, storm, storm_namespace, total
 
 
 RSS_KINDS = ("RssAnon", "RssFile", "RssShmem")
@@ -125,6 +109,20 @@ class Lines(threading.Thread):
                 self.not_logged += r["resets"]
 
 
+def scraped_quiet(url: str, pid: int, seconds: float) -> tuple[float, float]:
+    """The process's CPU (% of one) over `seconds` without resets,
+    scraped every second like an eager Prometheus, and the median scrape
+    time (ms)."""
+    cpu0, _ = proc_stats(pid)
+    t0 = time.monotonic()
+    took = []
+    while time.monotonic() - t0 < seconds:
+        took.append(scrape(url)[1])
+        time.sleep(1.0)
+    cpu1, _ = proc_stats(pid)
+    return 100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1000 * statistics.median(took)
+
+
 def recorded_sent(directory: Path, inode: int) -> tuple[int, int, int]:
     """(sent resets of namespace `inode` in the recordings, files, files
     with a totals line)."""
@@ -190,21 +188,14 @@ def main() -> int:
             time.sleep(2.0)     # attach and the first context snapshots
             scrape(url)
 
-            # idle: scraped every second, like an eager Prometheus
             sampler.phase = "idle"
-            cpu0, _ = proc_stats(proc.pid)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < args.idle:
-                scrape(url)
-                time.sleep(1.0)
-            cpu1, _ = proc_stats(proc.pid)
-            res["idle_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+            res["idle_cpu_pct"], res["scrape_ms_median"] = scraped_quiet(url, proc.pid, args.idle)
 
             # storm, then until every reset is counted
             base = tcp_out_rsts(ns)
-            before = scrape(url)
+            before, _ = scrape(url)
             counted0 = sent_resets(before, ns)
-            lost0 = before.get(("rsttrace_events_lost_total", (("node", _node(before)),)), 0.0)
+            lost0 = total(before, "rsttrace_events_lost_total")
             sampler.phase = "storm"
             cpu0, _ = proc_stats(proc.pid)
             t0 = time.monotonic()
@@ -214,28 +205,24 @@ def main() -> int:
             res["storm_resets"] = truth
             sampler.phase = "catch-up"
             counted, samples = counted0, before
+            backlog = 0.0
             while time.monotonic() - t0 < args.seconds + args.catch_up:
-                samples = scrape(url)
+                samples, _ = scrape(url)
                 counted = sent_resets(samples, ns)
+                backlog = max(backlog, total(samples, "rsttrace_backlog_events"))
                 if counted - counted0 >= truth:
                     break
                 time.sleep(0.2)
             res["catch_up_s"] = time.monotonic() - t0 - elapsed
+            res["backlog_peak_events"] = backlog
             cpu1, _ = proc_stats(proc.pid)
             res["counted"] = counted - counted0
-            res["lost"] = samples.get(("rsttrace_events_lost_total", (("node", _node(samples)),)), 0.0) - lost0
+            res["lost"] = total(samples, "rsttrace_events_lost_total") - lost0
             res["storm_cpu_s"] = cpu1 - cpu0
             res["cpu_us_per_reset"] = 1e6 * (cpu1 - cpu0) / max(truth, 1)
 
-            # after: idle again, scraped every second
             sampler.phase = "after"
-            cpu0, _ = proc_stats(proc.pid)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < args.after:
-                scrape(url)
-                time.sleep(1.0)
-            cpu1, _ = proc_stats(proc.pid)
-            res["after_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+            res["after_cpu_pct"], _ = scraped_quiet(url, proc.pid, args.after)
             _cpu, hwm = proc_stats(proc.pid)
             res["hwm_mib"] = hwm / 2**20
             inode = os.stat(f"/run/netns/{ns}").st_ino
@@ -266,12 +253,12 @@ def main() -> int:
     res["after_rss_mib"] = statistics.median(late or after) / mib
     res["workload_cost_pct"] = 100 * (1 - res["traced_rate"] / res["untraced_rate"])
     print(f"{args.command}: idle {res['idle_rss_mib']:.0f} MiB RSS, {res['idle_cpu_pct']:.2f} % of a CPU "
-          f"(scraped every 1 s)")
+          f"(scraped every 1 s, {res['scrape_ms_median']:.1f} ms a scrape)")
     print(f"storm: {res['storm_resets']} resets, {res['untraced_rate']:.0f}/s untraced, "
           f"{res['traced_rate']:.0f}/s traced ({res['workload_cost_pct']:+.1f} % cost); "
           f"{res['storm_cpu_s']:.2f} CPU-s ({res['cpu_us_per_reset']:.1f} us per reset); "
           f"counted {res['counted']:.0f}, {res['lost']:.0f} lost, caught up {res['catch_up_s']:.1f} s "
-          f"after the storm")
+          f"after the storm (backlog at most {res['backlog_peak_events']:.0f} events when scraped)")
     print(f"RSS: peak {res['peak_rss_mib']:.0f} MiB (VmHWM {res['hwm_mib']:.0f}), after "
           f"{res['after_rss_mib']:.0f} MiB ({res['after_rss_mib'] - res['idle_rss_mib']:+.0f} vs idle); "
           f"CPU after {res['after_cpu_pct']:.2f} %")
@@ -302,13 +289,6 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
-
-
-def _node(samples: dict) -> str:
-    for (name, labels) in samples:
-        if name == "rsttrace_build_info":
-            return dict(labels).get("node", "")
-    return ""
 
 
 if __name__ == "__main__":

@@ -193,3 +193,48 @@ def test_sigterm_during_a_storm_leaves_complete_recordings(lab, tmp_path):
         assert rec.totals["events"] == sum(1 for r in rec.records if r.get("kind") != "ctx")
     # every line on stdout is whole JSON
     assert agent.records()
+
+
+# ---- what the node lacks: one line naming what to add --------------------
+
+def agent_in(shell: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`rsttrace agent` started by `shell` (AGENT in it is the command),
+    in a mount namespace of its own: what the shell hides or unmounts
+    there stays hidden from the rest of the host."""
+    agent = (f"{sys.executable} -m rsttrace agent --listen 127.0.0.1:0 --record-dir {tmp_path / 'rec'} "
+             "--duration 5")
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           shell.replace("AGENT", agent)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rsttrace: "), p.stderr
+    assert p.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("cap,name", [("cap_sys_admin", "CAP_SYS_ADMIN"),
+                                      ("cap_sys_ptrace", "CAP_SYS_PTRACE"),
+                                      ("cap_net_admin", "CAP_NET_ADMIN")])
+def test_a_missing_capability_is_named(tmp_path, cap, name):
+    if subprocess.run(["which", "capsh"], capture_output=True).returncode:
+        pytest.skip("capsh missing (Debian's libcap2-bin)")
+    line = one_line(agent_in(f"capsh --drop={cap} -- -c 'AGENT'", tmp_path))
+    assert name in line and "securityContext.capabilities.add" in line
+    assert not (tmp_path / "rec").exists() or not list((tmp_path / "rec").iterdir())
+
+
+def test_tracefs_that_cannot_be_mounted_names_the_mount(tmp_path):
+    # tracefs unmounted, and mount(8) failing: a container without the
+    # host's tracefs and without the right to mount it
+    line = one_line(agent_in("umount -l /sys/kernel/tracing 2>/dev/null; "
+                             "mount --bind /bin/false \"$(command -v mount)\" && AGENT", tmp_path))
+    assert "tracefs" in line and "/sys/kernel/tracing" in line and "hostPath" in line
+
+
+def test_no_btf_is_one_line(tmp_path):
+    line = one_line(agent_in("mount -t tmpfs none /sys/kernel/btf && AGENT", tmp_path))
+    assert "BTF" in line and "/sys/kernel/btf/vmlinux" in line and "CONFIG_DEBUG_INFO_BTF" in line
