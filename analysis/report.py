@@ -20,7 +20,7 @@ import pandas as pd
 
 from rsttrace.outfile import WriterProcess
 
-from .batches import iter_batches
+from rsttrace.schema.recording import iter_batches
 from .classify import CAUSES, Classifier, Verdict
 from .config import Finding, audit
 from .csvout import ROW_FIELDS, TIME_MAX, TIME_MIN, RowWriter, Tally, TimeRangeError, time_range_error

@@ -72,7 +72,7 @@ class _Collector:
 
 def run_demo(names: list[str], *, recording: Path, csv: Path | None, keep: bool,
              say: Say = print, on_run: Callable[[ScenarioRun, Diagnosis], None] | None = None) -> DemoResult:
-    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.schema.recording import RecordingWriter
     from rsttrace.tracer.session import TraceSession
 
     res = DemoResult(recording=recording)

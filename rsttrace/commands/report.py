@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from rsttrace.cli import CLIError
     from rsttrace.outfile import (OutFile, OutputClosed, OutputError, Say, check_distinct,
                                   exit_on_signals, exit_quietly, write_stdout)
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
 
     if args.cause is not None and args.cause not in CAUSES:
         raise CLIError(f"--cause {args.cause!r}: use one of {', '.join(CAUSES)}")

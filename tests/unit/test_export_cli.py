@@ -104,7 +104,7 @@ def test_replay_served_over_http(name):
                 break
             time.sleep(0.1)
         assert got == dict(want)
-        from rsttrace.tracer.recording import read_recording
+        from rsttrace.schema.recording import read_recording
         h = read_recording(FIX / name).header
         assert ("rsttrace_build_info", (("kernel", h["kernel"]), ("transport", "replay"),
                                         ("version", h["tool"]))) in samples

@@ -12,7 +12,7 @@ import pytest
 
 from rsttrace.analysis.classify import Classifier
 from rsttrace.analysis.report import to_frame
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer.replay import ReplaySource
 from rsttrace.tui.app import RstApp
 from rsttrace.tui.panels import DetailPane
@@ -209,7 +209,7 @@ async def test_fix_apply_needs_explicit_confirmation(incidents, tmp_path):
 @sync
 async def test_quit_stops_source_and_completes_recording(tmp_path):
     src_path = write(tmp_path / "in.jsonl", incident_records())
-    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.schema.recording import RecordingWriter
     out = tmp_path / "out.jsonl"
     src = ReplaySource(src_path, speed=0)
     app = RstApp(src, Classifier(), tz=timezone.utc, recorder=RecordingWriter(out, src.header))
