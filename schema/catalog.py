@@ -264,11 +264,15 @@ class Csv:
 
     fmt: `time` (ISO 8601 UTC with ms), `text` (formula-safe, quoted when
     needed), `int`, `ms_as_s` (milliseconds shown as seconds). `only_if`:
-    the column is empty unless this field of the record is true."""
+    the column is empty unless this field of the record is true. A column
+    that shows no field has a `source`: `verdict` (the verdict's attribute
+    of that name, the same in every row of an incident) or `names` (the
+    name of the row's namespace)."""
     column: str
     fmt: str = "text"
     only_if: str | None = None
     doc: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -504,18 +508,20 @@ TOTALS = (
 
 # ---- the report's CSV ----------------------------------------------------------
 
-#: Columns of the report that come from its verdict, not from a field: the
-#: same in every row of one incident, except `netns_name`.
-REPORT_COLUMNS = {
-    "cause": Csv("cause", doc="the root cause (README: the causes)"),
-    "confidence": Csv("confidence", doc="`high`, `medium` or `low`"),
-    "evidence": Csv("evidence", doc="what was seen, in words"),
-    "fix": Csv("fix", doc="exact commands first, then settings that live in a pod spec or a client pool"),
-    "incident": Csv("incident", "int", doc="the sent and received resets of one incident share it"),
-    "netns_name": Csv("netns_name", doc="the name of `netns`"),
-    "sender_netns": Csv("sender_netns", "int", doc="the namespace whose kernel sent the reset, when on this host"),
-    "receiver_netns": Csv("receiver_netns", "int", doc="the namespace of the socket reset, when on this host"),
-}
+#: Columns of the report that show no field of the record: the verdict's,
+#: the same in every row of one incident, and the namespace's name.
+REPORT_COLUMNS = {c.column: c for c in (
+    Csv("cause", doc="the root cause (README: the causes)", source="verdict"),
+    Csv("confidence", doc="`high`, `medium` or `low`", source="verdict"),
+    Csv("evidence", doc="what was seen, in words", source="verdict"),
+    Csv("fix", doc="exact commands first, then settings that live in a pod spec or a client pool",
+        source="verdict"),
+    Csv("incident", "int", doc="the sent and received resets of one incident share it", source="verdict"),
+    Csv("netns_name", doc="the name of `netns`", source="names"),
+    Csv("sender_netns", "int", doc="the namespace whose kernel sent the reset, when on this host",
+        source="verdict"),
+    Csv("receiver_netns", "int", doc="the namespace of the socket reset, when on this host", source="verdict"),
+)}
 
 #: The report's columns, in order: one row per reset event.
 CSV_ORDER = ("time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport", "state",

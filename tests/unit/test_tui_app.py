@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from rsttrace.analysis.classify import Classifier
-from rsttrace.analysis.report import to_frame
+from rsttrace.analysis.report import COLUMNS
 from rsttrace.schema.recording import read_recording
 from rsttrace.tracer.replay import ReplaySource
 from rsttrace.tui.app import RstApp
@@ -137,8 +137,7 @@ async def test_export_writes_the_report_columns(incidents, tmp_path):
         path = app.last_export
         assert path is not None and path.parent == tmp_path / "export"
     df = pd.read_csv(path)
-    expected = to_frame([], {}).columns
-    assert list(df.columns) == list(expected)
+    assert list(df.columns) == COLUMNS
     assert len(df) == 5  # one row per reset event: two pairs and one refused SYN
     assert sorted(df["cause"].unique()) == ["keepalive", "no_listener"]
     assert EVIL_COMM in set(df["comm"].dropna())
