@@ -13,6 +13,7 @@ import io
 from datetime import timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from rsttrace.analysis import report
@@ -21,8 +22,6 @@ from rsttrace.cli import main
 from rsttrace.outfile import OutFile
 from rsttrace.tracer.replay import ReplaySource
 from rsttrace.tui.app import RstApp
-
-import pandas as pd
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = FIX / "golden"
