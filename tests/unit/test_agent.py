@@ -17,8 +17,9 @@ import pytest
 from rsttrace.analysis.classify import Classifier
 from rsttrace.exporter.flight import FlightRecorder, Limits, RecordDirError, prepare_dir, recordings
 from rsttrace.exporter.verdictlog import LineWriter, VerdictLog, verdict_record
+from rsttrace.schema import catalog as cat
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer import events as ev
-from rsttrace.tracer.recording import read_recording
 
 HEADER = {"kind": "header", "schema": 1, "host": "h", "kernel": "k", "plan": {}}
 MB = 1 << 20
@@ -35,7 +36,7 @@ class Clock:
 
 def batch(start: int, n: int) -> np.ndarray:
     a = np.zeros(n, dtype=ev.EVENT_DTYPE)
-    a["kind"], a["dir"] = ev.EV_RESET, ev.DIR_SENT
+    a["kind"], a["dir"] = cat.EV_RESET, cat.DIR_SENT
     a["ts_ns"] = np.arange(start, start + n) * 1000
     a["sport"] = np.arange(start, start + n) % 65536
     return a
