@@ -110,6 +110,7 @@ class FlightRecorder:
         self._opened_at = 0.0
         self._size = 0
         self._stats0: dict[str, int] = {}
+        self._events = 0        # the kernel's events written to the current file
         self._last_ctx: dict[str, Any] | None = None
         self._retry_at = 0.0
         self.files = 0          # files started
@@ -130,7 +131,7 @@ class FlightRecorder:
                 or now - self._opened_at >= self.limits.file_s:
             if w is None and now < self._retry_at:
                 return
-            if not self._rotate(now, len(arr)):
+            if not self._rotate(now):
                 return
             w = self._writer
         try:
@@ -139,6 +140,7 @@ class FlightRecorder:
                 data = self.decoder.encode_jsonl(part)
                 w.write_jsonl(data, kind_counts(part))
                 self._size += len(data)
+                self._events += len(part)
             if ctx:
                 data, counts = encode_records(ctx)
                 w.write_jsonl(data, counts)
@@ -146,19 +148,21 @@ class FlightRecorder:
         except (OSError, ValueError) as e:     # ValueError: text that cannot be encoded
             self._fail(e)
 
-    def close(self, pending: int = 0) -> None:
-        """Ends the file being written with its totals line; `pending`
-        events already read from the kernel go to the next file."""
+    def close(self) -> None:
+        """Ends the file being written with its totals line: the kernel's
+        events it holds (counted as written: behind a backlog, events are
+        read from the kernel well before they are written, so the reader's
+        count while the file was open says nothing of this file), and what
+        was lost and rescued while it was open."""
         w, self._writer = self._writer, None
         if w is None:
             return
-        st = dict(self._stats())
-        st["events"] = st.get("events", 0) - pending
+        st = self._stats()
         totals = {"t": round(self._clock(), 6),
                   "duration_s": round(self._clock() - self._opened_at, 3),
-                  **{k: v - self._stats0.get(k, 0) for k, v in st.items()
+                  **{k: max(0, v - self._stats0.get(k, 0)) for k, v in st.items()
                      if k in ("lost", "rescued")},
-                  "kernel_events": st.get("events", 0) - self._stats0.get("events", 0)}
+                  "kernel_events": self._events}
         w.close(totals)
 
     # -- files ------------------------------------------------------------
@@ -171,11 +175,10 @@ class FlightRecorder:
             p = self.dir / f"rsttrace-{stamp}.{n}.jsonl"
         return p
 
-    def _rotate(self, now: float, pending: int = 0) -> bool:
-        """Ends the file being written and starts the next one, which
-        gets the `pending` events the kernel has already handed over."""
+    def _rotate(self, now: float) -> bool:
+        """Ends the file being written and starts the next one."""
         try:
-            self.close(pending)
+            self.close()
         except (OSError, ValueError) as e:
             self._fail(e)
             return False
@@ -198,7 +201,7 @@ class FlightRecorder:
         self._writer = w
         self._opened_at = now
         self._stats0 = dict(self._stats())
-        self._stats0["events"] = self._stats0.get("events", 0) - pending
+        self._events = 0
         self._size = path.stat().st_size
         self.files += 1
         return True

@@ -83,6 +83,27 @@ def test_files_rotate_by_period_each_complete_with_the_newest_context(tmp_path):
     assert lost == 4     # counted from the first file on
 
 
+def test_each_file_counts_the_events_it_holds_when_they_were_read_long_before(tmp_path):
+    """Behind a backlog the kernel's events are read well before they are
+    written: each file's kernel_events is what it holds, never the reader's
+    count while it was open (that went negative, which a recording's reader
+    refuses)."""
+    clock = Clock()
+    st = {"events": 500, "lost": 0, "rescued": 0}     # all read at once, into the backlog
+    fr, errors = recorder(tmp_path, clock, stats=lambda: dict(st), file_s=10.0)
+    for i in range(5):
+        fr.write(batch(i * 100, 100), [])
+        clock.t += 6.0
+    fr.close()
+    files = recordings(tmp_path / "rec")
+    assert len(files) == 3 and not errors
+    for path, _size, _mtime in files:
+        rec = read_recording(path)
+        assert not rec.warnings and rec.totals is not None
+        resets = sum(r["kind"] == "reset" for r in rec.records)
+        assert rec.totals["kernel_events"] == resets
+
+
 def test_files_rotate_by_size(tmp_path):
     clock = Clock()
     fr, _ = recorder(tmp_path, clock, file_bytes=MB, max_bytes=64 * MB)
