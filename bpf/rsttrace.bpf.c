@@ -15,19 +15,55 @@
  * flags), so one program serves every kernel from 6.1 to 6.18. kprobe
  * fallbacks always use probe reads.
  *
- * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,
- * AF_INET6, IPPROTO_TCP, the TCP states TCP_SYN_SENT_, TCP_CLOSE_,
- * TCP_TIME_WAIT_, TCP_NEW_SYN_RECV_ (from the kernel's own table),
- * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, the transport (USE_PCRING
- * with PCRING_CPUS and PCRING_SLOTS, or USE_RINGBUF with RINGBUF_PAGES and
- * RESCUE_PAGES, or neither: the perf buffer), the filters PORT_WANTED(p) and
- * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
- * HAVE_TP_* for each tracepoint to attach, and the optional hooks
- * HAVE_TP_SEND_RESET_REASON, HAVE_FEXIT_ACCEPT (with ARG_ACCEPT_RET) or HAVE_TP_ACCEPT
- * (+ HAVE_TP_ACCEPT_PLAIN), WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; KFUNC_RDONLY_CAST with the
- * BTF type ids BTF_TCP_SOCK, BTF_IPHDR, BTF_IPV6HDR, BTF_TCPHDR; BENCH_RETURN_EARLY
- * and BENCH_MINIMAL for the benchmark only.
+ * Configuration: the -D flags tracer/loader.py passes, all of them, as its
+ * table DEFINES lists them (this list is written from it by
+ * `python -m rsttrace.tracer.loader`; a unit test compares):
+ * -D flags:
+ *   OFF_*  struct member offsets, from the running kernel's BTF
+ *       (tracer/offsets.py)
+ *   ARG_*  argument positions of raw tracepoints, and of an fexit program's
+ *       return value, from their BTF prototypes
+ *   SOCK_KEEPOPEN_BIT  enum sock_flags.SOCK_KEEPOPEN, from BTF
+ *   NETFILTER_DROP_REASON  SKB_DROP_REASON_NETFILTER_DROP of enum
+ *       skb_drop_reason, from BTF (5.17+)
+ *   TCP_*_  the TCP states the programs compare with, from the kernel's own
+ *       table (tracefs)
+ *   AF_INET  the address family values user space uses
+ *   AF_INET6  (the same)
+ *   IPPROTO_TCP  (the same)
+ *   TP_BTF  tracepoints as BTF tracepoints (plain loads), else raw
+ *       tracepoints
+ *   KFUNC_RDONLY_CAST  BTF id of bpf_rdonly_cast: tcp_sock and packet headers
+ *       typed by a cast
+ *   BTF_*  BTF ids of the structs cast to (with KFUNC_RDONLY_CAST)
+ *   HAVE_TP_*  each tracepoint to attach
+ *   HAVE_TP_SEND_RESET_REASON  tcp:tcp_send_reset carries the reset's reason
+ *       (6.10+)
+ *   HAVE_FEXIT_ACCEPT  owners of accepted sockets from an fexit on
+ *       inet_csk_accept
+ *   HAVE_TP_ACCEPT  owners of accepted sockets from syscalls:sys_exit_accept4
+ *       (record --accept-syscalls)
+ *   HAVE_TP_ACCEPT_PLAIN  and from syscalls:sys_exit_accept
+ *   WANT_KPROBE_SEND_RESET  kprobes on tcp_v4/v6_send_reset (no-socket resets
+ *       before 6.10)
+ *   WANT_KPROBE_TCP_RESET  kprobe on tcp_reset (no tcp:tcp_receive_reset)
+ *   WANT_KPROBE_IPVS_EXPIRE  kprobe on ip_vs_conn_expire
+ *   WANT_KRETPROBE_CT_ALLOC  kretprobe on __nf_conntrack_alloc
+ *   NET_NAMESPACE_LIST  address of net_namespace_list (/proc/kallsyms): an
+ *       IPVS entry's namespace found by walking the list
+ *   USE_PCRING  per-CPU rings, with PCRING_CPUS and PCRING_SLOTS
+ *   PCRING_CPUS  (per-CPU rings)
+ *   PCRING_SLOTS  (per-CPU rings)
+ *   USE_RINGBUF  the BPF ring buffer, with RINGBUF_PAGES and RESCUE_PAGES
+ *       (neither: the perf buffer)
+ *   RINGBUF_PAGES  (BPF ring buffer)
+ *   RESCUE_PAGES  (BPF ring buffer)
+ *   PORT_WANTED  PORT_WANTED(p): the --port filter, compared with constants
+ *       (no map lookup)
+ *   NETNS_WANTED  NETNS_WANTED(ns): the --netns filter, the same way
+ *   BENCH_RETURN_EARLY  bench/bench_storm.py --floor only
+ *   BENCH_MINIMAL  (the same)
+ * end of -D flags
  */
 #include <uapi/linux/ptrace.h>
 #include "rsttrace.h"

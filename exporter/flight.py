@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from rsttrace.schema.recording import RecordingWriter, encode_records
 from rsttrace.tracer.burst import ENCODE_EVENTS, kind_counts
 from rsttrace.tracer.events import Decoder
-from rsttrace.tracer.recording import RecordingWriter, encode_records
 
 NAME_RE = re.compile(r"^rsttrace-(\d{8}T\d{6}Z)(?:\.(\d+))?\.jsonl$")
 RETRY_S = 60.0

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import pickle
 import secrets
 import signal
 import stat
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -568,6 +570,75 @@ class WriterProcess:
         self._reap()
 
 
+class Offload:
+    """Hands items to a sink made by `make()` (`sink.add(*item)` for each,
+    `sink.close()` at the end, which returns the result): in a forked
+    `WriterProcess`, batches of items going through a pipe while this
+    process makes the next ones, where that is safe (`fork` None: the
+    platform forks and no other thread runs, whose locks the child would
+    inherit held); otherwise here, in this process. The same sink code runs
+    either way, so the output is the same.
+
+    `add(item, size)` counts `size` toward a batch of `batch` (rows, say);
+    `close()` returns the sink's result; `abort()` stops, dropping what is
+    pending."""
+
+    def __init__(self, make: Callable[[], Any], fork: bool | None = None, batch: int = 2048):
+        if fork is None:
+            fork = hasattr(os, "fork") and threading.active_count() == 1
+        self._child: WriterProcess | None = None
+        if fork:
+            try:
+                self._child = WriterProcess(functools.partial(_run_sink, make))
+            except OSError:
+                self._child = None
+        self._sink = make() if self._child is None else None
+        self._batch = batch
+        self._pending: list[Any] = []
+        self._size = 0
+
+    @property
+    def forked(self) -> bool:
+        return self._child is not None
+
+    def add(self, item: tuple, size: int = 1) -> None:
+        if self._sink is not None:
+            self._sink.add(*item)
+            return
+        self._pending.append(item)
+        self._size += size
+        if self._size >= self._batch:
+            self._send()
+
+    def _send(self) -> None:
+        batch, self._pending, self._size = self._pending, [], 0
+        if batch and self._child is not None:
+            self._child.send(batch)
+
+    def close(self) -> Any:
+        if self._sink is not None:
+            return self._sink.close()
+        self._send()
+        child, self._child = self._child, None
+        assert child is not None, "closed twice"
+        return child.finish()
+
+    def abort(self) -> None:
+        if self._child is not None:
+            child, self._child = self._child, None
+            child.kill()
+
+
+def _run_sink(make: Callable[[], Any], batches: Iterator[list]) -> Any:
+    """The writer process of an Offload."""
+    sink = make()
+    add = sink.add
+    for batch in batches:
+        for item in batch:
+            add(*item)
+    return sink.close()
+
+
 def _batches(src: Any) -> Iterator[Any]:
     load = pickle.load
     while True:
@@ -596,4 +667,4 @@ def _child_main(work: Callable[[Iterator[Any]], Any], rows_fd: int, res_fd: int)
 
 __all__ = ["OutFile", "OutputError", "OutputClosed", "NotReplaceable", "InPlace", "open_in_place",
            "check_distinct", "file_id", "write_stdout", "Say", "exit_on_signals", "exit_quietly",
-           "WriterProcess", "MODE"]
+           "WriterProcess", "Offload", "MODE"]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rsttrace.tracer.recording import RecordingError, iter_recording
+from rsttrace.schema.recording import RecordingError, iter_recording
 
 __all__ = ["ReplaySource", "RecordingError"]
 

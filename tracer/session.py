@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from rsttrace import __version__
+from rsttrace.schema import SCHEMA_VERSION
 
 from . import access, kernel, probe
 from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
@@ -148,7 +149,7 @@ class TraceSession:
         names = dict(self._collector.names)
         names.update(self._netns_names)
         self.header = {
-            "kind": "header", "schema": 1, "t": round(time.time(), 6),
+            "kind": "header", "schema": SCHEMA_VERSION, "t": round(time.time(), 6),
             "host": socket.gethostname(), "kernel": os.uname().release, "tool": __version__,
             "hz": self._decoder.hz, "transport": self.transport,
             "plan": probe.plan_summary(self.hooks),

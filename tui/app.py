@@ -226,12 +226,12 @@ class RstApp(App[int]):
         verdicts = self.state.retained_verdicts()
         stamp = datetime.fromtimestamp(self._wall(), timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"rsttrace-resets-{stamp}.csv"
-        from rsttrace.analysis.report import to_frame, write_csv
+        from rsttrace.analysis.report import write_verdicts
         from rsttrace.outfile import OutFile, OutputError
         try:
             self.export_dir.mkdir(parents=True, exist_ok=True)
             with OutFile(path) as out:
-                write_csv(to_frame(verdicts, self.feeder.names.snapshot()), out)
+                write_verdicts(verdicts, out, self.feeder.names.snapshot())
         except OutputError as e:
             self.notify(f"export failed: {e} (choose another --export-dir)", severity="error", timeout=8)
             return

@@ -15,6 +15,13 @@ from typing import Any, Iterable
 from rich.text import Text
 
 from rsttrace.analysis.safe import printable
+from rsttrace.schema.catalog import RESET
+
+# The reset fields the table shows (tui/table.py titles their columns with
+# the catalog's labels): named through the catalog, so a field renamed
+# there fails here at import instead of showing "-" in every row.
+_STATE, _IDLE_MS, _COMM, _PID = (RESET[k].name for k in ("state", "idle_ms", "comm", "pid"))
+assert RESET[_IDLE_MS].unit == "ms"     # fmt_idle takes milliseconds
 
 # Colours for the causes the classifier names; a cause not listed gets a
 # stable colour from its name so new causes still stand apart.
@@ -153,7 +160,7 @@ def make_row(seq: int, v: Any, names: NetnsNames, tz: tzinfo | None = timezone.u
     recv_ns = getattr(v, "receiver_netns", None)
     send_ns = getattr(v, "sender_netns", None)
     where = recv_ns if recv_ns is not None else send_ns
-    comm, pid = _pick(events, "comm"), _pick(events, "pid")
+    comm, pid = _pick(events, _COMM), _pick(events, _PID)
     process = f"{comm}[{pid}]" if comm and pid else (comm or (f"pid {pid}" if pid else "-"))
     src, sport = getattr(v, "src", None), getattr(v, "sport", None)
     dst, dport = getattr(v, "dst", None), getattr(v, "dport", None)
@@ -168,7 +175,7 @@ def make_row(seq: int, v: Any, names: NetnsNames, tz: tzinfo | None = timezone.u
         seq=seq, t=float(t) if isinstance(t, (int, float)) else 0.0, cause=cause,
         time=fmt_time(t, tz), netns=clean(names.name(where)), process=clean(process),
         flow=clean(f"{fmt_addr(src, sport)}→{fmt_addr(dst, dport)}"),
-        state=clean(_pick(events, "state") or "-"), idle=fmt_idle(_pick(events, "idle_ms")),
+        state=clean(_pick(events, _STATE) or "-"), idle=fmt_idle(_pick(events, _IDLE_MS)),
         evidence=clean(ev[0] if ev else ""), ports=ports, addrs=addrs, netns_keys=ns_keys, verdict=v,
     )
 

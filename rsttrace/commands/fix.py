@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, paths) -> int:
         # streamed: a recording of any size plans in bounded memory
         import itertools
 
-        from rsttrace.tracer.recording import RecordingError, iter_recording
+        from rsttrace.schema.recording import RecordingError, iter_recording
         reader, records = iter_recording(args.from_file)
         try:
             first = next(records, None)       # reads the header

@@ -53,7 +53,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _replay_source(args: argparse.Namespace):
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
     from rsttrace.tracer.replay import ReplaySource
     try:
         return ReplaySource(args.replay, speed=args.speed)
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         label = "live"
         if args.record:
             from rsttrace.outfile import OutputError
-            from rsttrace.tracer.recording import RecordingWriter
+            from rsttrace.schema.recording import RecordingWriter
             try:
                 recorder = RecordingWriter(args.record, source.header)
             except OutputError as e:

@@ -86,7 +86,7 @@ def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int,
 
 def run(args) -> int:
     from rsttrace.outfile import NotReplaceable, OutputError, check_distinct
-    from rsttrace.tracer.recording import open_output
+    from rsttrace.schema.recording import open_output
     from rsttrace.tracer.session import SessionError, preflight
 
     if args.dump_bpf:
@@ -133,7 +133,7 @@ def run(args) -> int:
 def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> int:
     from rsttrace.outfile import Say
     from rsttrace.tracer.burst import BurstWriter
-    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.schema.recording import RecordingWriter
     from rsttrace.tracer.session import SessionError, TraceSession
 
     say = Say()
@@ -223,7 +223,7 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
 def write_csv(recording: str, csv_path: str, say) -> int:
     from rsttrace.analysis.report import write_report
     from rsttrace.outfile import OutFile, OutputClosed, OutputError, exit_on_signals, exit_quietly
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
     try:
         # TERM or HUP now ends the report like Ctrl-C: its temporary file goes
         with exit_on_signals(), OutFile(csv_path) as out:

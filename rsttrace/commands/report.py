@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from rsttrace.analysis.classify import CAUSES
-    from rsttrace.analysis.csvout import TimeRangeError
-    from rsttrace.analysis.report import parse_time, report_recording, write_csv, write_report
+    from rsttrace.analysis.report import parse_time, summarize_recording, write_report, write_summary
+    from rsttrace.analysis.summary import TimeRangeError
     from rsttrace.cli import CLIError
     from rsttrace.outfile import (OutFile, OutputClosed, OutputError, Say, check_distinct,
                                   exit_on_signals, exit_quietly, write_stdout)
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
 
     if args.cause is not None and args.cause not in CAUSES:
         raise CLIError(f"--cause {args.cause!r}: use one of {', '.join(CAUSES)}")
@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
             if csv_out is not None:
                 n, summary = write_report(args.recording, csv_out, **opts)
             else:
-                _df, summary = report_recording(args.recording, **opts)
+                summary = summarize_recording(args.recording, **opts)
             if summary_out is not None:
-                write_csv(summary.frame, summary_out)
+                write_summary(summary, summary_out)
         for w in summary.warnings:
             say(f"rsttrace: warning: {w}")
         if args.output:

@@ -25,7 +25,7 @@ from podrun import Agent, Namespaces, derive_pod, get, memory_peak, vm_hwm_mb
 from rsttrace import __version__
 from rsttrace.lab.netns import inode, tcp_out_rsts
 from rsttrace.tracer.pods import cgroup2_root
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 pytestmark = [pytest.mark.kernel, pytest.mark.container]
 

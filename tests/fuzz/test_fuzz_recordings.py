@@ -283,7 +283,7 @@ def test_live_replay_feed(workdir, data):
     """What the live screen does with a replay, without a terminal: the
     feed thread's work (poll, classify, rows) and what it draws from."""
     from rsttrace.analysis.classify import Classifier
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
     from rsttrace.tracer.replay import ReplaySource
     from rsttrace.tui.feed import Feeder
     from rsttrace.tui.panels import plan_summary
@@ -336,7 +336,7 @@ def test_export_replay(workdir, data):
     from prometheus_client import generate_latest
 
     from rsttrace.exporter import server
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
     from rsttrace.tracer.replay import ReplaySource
 
     try:

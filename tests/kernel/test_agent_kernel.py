@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rsttrace.lab.netns import tcp_out_rsts
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 pytestmark = pytest.mark.kernel
 

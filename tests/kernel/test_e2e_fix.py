@@ -25,7 +25,7 @@ from rsttrace.lab import netns
 from rsttrace.lab.scenarios import (POOL_CT_ESTABLISHED_S, POOL_IDLE_PAUSE_S, ScenarioRun,
                                     run_scenario)
 from rsttrace.lab.topology import CLIENT, VIP, Lab
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 from e2e_record import record_scenario
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 pytestmark = pytest.mark.kernel
 RECORD = [sys.executable, "-m", "rsttrace", "record"]

@@ -1,4 +1,4 @@
-"""A real recording passes the record table (tracer/schema.py) unchanged:
+"""A real recording passes the record table (rsttrace.schema.validate) unchanged:
 every field the tracer, the context collector and the recorder write is in
 the table with a type its values fit, so reading drops and refuses
 nothing of it."""
@@ -32,7 +32,7 @@ def test_a_real_recording_reads_back_unchanged(tmp_path):
         finally:
             s.close()
     assert p.wait(timeout=30) == 0, p.stderr.read()
-    from rsttrace.tracer.recording import iter_recording
+    from rsttrace.schema.recording import iter_recording
     reader, it = iter_recording(out)
     records = list(it)
     lines = out.read_text().splitlines()

@@ -16,8 +16,9 @@ import pytest
 from rsttrace.analysis.classify import Classifier
 from rsttrace.exporter.flight import FlightRecorder, Limits, RecordDirError, prepare_dir, recordings
 from rsttrace.exporter.verdictlog import LineWriter, VerdictLog, verdict_record
+from rsttrace.schema import catalog as cat
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer import events as ev
-from rsttrace.tracer.recording import read_recording
 from test_tracer_burst import batch      # raw events: resets, every seventh a drop
 
 HEADER = {"kind": "header", "schema": 1, "host": "h", "kernel": "k", "plan": {}}

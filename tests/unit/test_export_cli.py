@@ -104,7 +104,7 @@ def test_replay_served_over_http(name):
                 break
             time.sleep(0.1)
         assert got == dict(want)
-        from rsttrace.tracer.recording import read_recording
+        from rsttrace.schema.recording import read_recording
         h = read_recording(FIX / name).header
         # every series names the recording's host as its node
         assert ("rsttrace_build_info", (("kernel", h["kernel"]), ("node", h["host"]),

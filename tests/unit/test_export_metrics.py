@@ -18,7 +18,7 @@ from rsttrace.exporter.catalog import BY_NAME, METRICS, OTHER_NETNS, series_name
 from rsttrace.exporter.collector import RsttraceCollector, build_families
 from rsttrace.exporter.netns import NetnsLabels
 from rsttrace.exporter.state import ExportState, View
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer.replay import ReplaySource
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"

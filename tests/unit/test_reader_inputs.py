@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from rsttrace.analysis.batches import iter_batches
+from rsttrace.schema.recording import iter_batches
 from rsttrace.cli import main
-from rsttrace.tracer.recording import RecordingError, iter_recording, read_recording
+from rsttrace.schema.recording import RecordingError, iter_recording, read_recording
 from rsttrace.tracer.replay import ReplaySource
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"

@@ -12,9 +12,10 @@ import threading
 import numpy as np
 import pytest
 
+from rsttrace.schema import catalog as cat
 from rsttrace.tracer import events as ev
 from rsttrace.tracer.burst import WINDOW_S, BurstWriter
-from rsttrace.tracer.recording import RecordingWriter, read_recording
+from rsttrace.schema.recording import RecordingWriter, read_recording
 
 HEADER = {"host": "h", "kernel": "k", "plan": {}}
 
@@ -55,7 +56,7 @@ def test_a_file_that_is_not_a_recording_is_kept_unless_forced(tmp_path):
     with pytest.raises(OSError, match="not an rsttrace recording"):
         record(f)
     assert f.read_text() == "not a recording\n"
-    from rsttrace.tracer.recording import open_output
+    from rsttrace.schema.recording import open_output
     record(open_output(f, force=True))
     assert len(read_recording(f).records) == 2
 
@@ -73,7 +74,7 @@ def test_an_existing_recording_or_empty_file_is_replaced_and_made_0600(tmp_path)
 
 
 def test_nothing_is_changed_until_the_header_is_written(tmp_path):
-    from rsttrace.tracer.recording import open_output
+    from rsttrace.schema.recording import open_output
     f = tmp_path / "r.jsonl"
     record(f, n=3)
     before = f.read_bytes()
@@ -111,7 +112,7 @@ def test_the_burst_file_has_no_name_and_mode_0600(tmp_path):
     b = BurstWriter(w, ev.Decoder(hz=250, mono_to_unix=100.0), str(tmp_path), rate=10,
                     clock=lambda: t[0])
     a = np.zeros(100, dtype=ev.EVENT_DTYPE)
-    a["kind"] = ev.EV_RESET
+    a["kind"] = cat.EV_RESET
     for _ in range(3):
         t[0] += WINDOW_S
         b.write(a, [])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsttrace.tracer.events import EVENT_DTYPE, EV_RESET, EVF_HAS_SOCK, EVF_OWNER, Decoder
+from rsttrace.schema.catalog import EV_RESET, EVF_HAS_SOCK, EVF_OWNER
+from rsttrace.tracer.events import EVENT_DTYPE, Decoder
 from rsttrace.tracer.pods import PodResolver, cgroup2_root, pod_uid
 
 UID = "3f1c2a9e-8b7d-4e21-9a0f-5c6d7e8f9a0b"

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from rsttrace.analysis.classify import Classifier
-from rsttrace.analysis.report import to_frame
-from rsttrace.tracer.recording import read_recording
+from rsttrace.analysis.report import COLUMNS
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer.replay import ReplaySource
 from rsttrace.tui.app import RstApp
 from rsttrace.tui.panels import DetailPane
@@ -137,8 +137,7 @@ async def test_export_writes_the_report_columns(incidents, tmp_path):
         path = app.last_export
         assert path is not None and path.parent == tmp_path / "export"
     df = pd.read_csv(path)
-    expected = to_frame([], {}).columns
-    assert list(df.columns) == list(expected)
+    assert list(df.columns) == COLUMNS
     assert len(df) == 5  # one row per reset event: two pairs and one refused SYN
     assert sorted(df["cause"].unique()) == ["keepalive", "no_listener"]
     assert EVIL_COMM in set(df["comm"].dropna())
@@ -209,7 +208,7 @@ async def test_fix_apply_needs_explicit_confirmation(incidents, tmp_path):
 @sync
 async def test_quit_stops_source_and_completes_recording(tmp_path):
     src_path = write(tmp_path / "in.jsonl", incident_records())
-    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.schema.recording import RecordingWriter
     out = tmp_path / "out.jsonl"
     src = ReplaySource(src_path, speed=0)
     app = RstApp(src, Classifier(), tz=timezone.utc, recorder=RecordingWriter(out, src.header))

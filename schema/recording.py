@@ -1,7 +1,8 @@
-"""JSON Lines recordings: the writer used by `rsttrace record` and the reader
-used by reports, replay and tests.
+"""JSON Lines recordings: the writer used by `rsttrace record`, the reader
+used by replay, the live screen and tests, and the batch reader of reports.
 
-Pure Python (no bcc): analysis and the TUI read recordings without root.
+Pure Python (no bcc, no numpy): analysis and the TUI read recordings
+without root.
 Layout (docs/EVENTS.md): a header line, then records, then a totals line.
 The writer only ever appends whole lines and flushes them per batch, so a
 recording stopped by Ctrl-C, SIGTERM or SIGHUP is complete, and one killed outright
@@ -19,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from rsttrace.tracer import schema
-
 from rsttrace.outfile import InPlace, OutputError, open_in_place, write_error
 
-SCHEMA_VERSION = 1
+from . import validate as schema
+from .catalog import SCHEMA_VERSION
 
 
 class RecordingError(Exception):
@@ -186,7 +186,7 @@ class _Reader:
     with lines of at most LINE_MAX: memory stays bounded whatever the input
     (a FIFO or a device given by name is refused before it is opened, so it
     cannot hang the reader or start anything). Every line after the header
-    is decoded and checked against the record layout (tracer/schema.py:
+    is decoded and checked against the record layout (rsttrace.schema.validate:
     types, ranges, and what JSON refuses: NaN, Infinity, invalid UTF-8,
     lone surrogates). A line that fails is skipped, counted in
     `invalid` and named (the first one) in `warnings`: never a traceback,
@@ -383,3 +383,45 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     if reader.totals is None and not reader.truncated and not reader.totals_invalid:
         warnings.append(f"{reader.label}: no totals line (recording did not end cleanly)")
     return Recording(reader.header, records, reader.totals, reader.truncated, warnings)
+
+
+# ---- batches, for reports ------------------------------------------------
+# Reports replay millions of records; a per-line generator costs more than
+# classifying them. The batch reader takes the reader's blocks of lines and
+# decodes and checks each block in one call, yielding lists of records. A
+# block with any line that is not a valid record (the header, the totals, a
+# line that is not JSON or does not validate, a blank line, the cut last
+# line of a killed recording) is taken line by line by the reader itself,
+# so errors, warnings, counts of invalid records, `truncated` and `totals`
+# are exactly the ones every other reader reports.
+
+def iter_batches(path: str | os.PathLike[str]) -> tuple[_Reader, Iterator[list[dict[str, Any]]]]:
+    """(reader, iterator of record lists). The reader has the same
+    `header`, `totals`, `truncated`, `invalid` and `warnings` as
+    `iter_recording`'s, filled as the iterator is consumed (`header` after
+    the first batch). `path` "-" reads standard input."""
+    reader = _Reader(path)
+    return reader, _batches(reader)
+
+
+def _batches(reader: _Reader) -> Iterator[list[dict[str, Any]]]:
+    decode_records, errors, take = schema.decode_records, schema.ERRORS, reader._take
+    for first, lines, ended in reader._lines():
+        batch: list[dict[str, Any]] | None = None
+        if reader.header is not None and ended:
+            try:
+                batch = decode_records(lines)     # type: ignore[arg-type]
+            except errors:
+                pass
+            except TypeError:       # a line too long comes as None
+                pass
+        if batch is None:
+            batch = []
+            last = len(lines) - 1
+            for i, raw in enumerate(lines):
+                rec = take(first + i, raw, ended or i < last)
+                if rec is not None:
+                    batch.append(rec)
+        if batch:
+            yield batch
+    reader._end()

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rsttrace.analysis.batches import iter_batches
-from rsttrace.tracer.recording import RecordingError, iter_recording
+from rsttrace.schema.recording import RecordingError, iter_batches, iter_recording
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -30,7 +29,7 @@ def test_fixtures_read_the_same(name):
 
 
 def test_many_blocks_and_lines_that_do_not_validate(tmp_path, monkeypatch):
-    import rsttrace.tracer.recording as r
+    import rsttrace.schema.recording as r
     monkeypatch.setattr(r, "BLOCK_BYTES", 200)     # many small blocks
     p = tmp_path / "r.jsonl"
     lines = ['{"kind":"header","schema":1,"t":1}']

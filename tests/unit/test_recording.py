@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rsttrace.tracer.recording import RecordingError, RecordingWriter, iter_recording, read_recording
+from rsttrace.schema.recording import RecordingError, RecordingWriter, iter_recording, read_recording
 
 HEADER = {"host": "h", "kernel": "k", "plan": {}}
 
@@ -34,10 +34,11 @@ def test_encoded_events_and_records_interleave_in_one_file(tmp_path):
     written as dicts (context): one valid file, counted by kind."""
     import numpy as np
 
+    from rsttrace.schema import catalog as cat
     from rsttrace.tracer import events as ev
     a = np.zeros(3, dtype=ev.EVENT_DTYPE)
-    a["kind"], a["dir"], a["ts_ns"] = ev.EV_RESET, ev.DIR_SENT, [1, 2, 3]
-    a["kind"][2] = ev.EV_CT_DROP
+    a["kind"], a["dir"], a["ts_ns"] = cat.EV_RESET, cat.DIR_SENT, [1, 2, 3]
+    a["kind"][2] = cat.EV_CT_DROP
     dec = ev.Decoder(hz=250, mono_to_unix=100.0)
     path = tmp_path / "r.jsonl"
     w = RecordingWriter(path, HEADER)
