@@ -21,13 +21,14 @@ import pandas as pd
 from rsttrace.outfile import WriterProcess
 
 from .batches import iter_batches
-from .classify import CAUSES, Classifier, Verdict
+from .classify import Classifier, Verdict
 from .config import Finding, audit
 from .csvout import ROW_FIELDS, TIME_MAX, TIME_MIN, RowWriter, Tally, TimeRangeError, time_range_error
 from .context import ContextStore
 from .findings import conntrack_episodes
 from .fixes import Fix
 from .safe import FORMULA_START, csv_text, has_control, printable
+from .vocab import CAUSES
 
 CSV_COLUMNS = ["time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport",
                "state", "kernel_reason", "idle_s", "keepalive_s", "cause", "confidence", "evidence", "fix"]

@@ -19,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsttrace.analysis.classify import CAUSES, Classifier, Verdict
+from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.analysis.vocab import CAUSES
 
 from .netns import NetnsLabels
 

@@ -57,7 +57,7 @@ def parse_idle_timeouts(items: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from rsttrace.analysis.classify import CAUSES
+    from rsttrace.analysis.vocab import CAUSES
     from rsttrace.analysis.csvout import TimeRangeError
     from rsttrace.analysis.report import parse_time, report_recording, write_csv, write_report
     from rsttrace.cli import CLIError
