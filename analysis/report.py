@@ -7,12 +7,12 @@ frame and does the aggregation.
 
 from __future__ import annotations
 
-import gc
 import operator
 import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from typing import Any, Iterable, TextIO
 
 import numpy as np
@@ -27,6 +27,7 @@ from .csvout import ROW_FIELDS, TIME_MAX, TIME_MIN, RowWriter, Tally, TimeRangeE
 from .context import ContextStore
 from .findings import conntrack_episodes
 from .fixes import Fix
+from .pump import Pump
 from .safe import FORMULA_START, csv_text, has_control, printable
 from .vocab import CAUSES
 
@@ -481,21 +482,7 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
             if v.fixes and id(v.fixes) not in fix_lists:
                 fix_lists[id(v.fixes)] = v.fixes
 
-    # The replay makes millions of short-lived dicts that never form
-    # cycles (records, verdicts): reference counting frees them, and the
-    # cyclic collector would only walk the live ones again and again
-    # (a third of the run time on a million resets).
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        if first is not None:
-            take(clf.feed_many(first))
-            for batch in batches:
-                take(clf.feed_many(batch))
-        take(clf.flush())
-    finally:
-        if gc_was_on:
-            gc.enable()
+    Pump(clf, take).run(batches if first is None else chain((first,), batches))
     return clf, reader, fix_lists
 
 

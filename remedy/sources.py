@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from rsttrace.analysis import fixes as F
 from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, Cause, FindingKey, Timeout
@@ -192,6 +192,7 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
     last context snapshot; each fix's namespace is the live one that has the
     inode, name and cookie the snapshots recorded (`find`)."""
     from rsttrace.analysis.classify import Classifier
+    from rsttrace.analysis.pump import Pump, batches_of
 
     g = g or Gathered()
     names = {int(k): v for k, v in (header.get("netns_names") or {}).items() if str(k).isdigit()}
@@ -210,14 +211,18 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
             g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
             added.setdefault(id(v.fixes), v.fixes)     # kept: its id is not reused meanwhile
 
-    for rec in records:
-        if rec.get("kind") == "ctx":
-            last_ctx = rec
-            seen.add_ctx(rec)
-        elif rec.get("kind") == "reset":
-            g.resets += 1
-        take(clf.feed(rec))
-    take(clf.flush())
+    def observed() -> Iterator[dict[str, Any]]:
+        nonlocal last_ctx
+        for rec in records:
+            kind = rec.get("kind")
+            if kind == "ctx":
+                last_ctx = rec
+                seen.add_ctx(rec)
+            elif kind == "reset":
+                g.resets += 1
+            yield rec
+
+    Pump(clf, take).run(batches_of(observed()))
     for fixes in added.values():
         add_fixes(g, fixes, node, seen, find)
     if last_ctx is not None:
