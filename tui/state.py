@@ -142,7 +142,6 @@ class NsContext:
     sysctl: dict[str, Any] = field(default_factory=dict)
     ipvs: dict[str, Any] | None = None
     nat: bool = False
-    ct_drop_events: int = 0  # kfree_skb NETFILTER_DROP seen by BPF
     ct_full_events: int = 0  # "table full" kernel log lines
     raw: dict[str, Any] | None = None  # the ctx entry as recorded (for the config audit)
 
@@ -165,7 +164,6 @@ class Batch:
     event_bins: dict[int, int] = field(default_factory=dict)
     ctx: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest per netns
     ctx_t: float | None = None
-    ct_drop: Counter[int] = field(default_factory=Counter)
     ct_full: Counter[int] = field(default_factory=Counter)
     netns_names: dict[int, str] = field(default_factory=dict)
     now: float = 0.0
@@ -204,9 +202,7 @@ class Batch:
             s = int(t)
             self.event_bins[s] = self.event_bins.get(s, 0) + 1
         ns = rec.get("netns")
-        if kind == "ct_drop" and isinstance(ns, int):
-            self.ct_drop[ns] += 1
-        elif kind == "ct_full":
+        if kind == "ct_full":
             self.ct_full[ns if isinstance(ns, int) else -1] += 1
 
 
@@ -256,8 +252,6 @@ class LiveState:
         for inode, name in b.netns_names.items():
             if inode in self.namespaces:
                 self.namespaces[inode].name = name
-        for inode, n in b.ct_drop.items():
-            self._ns(inode, b.netns_names).ct_drop_events += n
         for inode, n in b.ct_full.items():
             if inode == -1:
                 self.ct_full_unknown += n
