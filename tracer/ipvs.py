@@ -7,9 +7,9 @@ module is loaded), and the request goes to the namespace of the calling
 thread: the context collector enters each namespace with setns(2) on a
 worker thread and calls `read_timeouts()` there.
 
-That codec is pyroute2's, and importing pyroute2 costs a tenth of a second
-and tens of MB: it is imported on the first namespace that has IPVS, so
-nodes without IPVS never pay it.
+That codec is pyroute2's, and importing pyroute2 costs time and memory
+(docs/PERFORMANCE.md): it is imported on the first namespace that has
+IPVS, so nodes without IPVS never pay it.
 """
 
 from __future__ import annotations
