@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsttrace.analysis.vocab import Cause
+from rsttrace.analysis.vocab import Cause, Confidence
 from rsttrace.lab.scenarios import ScenarioRun
 from rsttrace.lab.topology import CLIENT
 
@@ -80,7 +80,7 @@ def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[
     # time out), which the analysis reports as conntrack episodes.
     episodes = conntrack_episodes(c.context, since=run.t_start)
     if episodes:
-        ep = max(episodes, key=lambda e: (e.confidence == "high", e.t_last - e.t_first))
+        ep = max(episodes, key=lambda e: (e.confidence is Confidence.HIGH, e.t_last - e.t_first))
         evidence = ep.evidence + "; no reset: new connections time out"
         if len(episodes) > 1:
             evidence += f" ({len(episodes)} episodes)"
