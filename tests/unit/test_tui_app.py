@@ -238,6 +238,14 @@ async def test_storm_keeps_memory_bounded(tmp_path):
 
 # ---- workers: blocking work off the UI thread, one error path ----------------
 
+async def until(pilot, cond, steps: int = 100) -> None:
+    """Waits (bounded) until `cond()` holds."""
+    for _ in range(steps):
+        if cond():
+            return
+        await pilot.pause(0.02)
+
+
 def _on_ui_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()   # asyncio.run's loop: the UI
@@ -257,10 +265,7 @@ async def test_config_audit_runs_in_a_worker_and_feeds_the_timeouts_panel(incide
     app = make_app(incidents, tmp_path)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, pilot)
-        for _ in range(100):
-            if app.state.findings:
-                break
-            await pilot.pause(0.02)
+        await until(pilot, lambda: app.state.findings)
         panel = str(app.query_one(TimeoutsPanel).render())
     assert threads and not any(threads)
     # lb: conntrack forgets after 4 s while keepalive is 7200 s
@@ -316,10 +321,7 @@ async def test_a_failed_apply_is_a_notification(incidents, tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
         await pilot.press("f", "a", "y")
-        for _ in range(50):
-            await pilot.pause(0.02)
-            if _errors(app):
-                break
+        await until(pilot, lambda: _errors(app))
         assert app.is_running
     assert _errors(app) == ["apply failed: RuntimeError: the engine broke"]
 
@@ -352,10 +354,7 @@ async def test_a_failed_source_shows_in_the_header_and_keeps_what_came_before(in
     app = RstApp(src, Classifier(netns_names=src.header["netns_names"]), tz=timezone.utc,
                  export_dir=tmp_path, wall=lambda: T0 + 100)
     async with app.run_test(size=(160, 24)) as pilot:
-        for _ in range(100):
-            await pilot.pause(0.02)
-            if app.state.error:
-                break
+        await until(pilot, lambda: app.state.error)
         await pilot.pause(0.1)
         header = app.query_one("#header").render().plain
         assert app.is_running
