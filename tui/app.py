@@ -29,7 +29,7 @@ from textual.message import Message
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from rsttrace.analysis.classify import Classifier
+from rsttrace.analysis.classify import Classifier, Verdict
 from rsttrace.analysis.config import Finding, audit
 from rsttrace.analysis.fixes import Fix
 from rsttrace.analysis.safe import printable
@@ -271,7 +271,7 @@ class RstApp(App[int]):
         self.export_job = self._export(verdicts, self.feeder.names.snapshot(), path, older)
 
     @work(thread=True, name="export", exit_on_error=False)
-    def _export(self, verdicts: list[Any], names: dict[int, str], path: Path, older: int) -> None:
+    def _export(self, verdicts: list[Verdict], names: dict[int, str], path: Path, older: int) -> None:
         from rsttrace.analysis.report import to_frame, write_csv
         from rsttrace.outfile import OutFile, OutputError
         try:
