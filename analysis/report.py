@@ -10,10 +10,10 @@ for a frame, `_Count` only counts them for the summary.
 
 from __future__ import annotations
 
-import gc
 import operator
 import os
 from functools import partial
+from itertools import chain
 from typing import Any, Iterable, TextIO
 
 import numpy as np
@@ -27,6 +27,7 @@ from .config import audit
 from .csvout import COLUMNS, ROW_FIELDS, SPECS, VERDICT_CELLS, RowWriter, rows_of, write_table
 from .fixes import Fix
 from .summary import SUMMARY_COLUMNS, TIME_MAX, TIME_MIN, Summary, Tally, TimeRangeError, summarize
+from .pump import Pump
 
 __all__ = ["COLUMNS", "CsvStream", "Rows", "fix_text", "parse_time", "report_recording", "summarize_recording",
            "write_report", "write_summary", "write_verdicts"]
@@ -243,21 +244,7 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
             if v.fixes and id(v.fixes) not in fix_lists:
                 fix_lists[id(v.fixes)] = v.fixes
 
-    # The replay makes millions of short-lived dicts that never form
-    # cycles (records, verdicts): reference counting frees them, and the
-    # cyclic collector would only walk the live ones again and again
-    # (a third of the run time on a million resets).
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        if first is not None:
-            take(clf.feed_many(first))
-            for batch in batches:
-                take(clf.feed_many(batch))
-        take(clf.flush())
-    finally:
-        if gc_was_on:
-            gc.enable()
+    Pump(clf, take).run(batches if first is None else chain((first,), batches))
     return clf, reader, fix_lists
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .classify import CAUSES
+from .vocab import CAUSES
 from .config import Finding
 from .context import ContextStore
 from .findings import conntrack_episodes

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.analysis.pump import clock_of
 from rsttrace.tracer.session import release_heap
 
 from .backlog import Backlog
@@ -28,7 +29,6 @@ from .state import ExportState
 # Not one of the ports registered for other exporters; loopback by default,
 # since the metrics name the host's namespaces and sysctls.
 DEFAULT_PORT = 9471
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 class ListenError(ValueError):
@@ -157,7 +157,7 @@ class Exporter:
         classifier = Classifier(window_s=self.window_s, idle_timeouts=self.idle_timeouts,
                                 netns_names=names, max_pending=MAX_PENDING)
         labels = NetnsLabels(cap=self.netns_cap, names=names, resolver=self.resolver)
-        state = ExportState(classifier, labels, header, node=self.node)
+        state = ExportState(classifier, labels, header, node=self.node, clock=clock_of(self.source))
         if getattr(self.source, "poll_raw", None) is not None:
             self.backlog = Backlog(self.backlog_dir)
         self.registry.register(RsttraceCollector(state, self, on_error=lambda e: self._note(repr(e))))
@@ -195,10 +195,6 @@ class Exporter:
         if len(self.scrape_errors) < 100:
             self.scrape_errors.append(err)
 
-    def _now(self) -> float:
-        now = getattr(self.source, "now", None)
-        return float(now()) if callable(now) else time.time()
-
     # -- the polling loop ----------------------------------------------------
     def step(self, timeout_s: float = 0.2) -> list[Verdict]:
         """One poll of the source; returns the verdicts decided."""
@@ -211,7 +207,7 @@ class Exporter:
         if not self.backlog:
             # behind, time is the stream's own (the classifier's): a reset
             # waiting in the backlog has not missed its other half
-            verdicts += state.tick(self._now())
+            verdicts += state.tick()
         for out in self.verdict_sinks:
             out(verdicts)
         self._since_release += len(verdicts)

@@ -1,11 +1,12 @@
 """What the exporter has counted so far: pure Python, no kernel, no HTTP.
 
 `ExportState.ingest(records)` takes the source's records (docs/EVENTS.md)
-in stream order: resets go through the classifier and are counted by cause
-when their verdict is out (after the classifier's pairing window);
-`ct_drop` / `ct_full` are counted as they come; the newest `ctx` record
-is kept whole for the gauges. `tick(now)` lets verdicts out when no new
-record arrives. The HTTP thread reads a consistent copy with `view()`.
+in stream order: resets go through the classifier (analysis/pump.py) and
+are counted by cause when their verdict is out (after the classifier's
+pairing window); `ct_drop` / `ct_full` are counted as they come; the
+newest `ctx` record is kept whole for the gauges. `tick()` lets verdicts
+out by the source's clock when no new record arrives. The HTTP thread
+reads a consistent copy with `view()`.
 
 Memory is bounded: counters are keyed by (cause, direction, netns label)
 with a bounded label set (exporter/netns.py), the classifier's own state
@@ -15,11 +16,14 @@ is bounded (analysis/classify.py), and only the newest ctx is kept.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsttrace.analysis.classify import CAUSES, Classifier, Verdict
+from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.analysis.pump import Clock, Pump
+from rsttrace.analysis.vocab import CAUSES
 
 from .netns import NetnsLabels
 
@@ -40,12 +44,16 @@ class View:
 
 class ExportState:
     def __init__(self, classifier: Classifier | None = None, labels: NetnsLabels | None = None,
-                 header: dict[str, Any] | None = None, node: str | None = None):
+                 header: dict[str, Any] | None = None, node: str | None = None,
+                 clock: Clock | None = None):
         self.header = dict(header or {})
         # the recording's host when replaying one
         self.node = node or str(self.header.get("host") or "")
         names = self.header.get("netns_names") or {}
         self.classifier = classifier or Classifier(netns_names=names)
+        # `clock`: the source's (analysis.pump.clock_of); tick() asks it
+        self._decided: list[Verdict] = []
+        self.pump = Pump(self.classifier, self._take, clock or time.time)
         self.labels = labels or NetnsLabels(names=names)
         self._lock = threading.Lock()
         self.resets: Counter[tuple[str, str, str]] = Counter()
@@ -75,16 +83,29 @@ class ExportState:
                     self.full_logs[self.labels.for_event(rec.get("netns"), t)] += 1
                 elif kind == "ctx":
                     self._take_ctx(rec, t)
-            return self._count(self.classifier.feed_many(records))
+            self.pump.feed(records)
+            return self._handed()
 
-    def tick(self, now: float) -> list[Verdict]:
+    def tick(self, now: float | None = None) -> list[Verdict]:
+        """Decides what waited its pairing window by `now` (default: the
+        source's clock)."""
         with self._lock:
-            return self._count(self.classifier.tick(now))
+            self.pump.tick(now)
+            return self._handed()
 
     def flush(self) -> list[Verdict]:
         """Decides every open incident now (the source ended)."""
         with self._lock:
-            return self._count(self.classifier.flush())
+            self.pump.flush()
+            return self._handed()
+
+    def _take(self, verdicts: list[Verdict]) -> None:
+        self._count(verdicts)
+        self._decided += verdicts
+
+    def _handed(self) -> list[Verdict]:
+        out, self._decided = self._decided, []
+        return out
 
     def _take_ctx(self, rec: dict[str, Any], t: float) -> None:
         self._ctx = rec
@@ -97,7 +118,7 @@ class ExportState:
         self.nf_drops.pop(label, None)
         self.full_logs.pop(label, None)
 
-    def _count(self, verdicts: list[Verdict]) -> list[Verdict]:
+    def _count(self, verdicts: list[Verdict]) -> None:
         # summed by (cause, direction, namespace) first: a storm's thousands
         # of verdicts take one label lookup per namespace
         incidents = self.incidents
@@ -119,7 +140,6 @@ class ExportState:
         for (cause, direction, ns), n in by.items():
             label = self.labels.for_event(ns, newest)
             self.resets[(cause, "sent" if direction == "sent" else "recv", label)] += n
-        return verdicts
 
     # -- output (the HTTP thread) -----------------------------------------
     def view(self) -> View:

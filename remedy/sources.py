@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from rsttrace.analysis import fixes as F
+from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, Cause, FindingKey, Timeout
 from rsttrace.remedy import keys as K
 from rsttrace.remedy import netns
 from rsttrace.remedy.model import Handover, Proposal, Target
@@ -166,21 +167,20 @@ def fixes_from_ctx(ctx: dict[str, Any], ram_bytes: int | None) -> list[Any]:
         ka = _int(sc.get("tcp_keepalive_time"))
         est = _int(sc.get("nf_conntrack_tcp_timeout_established"))
         vs = _int((n.get("ipvs") or {}).get("tcp"))
-        if finding.key == "ordering" and vs is not None and est is not None and est < vs:
+        if finding.pair == (Timeout.IPVS_TCP, Timeout.CT_ESTABLISHED) and vs is not None and est is not None:
             out += F.timeout_mismatch_fixes(where, est, vs, ka)
-        elif finding.key in ("ordering", "no_margin", "idle_timeout") and ka is not None:
+        elif finding.key in TIMEOUT_FINDINGS and ka is not None:
             limits = [v for v in (vs, est) if v is not None]
             limits += [float(x) for x in finding.values[1:2] if isinstance(x, (int, float))]
             if limits:
-                label = "IPVS tcp timeout" if vs is not None and min(limits) == vs else \
-                    "conntrack established timeout"
+                label = Timeout.IPVS_TCP if vs is not None and min(limits) == vs else Timeout.CT_ESTABLISHED
                 out += F.keepalive_fixes(where, ka, min(limits), label)
-        elif finding.key in ("ct_full", "ct_near_full"):
+        elif finding.key in (FindingKey.CT_FULL, FindingKey.CT_NEAR_FULL):
             out += F.conntrack_full_fixes(ct.get("max"), ct.get("buckets"), int(ct.get("count") or 0),
-                                          finding.key == "ct_full", ram_bytes)
-        elif finding.key == "buckets" and isinstance(ct.get("max"), int):
+                                          finding.key == FindingKey.CT_FULL, ram_bytes)
+        elif finding.key == FindingKey.BUCKETS and isinstance(ct.get("max"), int):
             need = math.ceil(ct["max"] / 4)
-            out.append(F.Fix("conntrack_full", "node", None, None, K.CT_BUCKETS, ct.get("buckets"),
+            out.append(F.Fix(Cause.CONNTRACK_FULL, "node", None, None, K.CT_BUCKETS, ct.get("buckets"),
                              need, f"sysctl -w {K.CT_BUCKETS}={need}", None, finding.message))
     return out
 
@@ -192,6 +192,7 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
     last context snapshot; each fix's namespace is the live one that has the
     inode, name and cookie the snapshots recorded (`find`)."""
     from rsttrace.analysis.classify import Classifier
+    from rsttrace.analysis.pump import Pump, batches_of
 
     g = g or Gathered()
     names = {int(k): v for k, v in (header.get("netns_names") or {}).items() if str(k).isdigit()}
@@ -210,14 +211,18 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
             g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
             added.setdefault(id(v.fixes), v.fixes)     # kept: its id is not reused meanwhile
 
-    for rec in records:
-        if rec.get("kind") == "ctx":
-            last_ctx = rec
-            seen.add_ctx(rec)
-        elif rec.get("kind") == "reset":
-            g.resets += 1
-        take(clf.feed(rec))
-    take(clf.flush())
+    def observed() -> Iterator[dict[str, Any]]:
+        nonlocal last_ctx
+        for rec in records:
+            kind = rec.get("kind")
+            if kind == "ctx":
+                last_ctx = rec
+                seen.add_ctx(rec)
+            elif kind == "reset":
+                g.resets += 1
+            yield rec
+
+    Pump(clf, take).run(batches_of(observed()))
     for fixes in added.values():
         add_fixes(g, fixes, node, seen, find)
     if last_ctx is not None:

@@ -134,10 +134,10 @@ def _parse_int(raw: bytes) -> int | None:
 class _SysctlFiles:
     """The /proc/sys files of one network namespace, opened while the
     calling thread is in it and kept open: an open file goes on reading
-    that namespace's value, and reading it again (pread) costs about 1.4 µs
-    where opening it (the path lookup) costs about 20. With a dozen files
-    per namespace and every namespace each period, that was most of a
-    snapshot. These files hold no reference on the namespace: once it is
+    that namespace's value, and reading it again (pread) costs a small
+    fraction of opening it (the path lookup; docs/PERFORMANCE.md has the
+    figures). With a dozen files per namespace and every namespace each
+    period, opening was most of a snapshot. These files hold no reference on the namespace: once it is
     gone, reading fails (ENOENT) and the file is opened again, in the
     namespace the thread is in now. `keep` False: opened and closed on each
     read (past the collector's budget of descriptors).

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernel
 from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
 from .offsets import ACCEPT_FIELDS, KernelLayout, ipvs_netns, unresolved
-
-SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
 # tracepoints rsttrace can use: (group, name)
 TRACEPOINTS = (
@@ -397,7 +395,3 @@ def transport(caps: Capabilities) -> tuple[str, str]:
 def plan_summary(hooks: dict[str, Hook]) -> dict[str, dict]:
     return {name: {"hook": h.hook, "available": h.available, "why": h.why}
             for name, h in hooks.items()}
-
-
-def caps_dict(caps: Capabilities) -> dict:
-    return asdict(caps)

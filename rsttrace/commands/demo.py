@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import textwrap
 import time
 from pathlib import Path
 
@@ -82,10 +81,6 @@ def _out_paths(args) -> tuple[Path, Path]:
         csv = Path("/tmp/rsttrace-demo.csv")
     rec = Path(args.record) if args.record else csv.with_suffix(".jsonl")
     return csv, rec
-
-
-def _cell(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text or "-", width) or ["-"]
 
 
 def run(args) -> int:

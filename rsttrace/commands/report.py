@@ -57,7 +57,7 @@ def parse_idle_timeouts(items: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from rsttrace.analysis.classify import CAUSES
+    from rsttrace.analysis.vocab import CAUSES
     from rsttrace.analysis.report import parse_time, summarize_recording, write_report, write_summary
     from rsttrace.analysis.summary import TimeRangeError
     from rsttrace.cli import CLIError

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rsttrace.analysis.classify import CAUSES
+from rsttrace.analysis.vocab import CAUSES
 from rsttrace.exporter.catalog import BY_NAME, METRICS, OTHER_NETNS, series_names
 from rsttrace.exporter.collector import RsttraceCollector, build_families
 from rsttrace.exporter.netns import NetnsLabels

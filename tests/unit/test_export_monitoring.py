@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rsttrace.analysis.vocab import CAUSES
 from rsttrace.exporter.catalog import METRICS, series_names
 
 MON = Path(__file__).resolve().parents[2] / "monitoring"
@@ -143,3 +144,31 @@ def test_readme_documents_every_metric():
     for r in rules():
         if "alert" in r:
             assert r["alert"] in text
+
+
+# a cause in a label matcher (cause="x", cause=~"x|y") or a label set
+# (cause: x) of the rules, their tests and the dashboard
+CAUSE_RE = re.compile(r"""\bcause\s*(?:=~?|!~?)\s*\\?["']([^"'\\]+)|[{,]\s*cause:\s*([a-z_]+)""")
+
+
+def causes_named(text: str) -> set[str]:
+    out: set[str] = set()
+    for m in CAUSE_RE.finditer(text):
+        out |= set((m.group(1) or m.group(2)).split("|"))
+    return out
+
+
+def test_rules_and_dashboard_name_only_causes_the_classifier_has():
+    texts = {p.name: p.read_text() for p in (RULES, MON / "rsttrace.rules.test.yml", DASH)}
+    named = {name: causes_named(t) for name, t in texts.items()}
+    # the matcher finds what is there (the node-caused alert, the alert tests)
+    assert {"conntrack_full", "keepalive"} <= named[RULES.name]
+    assert "no_listener" in named["rsttrace.rules.test.yml"]
+    for name, causes in named.items():
+        assert causes <= set(CAUSES), (name, causes - set(CAUSES))
+
+
+def test_readme_lists_every_cause():
+    text = (MON / "README.md").read_text()
+    line = next(ln for ln in text.split("\n- ") if ln.startswith("`cause`:"))
+    assert re.findall(r"`([a-z_]+)`", line.split("(", 1)[0])[1:] == list(CAUSES)

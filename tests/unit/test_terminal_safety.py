@@ -130,11 +130,11 @@ def test_live_screen_notifications_are_plain_sanitised_text(tmp_path):
 
     src = ReplaySource(FIX / "keepalive_lab.jsonl")
     app = RstApp(src, Classifier(), tz=timezone.utc, export_dir=tmp_path, source_label="replay",
-                 apply_fixes=lambda fixes: "applied x in ns[/]" + EVIL)
+                 apply_fixes=lambda fixes, header, nss: "applied x in ns[/]" + EVIL)
 
     async def run() -> list:
         async with app.run_test(size=(80, 24)) as pilot:
-            app._apply([object()])
+            app._apply([], [])
             await pilot.pause(0.3)
             return list(app._notifications)
     notes = asyncio.run(run())
