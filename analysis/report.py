@@ -26,7 +26,7 @@ from .config import Finding, audit
 from .csvout import ROW_FIELDS, TIME_MAX, TIME_MIN, RowWriter, Tally, TimeRangeError, time_range_error
 from .context import ContextStore
 from .findings import conntrack_episodes
-from .fixes import Fix
+from .fixes import Fix, merge_fixes
 from .safe import FORMULA_START, csv_text, has_control, printable
 
 CSV_COLUMNS = ["time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport",
@@ -379,6 +379,11 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
             if f.snippet:
                 lines += [f"      {printable(x)}" for x in f.snippet.rstrip("\n").split("\n")]
             rows.append(("fix", f.key, f.value, printable(f.command or f.snippet or "")))
+            if f.covers:
+                lines.append("      covers:")
+                for c in f.covers:
+                    lines.append(f"        {printable(c)}")
+                    rows.append(("fix_covers", f.key, f.value, printable(c)))
     for w in warnings or ():
         rows.append(("warning", "", "", printable(w)))
     frame = pd.DataFrame(rows, columns=["section", "name", "value", "detail"])
@@ -416,14 +421,6 @@ def _conntrack_trouble(ctx: ContextStore, rows: list, ram_bytes: int | None = No
 
 # ---- batch ---------------------------------------------------------------
 
-def _unique_fixes(fix_lists: Iterable[list[Fix]]) -> list[Fix]:
-    seen: dict[tuple, Fix] = {}
-    for fl in fix_lists:
-        for f in fl:
-            seen.setdefault((f.cause, f.scope, f.netns, f.key, str(f.value)), f)
-    return list(seen.values())
-
-
 def parse_time(text: str | float | None) -> float | None:
     """Unix seconds, or ISO 8601 (UTC unless it says otherwise), between
     1970 and 9999; ValueError says what is wrong."""
@@ -460,8 +457,10 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
             names[int(k)] = str(v)
         except (TypeError, ValueError):
             continue
+    # A report can look ahead: the first resets of an idle-timeout pattern
+    # get the label of the later ones (analysis/classify.py).
     clf = Classifier(window_s=window_s, idle_timeouts=idle_timeouts, pair_window_s=pair_window_s,
-                     netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"))
+                     netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"), look_ahead=True)
     sink.names = clf.context.names
     fix_lists: dict[int, list[Fix]] = {}
     timed = since is not None or until is not None
@@ -507,7 +506,8 @@ def _finish(tally: Tally, clf: Classifier, reader: Any, fix_lists: dict[int, lis
         warnings.append(f"{reader.path}: no totals line (recording did not end cleanly)")
     if reader.totals and reader.totals.get("lost"):
         warnings.append(f"{reader.totals['lost']} events were lost in the kernel while recording")
-    return summarize(tally, clf.context, findings, _unique_fixes(fix_lists.values()), warnings,
+    fixes = merge_fixes(f for fl in fix_lists.values() for f in fl)
+    return summarize(tally, clf.context, findings, fixes, warnings,
                      ram_bytes=clf.ram_bytes, invalid=(reader.invalid, reader.first_invalid))
 
 

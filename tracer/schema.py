@@ -55,10 +55,15 @@ def obj(name: str, fields: dict[str, Any], tag: str | None = None) -> Any:
 # ---- the table -------------------------------------------------------------
 # kind -> {field: type}. Every record has `kind` (the key of this table) and
 # `t`; any other field may be missing.
+RULE = {
+    "source": Literal["nft", "iptables"], "family": str, "table": str, "chain": str,
+    "handle": U64 | None, "text": str, "packets": U64 | None,
+}
 NAMESPACE = {
     "netns": U32, "name": str | None, "ct": dict[str, U64] | None,
     "sysctl": dict[str, NUM] | None, "ipvs": dict[str, NUM] | None,
     "nat": bool | None, "tcp_sockets": U64 | None, "cookie": U64 | None,
+    "rules": list[obj("Rule", RULE)] | None,   # type: ignore[misc]
 }
 
 RECORDS: dict[str, dict[str, Any]] = {
@@ -73,7 +78,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "cgroup_of": Literal["owner", "socket"] | None, "pod": str | None,
     },
     "ct_drop": {"t": TIME, "netns": U32 | None, "reason": str | None, "reason_raw": U32 | None,
-                "protocol": U16 | None},
+                "protocol": U16 | None, "family": Literal[4, 6] | None, "src": str | None,
+                "sport": U16 | None, "dst": str | None, "dport": U16 | None, "tcp_flags": U8 | None},
     "ct_full": {"t": TIME, "netns": U32 | None, "text": str | None},
     "ipvs_expire": {
         "t": TIME, "netns": U32 | None, "protocol": U16 | None, "client": str | None,

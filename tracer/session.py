@@ -27,7 +27,7 @@ from . import kernel, probe
 from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
 from .btf import load_module, load_vmlinux
 from .context import Collector, PeriodicSampler
-from .events import EVENT_DTYPE, Decoder
+from .events import EV_CT_DROP, EVENT_DTYPE, Decoder
 from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached,
                      load_inprocess, program_fds)
 from .pods import PodResolver
@@ -322,9 +322,22 @@ class TraceSession:
             self._last_drain = time.monotonic()
             arr = self._drain_kernel()
             self._behind = len(arr) >= MAX_BATCH
+            if len(arr):
+                self._note_drops(arr)
             ctx = self._drain_ctx()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx
+
+    def _note_drops(self, arr: np.ndarray) -> None:
+        """Namespaces where netfilter dropped a packet: the collector reads
+        their reject rules, in a snapshot taken now when one is due."""
+        if self._collector is None:
+            return
+        drops = arr["kind"] == EV_CT_DROP
+        if not drops.any():
+            return
+        if self._collector.note_drops(np.unique(arr["netns"][drops]).tolist()) and self._sampler:
+            self._sampler.wake()
 
     @contextlib.contextmanager
     def discarding(self) -> Iterator[None]:

@@ -250,11 +250,13 @@ class RstApp(App[int]):
             self.notify("select a reset first (↑/↓)", severity="warning")
             return
 
+        fixes = self.state.fix_plan(row)
+
         def done(result: Any) -> None:
             if result == "apply" and self.apply_fixes is not None:
-                self._apply(list(getattr(row.verdict, "fixes", None) or []))
+                self._apply(fixes)
 
-        self.push_screen(FixPlanScreen(row, self.apply_unavailable), done)
+        self.push_screen(FixPlanScreen(row, self.apply_unavailable, fixes), done)
 
     @work(thread=True, name="apply")
     def _apply(self, fixes: list[Any]) -> None:

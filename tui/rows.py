@@ -28,6 +28,8 @@ CAUSE_COLOURS: dict[str, str] = {
     "ipvs_nodest": "bright_magenta",
     "no_listener": "cyan",
     "peer_reset": "green",
+    "peer_closed": "spring_green2",
+    "firewall_reject": "dark_orange",
     "unknown": "bright_black",
 }
 _PALETTE = ("blue", "bright_blue", "bright_cyan", "bright_green", "bright_yellow", "orange3")
@@ -203,6 +205,14 @@ def _fix_text(fix: Any, out: Text) -> None:
         for ln in str(snippet).splitlines():
             out.append("    │ ", style="dim")
             out.append(plain(ln, "green"))
+            out.append("\n")
+    covers = getattr(fix, "covers", None)
+    if covers:
+        # merged over several incidents: the one value satisfies each of these
+        out.append("    covers:\n", style="dim")
+        for c in covers:
+            out.append("      ")
+            out.append(plain(c, "dim"))
             out.append("\n")
 
 
