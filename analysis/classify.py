@@ -56,6 +56,13 @@ REJECT_WINDOW_S = 0.1
 # States a socket reaches only after the peer's FIN: a reset received there
 # answers a write to a connection the peer had already closed.
 CLOSED_BY_PEER = ("CLOSE_WAIT", "LAST_ACK")
+# Reasons of a reset an application asks for when it drops a connection
+# (SO_LINGER 0, disconnect): how MariaDB ends a session at wait_timeout and
+# proxies with `nolinger` drop idle clients. Sent by a local socket to a
+# connection idle at least ABORT_IDLE_S on both sides, it is a server's idle
+# timeout (peer_closed). Kernels before 6.10 give no reason: peer_reset.
+ABORT_REASONS = ("TCP_STATE", "TCP_ABORT_ON_LINGER")
+ABORT_IDLE_S = 0.5
 # Off-node idle timeouts inferred from the resets (module docstring).
 INFER_MIN_RESETS = 3
 INFER_IDLE_FLOOR_S = 1.0
@@ -361,13 +368,16 @@ class Classifier:
         ms apart, with the same service port but other addresses: the
         halves of one reset that NAT rewrote on the way (a backend behind a
         masquerading router answering for a VIP). Paired only when exactly
-        one candidate fits, so a storm cannot mix flows."""
+        one candidate fits, so a storm cannot mix flows; among several, the
+        one whose other port is equal too (masquerade keeps the client's
+        port where it can: two pooled connections reset at once)."""
         w = self._nat_w
         b = int(inc.t / w)
         buckets = self._buckets
         mine_sent = bool(inc.sent)
         e = inc.sent[0] if mine_sent else inc.recv[0]
-        found: _Incident | None = None
+        found: list[_Incident] = []
+        same_ports: list[_Incident] = []
         for k in (b - 1, b, b + 1):
             for o in buckets.get(k, ()):
                 if o is inc or o.done or bool(o.sent) == mine_sent or (o.sent and o.recv) \
@@ -375,19 +385,21 @@ class Classifier:
                     continue
                 s, r = (e, o.recv[0]) if mine_sent else (o.sent[0], e)
                 if _nat_match(s, r):
-                    if found is not None:
-                        return          # ambiguous: leave both alone
-                    found = o
-        if found is None:
-            return
-        del self._pending[found.key]
-        found.done = True
-        inc.sent += found.sent
-        inc.recv += found.recv
+                    found.append(o)
+                    if s.get("sport") == r.get("sport") and s.get("dport") == r.get("dport"):
+                        same_ports.append(o)
+        pick = found if len(found) == 1 else same_ports
+        if len(pick) != 1:
+            return              # none, or ambiguous: leave them alone
+        other = pick[0]
+        del self._pending[other.key]
+        other.done = True
+        inc.sent += other.sent
+        inc.recv += other.recv
         s, r = inc.sent[0], inc.recv[0]
         port = s.get("sport") if s.get("sport") == r.get("sport") else s.get("dport")
-        inc.nat = (abs(found.t - inc.t), port)
-        inc.t = min(inc.t, found.t)
+        inc.nat = (abs(other.t - inc.t), port)
+        inc.t = min(inc.t, other.t)
 
     def _add_ipvs(self, rec: dict[str, Any]) -> None:
         key = (rec.get("vaddr"), rec.get("vport"), rec.get("client"), rec.get("cport"))
@@ -590,6 +602,11 @@ class Classifier:
         # before that FIN (then that table decides, below).
         if r is not None and r.get("state") in CLOSED_BY_PEER:
             res = self._peer_closed(r, s, s_ns, idle)
+            if res:
+                return res
+        # ... or it dropped the idle connection with a reset of its own.
+        if s is not None and r is not None and s.get("reason") in ABORT_REASONS and idle is not None:
+            res = self._idle_abort(r, s, idle)
             if res:
                 return res
 
@@ -866,7 +883,23 @@ class Classifier:
         where = self._where(r.get("netns"), r.get("pid"))
         after = round(idle, 1) if idle is not None else None
         return "peer_closed", conf, ev, self._cached(
-            ("pc", where.netns, where.name, after), lambda: peer_closed_fixes(where, after))
+            ("pc", where.netns, where.name, after), lambda: peer_closed_fixes(where, after_fin_s=after))
+
+    def _idle_abort(self, r: dict, s: dict, idle: float):
+        s_idle = _num(s.get("idle_ms"))
+        if s_idle is None or min(idle, s_idle / 1000.0) < ABORT_IDLE_S:
+            return None
+        ctx = self.context
+        reason = s.get("reason")
+        ev = (f"reset received in {r.get('state') or '?'} from {r.get('src')}:{r.get('sport')}: the peer's "
+              f"application dropped the connection idle {_secs(idle)} (at the peer {_secs(s_idle / 1000.0)}) "
+              "with a reset, as a server's idle timeout does (MariaDB's wait_timeout, a proxy's idle "
+              f"limit with SO_LINGER 0); sent by {ctx.label(s.get('netns'))} from a "
+              f"{s.get('state') or '?'} socket: {reason} ({REASON_TEXT.get(reason, 'kernel reason')})")
+        where = self._where(r.get("netns"), r.get("pid"))
+        x = round(idle, 1)
+        return "peer_closed", "medium", ev, self._cached(
+            ("pca", where.netns, where.name, x), lambda: peer_closed_fixes(where, idle_s=x))
 
     def _peer(self, inc: _Incident, r: dict, s: dict | None, idle: float | None, limits: list):
         ctx = self.context

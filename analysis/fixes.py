@@ -245,15 +245,46 @@ def invalid_fixes(where: Where, be_liberal: int | None) -> list[Fix]:
     ]
 
 
-def peer_closed_fixes(where: Where, after_fin_s: float | None) -> list[Fix]:
-    """The server closed an idle session (its FIN came first) and the pool
-    wrote to the connection later. No sysctl helps: the pool must drop a
-    connection before the server's idle timeout (MySQL/MariaDB
-    `wait_timeout`, PgBouncer `server_idle_timeout`, an HTTP server's
-    keep-alive timeout), test it before use, or the server must wait longer.
-    The server's timeout is not visible from the client's socket (its idle
-    time counts from the FIN), so the values are given relative to it; the
-    time measured is in every reason."""
+def pool_idle_target(timeout_s: float) -> float:
+    """An idle life for pooled connections with margin below a server's
+    idle timeout: 10 % below it, at least min(5 s, half of it)."""
+    x = timeout_s - max(0.1 * timeout_s, min(5.0, timeout_s / 2))
+    return float(int(x)) if x >= 10 else round(x, 1)
+
+
+def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
+                      idle_s: float | None = None) -> list[Fix]:
+    """The server closed an idle session and the pool used the connection
+    later. No sysctl helps: the pool must drop a connection before the
+    server's idle timeout (MySQL/MariaDB `wait_timeout`, PgBouncer
+    `client_idle_timeout`, an HTTP server's keep-alive timeout), test it
+    before use, or the server must wait longer.
+
+    `idle_s`: the server reset the connection when it timed out, after this
+    idle time: its timeout, so the values are numbers below it.
+    `after_fin_s`: the server closed with a FIN and the pool wrote this long
+    after it; the server's timeout is not visible from the client's socket
+    (its idle time counts from the FIN), so the values are relative to it."""
+    if idle_s is not None:
+        t = pool_idle_target(idle_s)
+        seen = f"the server closed the connection after {idle_s:g} s idle"
+        why = f"keep a connection's idle life below the server's idle timeout; {seen}"
+        ms = int(t * 1000)
+        hik = (f"hikari.setIdleTimeout({ms});\nhikari.setMaxLifetime({ms});" if ms >= HIKARI_MIN_MS else
+               f"// {t:g} s is below HikariCP's minimums (idleTimeout 10 s, maxLifetime 30 s):\n"
+               "// raise the server's timeout instead")
+        return [
+            Fix("peer_closed", "pool", where.netns, where.name, "sqlalchemy.pool_recycle", None, t, "",
+                f"create_engine(url, pool_pre_ping=True, pool_recycle={t:g})",
+                why + "; pool_pre_ping tests each connection before use"),
+            Fix("peer_closed", "pool", where.netns, where.name, "go.SetConnMaxIdleTime", None, t, "",
+                f"db.SetConnMaxIdleTime({int(t * 1000)} * time.Millisecond)", why),
+            Fix("peer_closed", "pool", where.netns, where.name, "hikaricp.idleTimeout", None, ms, "", hik, why),
+            Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, f"> {idle_s:g}", "",
+                "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
+                "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
+                f"or let the server wait longer than the pool keeps a connection idle; {seen}"),
+        ]
     seen = (f"the pool wrote {after_fin_s:g} s after the server closed the connection"
             if after_fin_s is not None else "the pool wrote after the server closed the connection")
     why = f"keep a connection's idle life below the server's idle timeout; {seen}"
@@ -266,14 +297,14 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None) -> list[Fix]:
             "server idle timeout - 5 s", "",
             "db.SetConnMaxIdleTime(serverIdleTimeout - 5*time.Second)\n"
             "db.SetConnMaxLifetime(serverIdleTimeout - 5*time.Second)", why),
-        Fix("peer_closed", "pool", where.netns, where.name, "hikaricp.maxLifetime", None,
+        Fix("peer_closed", "pool", where.netns, where.name, "hikaricp.idleTimeout", None,
             "server idle timeout - 5 s", "",
             "// a few seconds below the server's idle timeout (MySQL: SHOW VARIABLES LIKE 'wait_timeout')\n"
-            "hikari.setMaxLifetime(SERVER_IDLE_TIMEOUT_MS - 5000);\n"
-            "hikari.setIdleTimeout(SERVER_IDLE_TIMEOUT_MS - 5000);", why),
+            "hikari.setIdleTimeout(SERVER_IDLE_TIMEOUT_MS - 5000);\n"
+            "hikari.setMaxLifetime(SERVER_IDLE_TIMEOUT_MS - 5000);", why),
         Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, "> the pool's idle life", "",
             "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
-            "-- (interactive_timeout for interactive clients; PgBouncer: server_idle_timeout)",
+            "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
             f"or let the server wait longer than the pool keeps a connection idle; {seen}"),
     ]
 

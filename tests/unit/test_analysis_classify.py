@@ -31,10 +31,16 @@ def ctx(t, *namespaces):
 
 
 def sent(t, netns=LB, syn=False, has_sock=False, reason="NO_SOCKET", src="10.96.0.10", sport=3306,
-         dst="10.0.1.2", dport=40000, state=""):
+         dst="10.0.1.2", dport=40000, state="", idle_ms=None):
     return {"kind": "reset", "t": T0 + t, "netns": netns, "dir": "sent", "family": 4, "src": src,
             "sport": sport, "dst": dst, "dport": dport, "state": state, "has_sock": has_sock,
-            "reason": reason, "syn": syn}
+            "reason": reason, "syn": syn, "idle_ms": idle_ms}
+
+
+def abort(t, reason="TCP_STATE", idle_ms=960, **kw):
+    """A server's application dropping a connection with SO_LINGER 0 (as
+    MariaDB does at wait_timeout): a reset from its socket, in CLOSE."""
+    return sent(t, netns=SRV, has_sock=True, reason=reason, state="CLOSE", idle_ms=idle_ms, **kw)
 
 
 def tw(t, **kw):
@@ -183,6 +189,16 @@ CASES = {
                                        "peer_closed", "medium"),
     "closed_beats_declared_middlebox": ([recv(6, state="CLOSE_WAIT", idle_ms=400_000)], "peer_closed", "medium",
                                         {"nlb": 350.0}),
+    # ... or its application dropped the idle connection with a reset (MariaDB's
+    # wait_timeout, a proxy's nolinger idle limit)
+    "idle_connection_aborted": ([abort(6), recv(6.001, idle_ms=1004)], "peer_closed", "medium"),
+    "idle_connection_aborted_linger": ([abort(6, reason="TCP_ABORT_ON_LINGER", idle_ms=400_000),
+                                        recv(6.001, idle_ms=400_100)], "peer_closed", "medium"),
+    "active_connection_aborted": ([abort(6, idle_ms=10), recv(6.001, idle_ms=200)], "peer_reset", "high"),
+    "aborted_with_unread_data_is_no_idle_timeout": ([abort(6, reason="TCP_ABORT_ON_CLOSE", idle_ms=5000),
+                                                     recv(6.001, idle_ms=5000)], "peer_reset", "high"),
+    "abort_without_kernel_reason": ([abort(6, reason=None, idle_ms=5000), recv(6.001, idle_ms=5000)],
+                                    "peer_reset", "medium"),
     # firewall_reject: a reset no TCP stack here sent, its packet dropped by netfilter
     "reject_syn_tied_by_flow": ([ctx(0, lb()), drop(6), recv(6.0005, state="SYN_SENT", idle_ms=None)],
                                 "firewall_reject", "high"),
