@@ -280,7 +280,7 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
             Fix("peer_closed", "pool", where.netns, where.name, "go.SetConnMaxIdleTime", None, t, "",
                 f"db.SetConnMaxIdleTime({int(t * 1000)} * time.Millisecond)", why),
             Fix("peer_closed", "pool", where.netns, where.name, "hikaricp.idleTimeout", None, ms, "", hik, why),
-            Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, f"> {idle_s:g}", "",
+            Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, f"above {idle_s:g} s", "",
                 "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
                 "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
                 f"or let the server wait longer than the pool keeps a connection idle; {seen}"),
@@ -302,7 +302,7 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
             "// a few seconds below the server's idle timeout (MySQL: SHOW VARIABLES LIKE 'wait_timeout')\n"
             "hikari.setIdleTimeout(SERVER_IDLE_TIMEOUT_MS - 5000);\n"
             "hikari.setMaxLifetime(SERVER_IDLE_TIMEOUT_MS - 5000);", why),
-        Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, "> the pool's idle life", "",
+        Fix("peer_closed", "server", None, None, "mysql.wait_timeout", None, "above the pool's idle life", "",
             "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
             "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
             f"or let the server wait longer than the pool keeps a connection idle; {seen}"),

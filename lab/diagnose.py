@@ -58,7 +58,8 @@ def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[
     from rsttrace.analysis.classify import Classifier
     from rsttrace.analysis.findings import conntrack_episodes
 
-    c = Classifier(netns_names=netns_label)
+    # the scenario's records are all there: look ahead, as a report does
+    c = Classifier(netns_names=netns_label, look_ahead=True)
     verdicts = []
     for r in records:
         verdicts += c.feed(r)

@@ -34,7 +34,7 @@ FULL_CONNECTS = 12
 # at least 1); the pool uses its connections after a longer pause. The
 # control's pool closes connections idle past POOL_MAX_IDLE_S first.
 SERVER_WAIT_TIMEOUT_S = 1
-SERVER_IDLE_PAUSE_S = 2.0
+SERVER_IDLE_PAUSE_S = 1.5
 POOL_MAX_IDLE_S = 0.5
 # peer_reset: the proxy refuses a query carrying its KILL_MARKER by aborting
 # the connection, used again this soon (not idle)
@@ -45,7 +45,7 @@ PEER_RESET_PAUSE_S = 0.2
 # each used again after its own pause, all above the gateway's timeout
 # (three, so that the analysis can infer it); the control's keepalive
 # probes every second, below it.
-GATEWAY_PAUSES = (2.3, 2.6, 2.9)
+GATEWAY_PAUSES = (2.2, 2.4, 2.6)
 GATEWAY_KEEPALIVE = {"idle": 1, "intvl": 1, "cnt": 3}
 
 
@@ -144,7 +144,7 @@ def _no_listener(lab: Lab) -> tuple[dict[str, Any], list[str]]:
 
 def _proxy_idle(lab: Lab) -> tuple[dict[str, Any], list[str]]:
     rep = lab.client({"action": "idle_pool", "pool": 1, "port": PROXY_PORT,
-                      "pause_s": PROXY_IDLE_CLOSE_S + 1.0})
+                      "pause_s": PROXY_IDLE_CLOSE_S + 0.5})
     return rep, [f"database proxy closes connections idle {PROXY_IDLE_CLOSE_S:g} s (a FIN)"]
 
 

@@ -69,7 +69,7 @@ def test_server_idle_is_peer_closed(lab, tmp_path):
         assert f"netns {lab.db} (" in r["evidence"]
         if _reset_reasons():
             assert r["confidence"] == "medium" and "TCP_STATE" in r["evidence"]
-        assert "pool_recycle=0.5" in r["fix"] and "SetConnMaxIdleTime(500 * time.Millisecond)" in r["fix"]
+        assert "sqlalchemy.pool_recycle=0.5" in r["fix"] and "go.SetConnMaxIdleTime=0.5" in r["fix"]
         assert "sysctl" not in r["fix"]
     sent = [r for r in rows if r["direction"] == "sent" and r["src"] == BACKEND and r["sport"] == "3306"]
     assert len(sent) == 2 and all(int(r["netns"]) == lab.inodes()[lab.db] and r["state"] == "CLOSE"

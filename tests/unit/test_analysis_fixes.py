@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from rsttrace.analysis.config import audit
 from rsttrace.analysis.fixes import (BYTES_PER_ENTRY, FixBook, Where, conntrack_full_fixes, firewall_fixes,
                                      invalid_fixes, keepalive_fixes, keepalive_target, merge_fixes, ordering_ok,
-                                     peer_closed_fixes, timeout_mismatch_fixes)
+                                     peer_closed_fixes, pool_idle_target, timeout_mismatch_fixes)
 
 
 @pytest.mark.parametrize("ka,ipvs,est,ok", [
@@ -172,3 +172,17 @@ def test_firewall_fix_names_the_rule(rule, ref, command):
     (f,) = firewall_fixes(Where(1, "lb"), rule, "10.0.1.2:40000 -> 10.0.2.2:3306")
     assert (f.cause, f.key, f.command, f.tradeoff) == ("firewall_reject", ref, command, True)
     assert "10.0.1.2:40000 -> 10.0.2.2:3306" in f.reason
+
+
+@pytest.mark.parametrize("timeout, target", [(1.004, 0.5), (8, 4.0), (60, 54.0), (350, 315.0), (28800, 25920.0)])
+def test_pool_idle_target_below_a_server_timeout(timeout, target):
+    assert pool_idle_target(timeout) == target and pool_idle_target(timeout) < timeout
+
+
+def test_peer_closed_fixes_from_the_server_timeout_are_numbers():
+    by_key = {f.key: f for f in peer_closed_fixes(CLI_NS, idle_s=60.0)}
+    assert by_key["sqlalchemy.pool_recycle"].value == 54.0
+    assert "pool_recycle=54" in by_key["sqlalchemy.pool_recycle"].snippet
+    assert by_key["go.SetConnMaxIdleTime"].snippet == "db.SetConnMaxIdleTime(54000 * time.Millisecond)"
+    assert by_key["hikaricp.idleTimeout"].value == 54000
+    assert "after 60 s idle" in by_key["mysql.wait_timeout"].reason

@@ -133,3 +133,14 @@ def test_readme_documents_every_metric():
     for r in rules():
         if "alert" in r:
             assert r["alert"] in text
+
+
+def test_dashboard_and_readme_know_every_cause():
+    from rsttrace.analysis.classify import CAUSES
+    d = json.loads(DASH.read_text())
+    for p in d["panels"]:
+        if p.get("targets") and "rsttrace_reset_incidents_total" in p["targets"][0]["expr"] and "cause" in p["targets"][0]["expr"]:
+            named = {o["matcher"]["options"] for o in p["fieldConfig"]["overrides"]}
+            assert named == set(CAUSES), p["title"]
+    text = (MON / "README.md").read_text()
+    assert all(f"`{c}`" in text for c in CAUSES)

@@ -109,3 +109,21 @@ def test_host_text_is_never_markup():
     assert EVIL_COMM in txt.plain  # parsed as markup it would read "x"
     ctrl = row(2, comm="a\x1b[2Jb")
     assert "\x1b" not in ctrl.process and "a\\x1b[2Jb" in ctrl.process
+
+
+def test_fix_plan_is_one_value_per_setting_over_every_incident():
+    """Two keepalive incidents in one client namespace ask 1 s and 3 s: the
+    plan of either shows 1 s, covering both; rows dropped beyond the ring's
+    capacity still count."""
+    from rsttrace.analysis.fixes import Where, keepalive_fixes
+    where = Where(CLI, "cli")
+    fix2 = keepalive_fixes(where, None, 2.0, "conntrack established timeout", sysctl_now=7200)
+    fix6 = keepalive_fixes(where, None, 6.0, "conntrack established timeout", sysctl_now=7200)
+    r6 = make_row(1, V(1, T0 + 1, "keepalive", reset_pair(T0 + 1, 40001), fixes=fix6), NAMES)
+    r2 = make_row(2, V(2, T0 + 2, "keepalive", reset_pair(T0 + 2, 40002), fixes=fix2, dport=40002), NAMES)
+    st = LiveState(capacity=1)
+    st.apply(batch([r6, r2], cap=1))      # r6 falls out of the ring in the batch
+    assert [r.seq for r in st.ring] == [2]
+    for r in (r6, r2):
+        ka = [f for f in st.fix_plan(r) if f.key == "net.ipv4.tcp_keepalive_time"]
+        assert len(ka) == 1 and ka[0].value == 1 and len(ka[0].covers) == 2
