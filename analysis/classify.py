@@ -502,7 +502,7 @@ class Classifier:
         else:
             ev += f"; keepalive {_secs(ka) if ka is not None else '?'} not below {_secs(T)}"
         where = self._where(r.get("netns"), r.get("pid"))
-        label = f"idle timeout inferred on the path to {where_to}"
+        label = f"inferred idle timeout to {where_to}, at most"
         v.cause, v.confidence, v.evidence = "keepalive", "medium", ev
         v.fixes = self._cached(("inf", where.netns, where.name, where.pid, ka, ka_eff, T, where_to),
                                lambda: keepalive_fixes(where, ka, T, label, sysctl_now=ka_eff, proxy=True))

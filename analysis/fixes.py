@@ -40,8 +40,10 @@ class Fix:
     snippet: str | None
     reason: str
     tradeoff: bool = False
-    # What this value satisfies, once fixes of several incidents are merged
-    # into one per setting (`merge_fixes`): "cause: requirement" each.
+    # What this value satisfies: the requirement it was computed for
+    # ("keepalive: conntrack established timeout 2 s"), and once fixes of
+    # several incidents are merged into one per setting (`FixBook`), each
+    # of theirs with the value it asked for.
     covers: tuple[str, ...] = ()
 
 
@@ -115,6 +117,11 @@ def _pow2(n: float) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1.0, n))))
 
 
+def _needing(fixes: list[Fix], need: str) -> list[Fix]:
+    """The fixes, each covering `need` (unless it says what it covers)."""
+    return [f if f.covers else replace(f, covers=(need,)) for f in fixes]
+
+
 def _sysctl_fix(cause: str, where: Where, key: str, current: object, value: object,
                 reason: str, tradeoff: bool = False) -> Fix:
     cmd = f"{where.prefix()}sysctl -w {key}={value}"
@@ -157,7 +164,7 @@ def conntrack_full_fixes(current_max: int | None, current_buckets: int | None, p
             "", "conntrack:\n  maxPerCore: 0   # keep the node's nf_conntrack_max\n",
             "kube-proxy resets nf_conntrack_max on restart; maxPerCore 0 keeps the node's value"),
     ]
-    return out
+    return _needing(out, f"conntrack_full: peak {peak} entries{' (table full)' if full_seen else ''}")
 
 
 def timeout_mismatch_fixes(where: Where, ct_established: float, ipvs_tcp: float,
@@ -177,7 +184,8 @@ def timeout_mismatch_fixes(where: Where, ct_established: float, ipvs_tcp: float,
     if keepalive_s is None or keepalive_s >= ipvs_tcp:
         out += keepalive_fixes(receiver or where, keepalive_s, ipvs_tcp, "IPVS tcp timeout",
                                cause="timeout_mismatch", sysctl_now=sysctl_now)
-    return out
+    return _needing(out, f"timeout_mismatch: conntrack established {ct_established:g} s "
+                         f"< IPVS tcp {ipvs_tcp:g} s")
 
 
 def keepalive_fixes(where: Where, keepalive_s: float | None, timeout_s: float, timeout_label: str,
@@ -226,7 +234,7 @@ def keepalive_fixes(where: Where, keepalive_s: float | None, timeout_s: float, t
     out.append(Fix(cause, "pool", where.netns, where.name, "sqlalchemy.pool_recycle", None, target, "",
                    f"create_engine(url, pool_pre_ping=True, pool_recycle={target})",
                    "SQLAlchemy tests and recycles connections before the idle timeout" + pool_note))
-    return out
+    return _needing(out, f"{cause}: {timeout_label} {timeout_s:g} s")
 
 
 def invalid_fixes(where: Where, be_liberal: int | None) -> list[Fix]:
@@ -273,7 +281,7 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
         hik = (f"hikari.setIdleTimeout({ms});\nhikari.setMaxLifetime({ms});" if ms >= HIKARI_MIN_MS else
                f"// {t:g} s is below HikariCP's minimums (idleTimeout 10 s, maxLifetime 30 s):\n"
                "// raise the server's timeout instead")
-        return [
+        return _needing([
             Fix("peer_closed", "pool", where.netns, where.name, "sqlalchemy.pool_recycle", None, t, "",
                 f"create_engine(url, pool_pre_ping=True, pool_recycle={t:g})",
                 why + "; pool_pre_ping tests each connection before use"),
@@ -284,11 +292,11 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
                 "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
                 "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
                 f"or let the server wait longer than the pool keeps a connection idle; {seen}"),
-        ]
+        ], f"peer_closed: a server idle timeout of {idle_s:g} s")
     seen = (f"the pool wrote {after_fin_s:g} s after the server closed the connection"
             if after_fin_s is not None else "the pool wrote after the server closed the connection")
     why = f"keep a connection's idle life below the server's idle timeout; {seen}"
-    return [
+    return _needing([
         Fix("peer_closed", "pool", where.netns, where.name, "sqlalchemy.pool_recycle", None,
             "server idle timeout - 5 s", "",
             "create_engine(url, pool_pre_ping=True, pool_recycle=SERVER_IDLE_TIMEOUT_S - 5)",
@@ -306,7 +314,7 @@ def peer_closed_fixes(where: Where, after_fin_s: float | None = None,
             "SET GLOBAL wait_timeout = <longer than the pool keeps an idle connection>;\n"
             "-- (interactive_timeout for interactive clients; PgBouncer: client_idle_timeout)",
             f"or let the server wait longer than the pool keeps a connection idle; {seen}"),
-    ]
+    ], "peer_closed: a server idle timeout (it closed with a FIN; its length not seen)")
 
 
 def firewall_fixes(where: Where, rule: dict | None, flow: str) -> list[Fix]:
@@ -314,18 +322,19 @@ def firewall_fixes(where: Where, rule: dict | None, flow: str) -> list[Fix]:
     traffic should pass is a policy decision, so the fix names the rule and
     how to remove or narrow it, as a trade-off (never applied on its own)."""
     pre = where.prefix()
+    need = f"firewall_reject: {flow}"
     if rule is None:
         return [Fix("firewall_reject", where.scope(), where.netns, where.name, "firewall rule", None,
                     "find the reject rule", f"{pre}nft -a list ruleset | grep -n reject", None,
                     f"a rule in this namespace answered {flow} with a reset; list the rules that "
-                    "reject and change the one that matches" + where.note(), tradeoff=True)]
+                    "reject and change the one that matches" + where.note(), tradeoff=True, covers=(need,))]
     ref, cmd = rule_ref(rule)
     text = str(rule.get("text") or "")
     return [Fix("firewall_reject", where.scope(), where.netns, where.name, ref, text, "delete or narrow",
                 f"{pre}{cmd}" if cmd else "", None,
                 f"`{text}` answered {flow} with a reset; if this traffic is allowed, delete the rule "
                 "or narrow its match (if it is not, the client must stop connecting there)" + where.note(),
-                tradeoff=True)]
+                tradeoff=True, covers=(need,))]
 
 
 def rule_ref(rule: dict) -> tuple[str, str]:
@@ -397,7 +406,7 @@ class FixBook:
 
     def _add(self, f: Fix) -> None:
         k = (f.scope, f.netns, f.key)
-        need = f"{f.cause}: {f.reason.split(';')[0]} (asks {f.value})"
+        needs = [f"{c} (asks {f.value})" for c in f.covers or (f"{f.cause}: {f.reason.split(';')[0]}",)]
         cur = self._fix.get(k)
         if cur is None:
             if len(self._fix) >= BOOK_SETTINGS:
@@ -405,14 +414,17 @@ class FixBook:
                 for d in (self._fix, self._covers, self._more):
                     d.pop(old, None)
             self._fix[k] = f
-            self._covers[k] = [need]
-            return
+            self._covers[k] = []
         covers = self._covers[k]
-        if need not in covers:
+        for need in needs:
+            if need in covers:
+                continue
             if len(covers) < COVERS_MAX:
                 covers.append(need)
             else:
                 self._more[k] = self._more.get(k, 0) + 1
+        if cur is None:
+            return
         if _stricter(f.key, f.value, cur.value) or (
                 not isinstance(cur.value, (int, float)) and isinstance(f.value, (int, float))):
             self._fix[k] = f
@@ -422,7 +434,7 @@ class FixBook:
         more = self._more.get(k)
         if more:
             covers = covers + [f"and {more} more"]
-        return replace(f, covers=tuple(covers)) if len(covers) > 1 else f
+        return replace(f, covers=tuple(covers))
 
     def merged(self) -> list[Fix]:
         """Every setting, in the order each was first asked for."""

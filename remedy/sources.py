@@ -107,7 +107,7 @@ def _once(lines: list[str], line: str) -> None:
 def _why(f: Any) -> str:
     """A fix's reason; for one merged over incidents, what it covers."""
     covers = getattr(f, "covers", ())
-    return f.reason + (" (one value for: " + "; ".join(covers) + ")" if covers else "")
+    return f.reason + (" (one value for: " + "; ".join(covers) + ")" if len(covers) > 1 else "")
 
 
 def _hand_over(g: Gathered, seen_text: set[tuple[str, str]], f: Any) -> None:

@@ -207,7 +207,7 @@ def _fix_text(fix: Any, out: Text) -> None:
             out.append(plain(ln, "green"))
             out.append("\n")
     covers = getattr(fix, "covers", None)
-    if covers:
+    if covers and len(covers) > 1:
         # merged over several incidents: the one value satisfies each of these
         out.append("    covers:\n", style="dim")
         for c in covers:
