@@ -232,16 +232,8 @@ class Lab:
         self.progress(f"lab {self.run_id}: namespaces {self.cli}, {self.node}, {self.db}, {self.gw}")
         for ns in (self.cli, self.node, self.db, self.gw):
             netns.add(ns)
-        # veth pairs are created inside the namespaces: no end ever exists in
-        # the root namespace.
-        netns.run(["ip", "-n", self.cli, "link", "add", "eth0", "type", "veth",
-                   "peer", "name", "eth0", "netns", self.node])
-        netns.run(["ip", "-n", self.db, "link", "add", "eth0", "type", "veth",
-                   "peer", "name", "eth1", "netns", self.node])
-        for ns, dev, addr in ((self.cli, "eth0", f"{CLIENT}/24"), (self.node, "eth0", f"{NODE_CLI}/24"),
-                              (self.node, "eth1", f"{NODE_DB}/24"), (self.db, "eth0", f"{BACKEND}/24")):
-            netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
-            netns.run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _veth((self.cli, "eth0", CLIENT), (self.node, "eth0", NODE_CLI))
+        _veth((self.db, "eth0", BACKEND), (self.node, "eth1", NODE_DB))
         netns.run(["ip", "-n", self.node, "addr", "add", f"{VIP}/32", "dev", "lo"])
         netns.run(["ip", "-n", self.cli, "route", "add", "default", "via", NODE_CLI])
         netns.run(["ip", "-n", self.db, "route", "add", "default", "via", NODE_DB])
@@ -283,14 +275,8 @@ table ip rtlab {{
     def _build_gateway(self) -> None:
         """The gateway beyond the node, on the path to the backend's second
         address: node eth2 -- gw eth0 | gw eth1 -- db eth1."""
-        netns.run(["ip", "-n", self.node, "link", "add", "eth2", "type", "veth",
-                   "peer", "name", "eth0", "netns", self.gw])
-        netns.run(["ip", "-n", self.db, "link", "add", "eth1", "type", "veth",
-                   "peer", "name", "eth1", "netns", self.gw])
-        for ns, dev, addr in ((self.node, "eth2", f"{NODE_GW}/24"), (self.gw, "eth0", f"{GW_IN}/24"),
-                              (self.gw, "eth1", f"{GW_OUT}/24"), (self.db, "eth1", f"{REMOTE_DB}/24")):
-            netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
-            netns.run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _veth((self.node, "eth2", NODE_GW), (self.gw, "eth0", GW_IN))
+        _veth((self.db, "eth1", REMOTE_DB), (self.gw, "eth1", GW_OUT))
         # The gateway's kernel forwards nothing (and so sends no ICMP for
         # what it does not forward): its user-space process does.
         netns.set_sysctl(self.gw, "net.ipv4.ip_forward", 0)
@@ -396,6 +382,16 @@ table ip rtlab {{
         p = netns.run(["/usr/sbin/mariadbd", "--version"], check=False)
         parts = p.stdout.split()
         return parts[2] if len(parts) > 2 else "?"
+
+
+def _veth(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    """A veth pair between two lab namespaces, each end (namespace, device,
+    address in a /24) up. Created inside the first namespace: no end ever
+    exists in the root namespace."""
+    netns.run(["ip", "-n", a[0], "link", "add", a[1], "type", "veth", "peer", "name", b[1], "netns", b[0]])
+    for ns, dev, addr in (a, b):
+        netns.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+        netns.run(["ip", "-n", ns, "link", "set", dev, "up"])
 
 
 def _mac(ns: str, dev: str) -> str:

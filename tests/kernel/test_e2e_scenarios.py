@@ -44,8 +44,13 @@ def _reset_reasons() -> bool:
     return fmt.exists() and "sk_rst_reason reason" in fmt.read_text()
 
 
-def _conns(run: ScenarioRun) -> dict[int, dict]:
-    return {c["lport"]: c for c in run.client["conns"] if c.get("lport")}
+def _client_resets(run: ScenarioRun, rows: list[dict]) -> list[tuple[dict, dict]]:
+    """The report's rows of resets received on the scenario's client
+    connections, one per connection, each with what the client measured."""
+    conns = {c["lport"]: c for c in run.client["conns"] if c.get("lport")}
+    recv = [r for r in _mine(rows, run) if r["direction"] == "recv" and r["dst"] == CLIENT]
+    assert sorted(int(r["dport"]) for r in recv) == sorted(conns)
+    return [(r, conns[int(r["dport"])]) for r in recv]
 
 
 def test_server_idle_is_peer_closed(lab, tmp_path):
@@ -54,11 +59,7 @@ def test_server_idle_is_peer_closed(lab, tmp_path):
     is the server's timeout, and the pool's fix is below it."""
     run, rows, rec = record_scenario(lab, "server_idle", tmp_path)
     assert len(run.errors) == 2
-    conns = _conns(run)
-    recv = [r for r in _mine(rows, run) if r["direction"] == "recv" and r["dst"] == CLIENT]
-    assert {int(r["dport"]) for r in recv} == set(conns)
-    for r in recv:
-        c = conns[int(r["dport"])]
+    for r, c in _client_resets(run, rows):
         assert (r["cause"], r["src"], r["sport"], r["state"]) == ("peer_closed", VIP, "3306", "ESTABLISHED"), r
         # the reset came as the server timed out: the client's socket turned readable then
         waited = c["t_fin"] - c["t_last_recv"]
@@ -83,11 +84,7 @@ def test_proxy_idle_is_peer_closed_after_the_fin(lab, tmp_path):
     the FIN's arrival (its idle socket turning readable) and the write."""
     run, rows, rec = record_scenario(lab, "proxy_idle", tmp_path)
     assert len(run.errors) == 1
-    conns = _conns(run)
-    recv = [r for r in _mine(rows, run) if r["direction"] == "recv" and r["dst"] == CLIENT]
-    assert {int(r["dport"]) for r in recv} == set(conns)
-    for r in recv:
-        c = conns[int(r["dport"])]
+    for r, c in _client_resets(run, rows):
         assert (r["cause"], r["confidence"], r["src"], r["sport"]) == ("peer_closed", "high", VIP,
                                                                        str(PROXY_PORT)), r
         assert r["state"] in ("CLOSE_WAIT", "LAST_ACK")
@@ -140,12 +137,10 @@ def test_gateway_idle_is_inferred(lab, tmp_path):
     most the shortest of them, and the keepalive fix below it."""
     run, rows, rec = record_scenario(lab, "gateway_idle", tmp_path)
     assert len(run.errors) == 3 and all("Connection reset by peer" in e for e in run.errors)
-    conns = _conns(run)
-    recv = [r for r in rows if r["direction"] == "recv" and r["dst"] == CLIENT]
-    assert {int(r["dport"]) for r in recv} == set(conns)
     lo, hi = min(GATEWAY_PAUSES), max(GATEWAY_PAUSES)
-    for r in recv:
-        c = conns[int(r["dport"])]
+    resets = _client_resets(run, rows)
+    assert len(resets) == 3
+    for r, c in resets:
         assert (r["cause"], r["confidence"], r["src"], r["sport"]) == ("keepalive", "medium", REMOTE_DB, "3306"), r
         pause = c["t_write"] - c["t_last_recv"]
         assert abs(float(r["idle_s"]) - pause) <= 0.1 * pause
