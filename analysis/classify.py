@@ -144,6 +144,16 @@ class _Tables:
     mismatch: list[tuple[Any, float, float]]  # (netns, established, ipvs) where ipvs > established
 
 
+def _seen_there(inc: _Incident, rec: dict[str, Any]) -> bool:
+    """Has `rec`'s namespace already seen a reset of `inc` in `rec`'s
+    direction?"""
+    ns = rec.get("netns")
+    for e in (inc.sent if rec.get("dir") == "sent" else inc.recv):
+        if e.get("netns") == ns:
+            return True
+    return False
+
+
 def _nat_match(s: dict[str, Any], r: dict[str, Any]) -> bool:
     """Could `s` (sent) and `r` (received) be one reset seen on both sides
     of a NAT? Other namespaces, same family, an address rewritten, the
@@ -258,6 +268,11 @@ class Classifier:
         self._held_cand: dict[int, tuple] = {}     # incident id -> its candidate
         self._held_due = _INF
 
+    @property
+    def open_incidents(self) -> int:
+        """Incidents waiting for their other half or fresh context."""
+        return len(self._pending)
+
     # ---- stream interface ---------------------------------------------
     def feed(self, rec: dict[str, Any]) -> list[Verdict]:
         return self.feed_many((rec,))
@@ -290,8 +305,20 @@ class Classifier:
                 except KeyError:
                     key = (rec.get("src"), rec.get("sport"), rec.get("dst"), rec.get("dport"))
                 inc = pend.get(key)
+                if inc is not None and _seen_there(inc, rec):
+                    # This namespace already saw a reset of this tuple in
+                    # this direction: a new connection on the same tuple
+                    # (a storm's client comes round to the same ephemeral
+                    # port within a second), not another view of that
+                    # reset. The open incident is decided now; otherwise
+                    # it would hold every reset of the tuple for the whole
+                    # pair window, and a storm's memory with it.
+                    self._close(inc, out)
+                    inc = None
                 if inc is None:
-                    if len(pend) >= self.max_pending:
+                    # open and decided-early incidents together: the
+                    # queue is bounded too
+                    if len(queue) >= self.max_pending:
                         self._pop_head(out)
                     inc = pend[key] = _Incident(key, t, t + self.pair_window_s)
                     queue.append(inc)
@@ -327,13 +354,21 @@ class Classifier:
             self._pop_head(out)
 
     def _pop_head(self, out: list[Verdict]) -> None:
+        self._close(self._queue[0], out)
+
+    def _close(self, inc: _Incident, out: list[Verdict]) -> None:
+        """Decides `inc` (the oldest open incident, or one whose tuple came
+        round again)."""
         q = self._queue
-        inc = q.popleft()
         del self._pending[inc.key]
         if not (inc.sent and inc.recv) and self._nat_w:
             self._pair_across_nat(inc)
         self._emit(self._finalise(inc), inc.cand, out)
-        while q and q[0].done:      # halves merged into an earlier incident
+        # the verdict has the events; a decided incident may wait in the
+        # queue and the NAT buckets for a while, without them
+        inc.sent = inc.recv = ()   # type: ignore[assignment]
+        inc.cand = None
+        while q and q[0].done:      # decided, or halves merged into an earlier incident
             q.popleft()
         if q:
             self._due = q[0].deadline

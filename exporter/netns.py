@@ -70,6 +70,14 @@ class NetnsLabels:
             except (TypeError, ValueError):
                 continue
 
+    def name(self, ino: Any) -> str | None:
+        """The namespace's name (`init`, its /run/netns name, `pid:N`), or
+        None when nothing names it."""
+        if not isinstance(ino, int) or isinstance(ino, bool):
+            return None
+        name = self._name(ino)
+        return None if name.startswith("ino:") else name
+
     def _name(self, ino: int) -> str:
         name = self._names.get(ino)
         if name is None and self._resolver is not None and ino not in self._unresolved:

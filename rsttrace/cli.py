@@ -13,7 +13,7 @@ import sys
 
 from rsttrace.analysis.safe import SafeStream, printable
 
-COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export")
+COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export", "agent")
 
 EPILOG = """\
 examples:

@@ -4,7 +4,7 @@ A namespace name (/run/netns/NAME), a mount point or a directory name is a
 string of bytes, not necessarily UTF-8: `ip netns add $'rt\\xff'` works.
 Python hands such a name over with each undecodable byte as a lone
 surrogate (PEP 383, "surrogateescape"), which strict encoders refuse
-(orjson, `str.encode()`, a Prometheus page) and a JSON file must not hold.
+(msgspec, `str.encode()`, a Prometheus page) and a JSON file must not hold.
 Where a name leaves for records, labels or the terminal it is `text(name)`:
 valid UTF-8 with each undecodable byte written as `\\xNN` (the form
 `ip netns exec $'rt\\xff'` takes in bash). Names that are valid UTF-8 stay as

@@ -52,9 +52,11 @@ def measure_cost(session, seconds: float) -> dict:
 
 
 def gather(load: bool, cost_s: float | None = None) -> dict:
-    from rsttrace.tracer import kernel, probe
+    from rsttrace.tracer import access, kernel, probe
     from rsttrace.tracer.context import Collector
 
+    # first: it checks the capabilities before anything tries to mount tracefs
+    missing = access.problem()
     caps = probe.probe()
     hooks = probe.plan(caps)
     headers = kernel.find_headers(fix=os.geteuid() == 0)
@@ -62,6 +64,7 @@ def gather(load: bool, cost_s: float | None = None) -> dict:
     report = {
         "kernel": caps.kernel,
         "facts": {
+            "access": missing or "ok: the capabilities, tracefs and BTF tracing needs",
             "tracefs": caps.tracefs_note,
             "btf": "present (/sys/kernel/btf/vmlinux)" if caps.btf else "absent",
             "headers": headers.note,

@@ -91,6 +91,16 @@ def test_required_alerts_exist():
     assert "rsttrace_tcp_keepalive_time_seconds" in exprs["RsttraceKeepaliveNotBelowIdleTimeout"]
 
 
+def test_every_aggregation_and_match_keeps_the_node_label():
+    # the node label says where to look; a `by (...)` or `on (...)` that
+    # leaves it out loses it from the alert
+    for r in rules():
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", r["expr"]):
+            assert "node" in [c.strip() for c in clause.split(",")], (r.get("alert") or r.get("record"), clause)
+        if "alert" in r:
+            assert "{{ $labels.node }}" in r["annotations"]["summary"], r["alert"]
+
+
 def test_rules_and_dashboard_use_only_exported_metrics():
     known = series_names() | recorded()
     used = set()

@@ -101,3 +101,12 @@ def test_pod_name_with_bytes_that_are_not_utf8_is_text(tmp_path):
     pod = PodResolver(root=root, pods_log=logs)(os.stat(systemd).st_ino)
     assert pod == "pay\\xffments/db"
     pod.encode("utf-8")
+
+
+def test_cgroup2_root_past_a_mount_point_that_is_not_utf8(tmp_path):
+    # a namespace named with any bytes in /run/netns is a mount point too,
+    # and the DaemonSet mounts the host's /run/netns into the container
+    mi = tmp_path / "mountinfo"
+    mi.write_bytes(b"47 46 0:4 net:[4026532174] /run/netns/rt\xff rw shared:2 - nsfs nsfs rw\n"
+                   b"35 24 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    assert str(cgroup2_root(str(mi))) == "/sys/fs/cgroup/unified"
