@@ -23,9 +23,10 @@ idle below the floor (an active connection reset) means the remote resets
 for other reasons: no inference for it while that reset is in the window.
 Live, a reset is judged on the resets before it; with `look_ahead`
 (reports, `fix --from`, the lab's diagnosis) also on those up to
-INFER_WINDOW_S after it, so the first resets of a pattern get the label of
-the later ones: their verdicts are held back (in order, at most HELD_MAX)
-until the window after them has passed.
+INFER_WINDOW_S (and the pairing window) after it, so the first resets of a
+pattern get the label of the later ones: their verdicts are held back (in
+order, at most HELD_MAX) until the window after them has passed. At most
+INFER_PER_REMOTE resets are kept per remote, for INFER_REMOTES remotes.
 """
 
 from __future__ import annotations
@@ -116,6 +117,52 @@ class Verdict:
     sport: int
     dst: str
     dport: int
+
+
+class _Idles:
+    """The resets of one remote endpoint after idling, for the inference:
+    their count, the shortest and longest idle, and those after an idle
+    below the floor, kept in O(1) per reset (monotonic queues give the
+    sliding minimum and maximum); at most INFER_PER_REMOTE of them."""
+    __slots__ = ("seq", "all", "mins", "maxs", "shorts")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.all: deque[tuple[int, float]] = deque()      # (seq, t)
+        self.mins: deque[tuple[int, float]] = deque()     # (seq, idle), idles rising
+        self.maxs: deque[tuple[int, float]] = deque()     # (seq, idle), idles falling
+        self.shorts: deque[int] = deque()                 # seq of those below the floor
+
+    def add(self, t: float, idle: float) -> None:
+        self.seq += 1
+        n = self.seq
+        self.all.append((n, t))
+        while self.mins and self.mins[-1][1] >= idle:
+            self.mins.pop()
+        self.mins.append((n, idle))
+        while self.maxs and self.maxs[-1][1] <= idle:
+            self.maxs.pop()
+        self.maxs.append((n, idle))
+        if idle < INFER_IDLE_FLOOR_S:
+            self.shorts.append(n)
+        if len(self.all) > INFER_PER_REMOTE:
+            self._keep_from(self.all[1][0])
+
+    def since(self, lo: float) -> None:
+        """Forget the resets before `lo`."""
+        a = self.all
+        while a and a[0][1] < lo:
+            a.popleft()
+        self._keep_from(a[0][0] if a else self.seq + 1)
+
+    def _keep_from(self, first: int) -> None:
+        while self.all and self.all[0][0] < first:
+            self.all.popleft()
+        for q in (self.mins, self.maxs):
+            while q and q[0][0] < first:
+                q.popleft()
+        while self.shorts and self.shorts[0] < first:
+            self.shorts.popleft()
 
 
 class _Incident:
@@ -263,7 +310,7 @@ class Classifier:
         # of its resets; with look_ahead, verdicts held back in order
         self.look_ahead = bool(look_ahead)
         self.infer_window_s = float(infer_window_s)
-        self._remotes: OrderedDict[tuple, deque] = OrderedDict()
+        self._remotes: OrderedDict[tuple, _Idles] = OrderedDict()
         self._held: deque[Verdict] = deque()
         self._held_cand: dict[int, tuple] = {}     # incident id -> its candidate
         self._held_due = _INF
@@ -485,32 +532,29 @@ class Classifier:
         self._held_due = _INF
 
     def _note_remote(self, remote: tuple, t: float, idle: float) -> None:
-        dq = self._remotes.get(remote)
-        if dq is None:
+        idles = self._remotes.get(remote)
+        if idles is None:
             if len(self._remotes) >= INFER_REMOTES:
                 self._remotes.popitem(last=False)
-            dq = self._remotes[remote] = deque(maxlen=INFER_PER_REMOTE)
+            idles = self._remotes[remote] = _Idles()
         else:
             self._remotes.move_to_end(remote)
-        dq.append((t, idle))
-        # what no verdict looks at any more (held ones look back from theirs)
-        lo = t - self.infer_window_s * (2 if self.look_ahead else 1) - self.pair_window_s
-        while dq and dq[0][0] < lo:
-            dq.popleft()
+        idles.add(t, idle)
 
     def _inferred(self, remote: tuple, t: float, idle: float) -> tuple[float, float, int] | None:
-        """(T, longest idle, resets) when the resets from `remote` around t
-        show an idle timeout of at most T on its path (module docstring)."""
-        if idle < INFER_IDLE_FLOOR_S:
+        """(T, longest idle, resets) when the resets from `remote` from t -
+        window on (to t live; with look_ahead, to the release of the
+        verdict, a window after t) show an idle timeout of at most T on its
+        path (module docstring). Asked in time order: what is older than
+        the window is forgotten."""
+        idles = self._remotes.get(remote)
+        if idle < INFER_IDLE_FLOOR_S or idles is None:
             return None
-        lo, hi = t - self.infer_window_s, t + (self.infer_window_s if self.look_ahead else 0.0)
-        idles = [i for ts, i in self._remotes.get(remote, ()) if lo <= ts <= hi]
-        if len(idles) < INFER_MIN_RESETS:
+        idles.since(t - self.infer_window_s)
+        n = len(idles.all)
+        if n < INFER_MIN_RESETS or idles.shorts:
             return None
-        shortest = min(idles)
-        if shortest < INFER_IDLE_FLOOR_S:
-            return None
-        return shortest, max(idles), len(idles)
+        return idles.mins[0][1], idles.maxs[0][1], n
 
     def _infer_into(self, v: Verdict, cand: tuple, t: float) -> None:
         remote, idle, r = cand

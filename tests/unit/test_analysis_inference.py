@@ -145,7 +145,7 @@ def test_memory_is_bounded_per_remote_and_in_remotes(monkeypatch):
     for i in range(2000):
         c.feed(remote(1 + i, 400, dport=20000 + i))
     c.flush()
-    assert len(c._remotes[NLB]) <= 52       # the last window, not the whole run
+    assert len(c._remotes[NLB].all) <= 52   # the last window, not the whole run
 
 
 def test_live_sliding_window_forgets_old_resets():
@@ -154,3 +154,34 @@ def test_live_sliding_window_forgets_old_resets():
     recs = series([400, 420], t0=10.0, step=10.0) + [remote(10.0 + 3500, 380, dport=45000)]
     assert [v.cause for v in run(recs)] == ["peer_reset", "peer_reset", "keepalive"]
 
+
+
+def test_per_remote_memory_is_capped(monkeypatch):
+    monkeypatch.setattr(classify, "INFER_PER_REMOTE", 16)
+    c = Classifier()
+    out = []
+    for i in range(200):
+        out += c.feed(remote(1 + i * 0.5, 400 + i % 7, dport=20000 + i))
+    out += c.flush()
+    idles = c._remotes[NLB]
+    assert len(idles.all) <= 16 and len(idles.mins) <= 16 and len(idles.maxs) <= 16
+    assert out[-1].evidence.startswith("an idle timeout of at most 400 s") and "(16 resets" in out[-1].evidence
+
+
+@pytest.mark.parametrize("idles", [[5, 3, 9, 1.5, 7, 2, 8], [9, 8, 7, 6, 5, 4, 3], [3, 4, 5, 6, 7, 8, 9]])
+def test_sliding_extremes_equal_a_scan_over_the_window(idles):
+    """The monotonic queues give the window's shortest and longest idle."""
+    c = Classifier(infer_window_s=25.0)
+    recs = series(idles, step=10.0)
+    got = [v.evidence for v in run_with(c, recs)]
+    for k, ev in enumerate(got):
+        window = [x for j, x in enumerate(idles) if k - 2 <= j <= k]   # 25 s back, 10 s apart
+        if len(window) >= 3:
+            assert f"at most {min(window):g} s" in ev and f"..{max(window):g} s" in ev, (k, ev)
+
+
+def run_with(c, records):
+    out = []
+    for r in records:
+        out += c.feed(r)
+    return out + c.flush()
