@@ -267,7 +267,8 @@ class Csv:
     the column is empty unless this field of the record is true. A column
     that shows no field has a `source`: `verdict` (the verdict's attribute
     of that name, the same in every row of an incident) or `names` (the
-    name of the row's namespace)."""
+    name of the row's namespace) or `row` (a value the report sets on
+    each row: its node, the node at the other end)."""
     column: str
     fmt: str = "text"
     only_if: str | None = None
@@ -483,6 +484,14 @@ HEADER = (
     Field("schema", U32, f"the layout's version (this one: {SCHEMA_VERSION}); a reader refuses another"),
     Field("t", TIME, "unix time the recording began", unit="s"),
     Field("host", str | None, "host name"),
+    Field("node", str | None, "the node's name: `record --node`, the agent's `NODE_NAME`, else the host name; "
+          "a report over several recordings reads each node's as one stream and joins the two ends of a reset "
+          "across nodes by it"),
+    Field("boot_id", str | None, "`/proc/sys/kernel/random/boot_id`: recordings of one boot share its monotonic "
+          "clock"),
+    Field("monotonic", NUM | None, "`CLOCK_MONOTONIC` at `t`: event times are this clock converted with "
+          "`t - monotonic`, so two recordings of one boot whose `t - monotonic` differ had the wall clock "
+          "stepped between them", unit="s"),
     Field("kernel", str | None, "`uname -r`"),
     Field("tool", str | None, "rsttrace version"),
     Field("hz", U32 | None, "kernel HZ"),
@@ -532,12 +541,16 @@ REPORT_COLUMNS = {c.column: c for c in (
     Csv("sender_netns", "int", doc="the namespace whose kernel sent the reset, when on this host",
         source="verdict"),
     Csv("receiver_netns", "int", doc="the namespace of the socket reset, when on this host", source="verdict"),
+    Csv("node", doc="the node whose recording has the reset (its header's `node`, else `host`)", source="row"),
+    Csv("peer_node", doc="a report over several nodes' recordings: the node at the other end of a reset joined "
+        "across nodes (for a received reset the node that sent it, dropped its packet or expired its flow; "
+        "for a sent one the node that received it); empty when not joined", source="row"),
 )}
 
 #: The report's columns, in order: one row per reset event.
 CSV_ORDER = ("time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport", "state",
              "kernel_reason", "idle_s", "keepalive_s", "cause", "confidence", "evidence", "fix",
-             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie")
+             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie", "node", "peer_node")
 
 
 def csv_columns() -> list[tuple[Csv, Field | None]]:

@@ -88,13 +88,22 @@ def release_heap() -> None:
         pass
 
 
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 class TraceSession:
     def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
                  ctx_period_s: float = 1.0, transport: str | None = None,
                  netns_names: dict[int, str] | None = None,
                  ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
                  btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = (),
-                 accept_syscalls: bool = False):
+                 accept_syscalls: bool = False, node: str | None = None):
+        self._node = node       # the header's node name (default: the host name)
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
@@ -149,8 +158,13 @@ class TraceSession:
         first_ctx = self._collector.snapshot()
         names = dict(self._collector.names)
         names.update(self._netns_names)
+        # the wall and monotonic clocks read together: event times are the
+        # monotonic clock converted to the wall's (tracer/events.py), so a
+        # report can tell recordings of one boot whose wall clock stepped
+        wall, mono = time.time(), time.monotonic()
         self.header = {
-            "kind": "header", "schema": SCHEMA_VERSION, "t": round(time.time(), 6),
+            "kind": "header", "schema": SCHEMA_VERSION, "t": round(wall, 6),
+            "monotonic": round(mono, 6), "boot_id": _boot_id(), "node": self._node or socket.gethostname(),
             "host": socket.gethostname(), "kernel": os.uname().release, "tool": __version__,
             "hz": self._decoder.hz, "transport": self.transport,
             "plan": probe.plan_summary(self.hooks),

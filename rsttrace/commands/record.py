@@ -19,6 +19,7 @@ examples:
   sudo rsttrace record -o db.jsonl --port 3306 --duration 600
   sudo rsttrace record -o pod.jsonl --netns 4242         one pod's namespace (PID or name)
   sudo rsttrace record -o x.jsonl --csv x.csv            also write the report when it ends
+  sudo rsttrace record -o a.jsonl --node node-a          name the node (fleet reports join by it)
 
 The recording (and --csv) is created with mode 0600: it holds process and pod
 names and addresses. An existing recording at FILE.jsonl is replaced; any other
@@ -42,6 +43,9 @@ def register(sub) -> None:
                    help="only resets involving port P (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
                    help="only this network namespace (repeatable)")
+    p.add_argument("--node", metavar="NAME",
+                   help="the node's name in the recording's header (default: the host name); a report "
+                        "over several nodes' recordings joins them by it")
     p.add_argument("--ctx-period", type=float, default=1.0, metavar="S",
                    help="context snapshot period (default 1 s)")
     p.add_argument("--csv", metavar="FILE.csv", help="write the report CSV when the recording ends")
@@ -97,6 +101,8 @@ def run(args) -> int:
     except SessionError as e:
         raise CLIError(str(e)) from None
     ports, netns, names = resolve_filters(args)
+    if args.node is not None and (not args.node.strip() or not args.node.isprintable()):
+        raise CLIError("--node: give a printable name, e.g. the Kubernetes node's name")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.lexists(args.output) and (not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK)):
         raise CLIError(f"cannot write {args.output}: {out_dir} is not a writable directory")
@@ -149,7 +155,7 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
     old = {s: signal.signal(s, on_signal) for s in stops}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
-                           accept_syscalls=args.accept_syscalls)
+                           accept_syscalls=args.accept_syscalls, node=args.node)
     writer = burst = None
     t0 = time.monotonic()
     try:
