@@ -320,6 +320,17 @@ class Classifier:
         """Incidents waiting for their other half or fresh context."""
         return len(self._pending)
 
+    def horizon(self) -> float:
+        """No verdict still to come is older than this: the oldest open
+        incident or held verdict, else the stream's time (a report over
+        several recordings puts the nodes' verdicts in time order by it)."""
+        t = self.now if self.now is not None else _INF
+        if self._queue:
+            t = min(t, self._queue[0].t)
+        if self._held:
+            t = min(t, self._held[0].t)
+        return t
+
     # ---- stream interface ---------------------------------------------
     def feed(self, rec: dict[str, Any]) -> list[Verdict]:
         return self.feed_many((rec,))

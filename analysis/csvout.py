@@ -53,7 +53,8 @@ def _rows_source() -> str:
     first = [n for n in ROW_FIELDS if n not in _later]
     rest = "".join(f"e.get({n!r}), " for n in ROW_FIELDS if n in _later)
     netns = ROW_FIELDS.index("netns")
-    # the node a fleet report set on the record, else the recording's
+    # the node a fleet report set on the record, else the recording's; the
+    # namespace's name it set there (its node's), else the recording's
     extras = "".join("(e.get('node') or node), " if c == "node" else f"e.get({c!r}), "
                      for c in ROW_EXTRAS[:-1])
     return "\n".join([
@@ -64,7 +65,7 @@ def _rows_source() -> str:
         "            f = _first(e)",
         "        except KeyError:    # a record without a field every recording has (hand-written)",
         f"            f = tuple(map(e.get, {tuple(first)!r}))",
-        f"        out.append(f + ({rest}{extras}names.get(f[{netns}])))",
+        f"        out.append(f + ({rest}{extras}e.get('netns_name') or names.get(f[{netns}])))",
         "    return out",
     ]) + "\n"
 

@@ -309,6 +309,42 @@ def write_report(path: str | os.PathLike[str], out: TextIO, window_s: float = 10
     return sink.tally.n, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)
 
 
+# ---- several recordings (analysis/fleet.py) ----------------------------------
+
+def write_fleet_report(paths: list[str], out: TextIO, writer_process: bool | None = None,
+                       **opts: Any) -> tuple[int, Summary]:
+    """write_report over several recordings (nodes' recordings, rotated
+    files): one CSV in time order, both ends of a reset joined across
+    nodes. `opts`: those of write_report and `tolerance_s`."""
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    sink = CsvStream(out, writer_process=writer_process)
+    try:
+        fleet.run(sink)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.tally.n, fleet.summary(sink.tally)
+
+
+def report_fleet(paths: list[str], **opts: Any) -> tuple[pd.DataFrame, Summary]:
+    """report_recording over several recordings (write_fleet_report)."""
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    rows = Rows()
+    fleet.run(rows)
+    return rows.frame(), fleet.summary(rows.tally)
+
+
+def summarize_fleet(paths: list[str], **opts: Any) -> Summary:
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    sink = _Count()
+    fleet.run(sink)
+    return fleet.summary(sink.tally)
+
+
 def summarize_recording(path: str | os.PathLike[str], window_s: float = 10.0,
                         idle_timeouts: dict[str, float] | None = None, pair_window_s: float = 1.0,
                         since: float | None = None, until: float | None = None,
