@@ -86,7 +86,7 @@ def expand(paths: Iterable[str]) -> list[str]:
             except OSError:
                 continue
         if not found:
-            raise RecordingError(f"{p}: no recordings (*.jsonl) in this directory; give the agent's "
+            raise RecordingError(f"{p}: a directory with no recordings (*.jsonl) in it; give the agent's "
                                  "--record-dir or recordings made by `rsttrace record`")
         out += found
     return out
