@@ -19,6 +19,12 @@ context, beside B's half (as if both ends had been on B): the received row
 takes the sender-side cause, evidence and fixes, shares the incident of
 the sent row, and both name the other node in `peer_node`.
 
+Verdicts leave in time order: each is held until no node's classifier can
+still decide an older one (`Classifier.horizon`: a report's look-ahead may
+hold verdicts for up to its inference window); at most OUT_MAX wait, past
+that the oldest leave at once. A node whose recordings end early is decided
+then, so the others' verdicts do not wait for the end.
+
 The pure decision (which sender, if any, a received reset joins) is
 `match`, tested table-driven; `Matcher` keeps the recent resets for it.
 """
@@ -109,6 +115,7 @@ class _Node:
     skipped: dict[str, int] = field(default_factory=dict)    # file -> events skipped (overlap)
     expiries: OrderedDict = field(default_factory=OrderedDict)  # flow -> (t, record)
     buf: list = field(default_factory=list)
+    flushed: bool = False       # every incident decided (its stream ended)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The node's files as one stream, oldest first; records of a file
@@ -336,11 +343,13 @@ class FleetReport:
         return any((ctx.ctx(ns) or {}).get("nat") for ns in ctx.namespaces())
 
     # -- the stream --------------------------------------------------------
-    def _merged(self) -> Iterator[tuple[float, int, int, dict[str, Any]]]:
-        def tagged(n: _Node) -> Iterator[tuple[float, int, int, dict[str, Any]]]:
-            i = n.index
+    def _merged(self) -> Iterator[tuple[float, int, int, dict[str, Any] | None]]:
+        def tagged(n: _Node) -> Iterator[tuple[float, int, int, dict[str, Any] | None]]:
+            i, t, seq = n.index, 0.0, 0
             for seq, rec in enumerate(n.records()):
-                yield rec["t"], i, seq, rec
+                t = rec["t"]
+                yield t, i, seq, rec
+            yield t, i, seq + 1, None           # the node's stream has ended
         return heapq.merge(*(tagged(n) for n in self.nodes.values()))
 
     def run(self, sink: Any) -> None:
@@ -360,12 +369,24 @@ class FleetReport:
         by_index = {n.index: n for n in nodes}
         matcher = self.matcher
         now = 0.0
+        ended: list[tuple[float, _Node]] = []
         for t, i, _s, rec in self._merged():
             n = by_index[i]
             now = t
             for rnode, r in matcher.due(t):
                 self._feed(pumps)       # each node's context up to now, for the decision
                 self._decide(rnode, r)
+            while ended and ended[0][0] < t:
+                # a node whose recordings ended: once no received half can
+                # still join its resets, its incidents are decided, so the
+                # other nodes' verdicts need not wait for the end
+                _, done = ended.pop(0)
+                self._feed(pumps)
+                pumps[done.name].flush()
+                done.flushed = True
+            if rec is None:
+                ended.append((t + 2 * self.tol + n.clf.pair_window_s, n))
+                continue
             kind = rec.get("kind")
             if kind == "reset":
                 rec["node"] = n.name
@@ -385,6 +406,7 @@ class FleetReport:
         self._feed(pumps)
         for n in nodes:
             pumps[n.name].flush()
+            n.flushed = True
         self._out(pending, sink, fix_lists, float("inf"))
         self._fix_lists = fix_lists
 
@@ -406,6 +428,8 @@ class FleetReport:
                 if e is not None:
                     exps.append(Candidate(n.name, e["t"], e))
         c, how = match(r, node, cands, exps, self.tol)
+        if c is not None and self.nodes[c.node].flushed:
+            c, how = None, "none"       # its incidents are decided: too late to join (not expected)
         if c is None:
             if how == "ambiguous":
                 k = (node, "ipvs" if exps and not cands else "reset")
@@ -437,7 +461,8 @@ class FleetReport:
         oldest at once when too many wait)."""
         wm = now
         for n in self.nodes.values():
-            wm = min(wm, n.clf.horizon())
+            if not n.flushed:
+                wm = min(wm, n.clf.horizon())
         wm -= self.tol + self.nodes[next(iter(self.nodes))].clf.pair_window_s
         while pending and (pending[0][0] < wm or len(pending) > OUT_MAX or now == float("inf")):
             _t, _s, _z, v, node = heapq.heappop(pending)

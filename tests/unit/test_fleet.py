@@ -219,3 +219,15 @@ def test_streamed_csv_equals_the_frame(tmp_path):
     got = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert [r["cause"] for r in got] == ["keepalive", "keepalive"]
     assert fleet.CLOCK_TOLERANCE_S == 0.25
+
+
+def test_merged_in_time_order_and_a_node_that_ends_early(tmp_path):
+    a = write(tmp_path / "a.jsonl", "node-a", [cli_ctx()] + [dict(recv(k * 10.0), dport=41000 + k)
+                                                         for k in range(3)])
+    b = write(tmp_path / "b.jsonl", "node-b", [node_ctx()] + [dict(sent(k * 10.0 + 5), dport=42000 + k)
+                                                          for k in range(30)])
+    df, summary = report_fleet([a, b])
+    times = list(df["time"])
+    assert times == sorted(times) and len(times) == 33
+    assert list(df["node"][:4]) == ["node-a", "node-b", "node-a", "node-b"]
+    assert list(df["incident"]) == list(range(1, 34))
