@@ -231,3 +231,16 @@ def test_merged_in_time_order_and_a_node_that_ends_early(tmp_path):
     assert times == sorted(times) and len(times) == 33
     assert list(df["node"][:4]) == ["node-a", "node-b", "node-a", "node-b"]
     assert list(df["incident"]) == list(range(1, 34))
+
+
+@pytest.mark.parametrize("step,warned", [(0.0, False), (5.0, True)])
+def test_a_wall_clock_step_within_one_boot_is_said(tmp_path, step, warned):
+    a = write(tmp_path / "a1.jsonl", "node-a", [cli_ctx(), recv(0.001)], boot_id="x", monotonic=100.0)
+    # the second file began 20 s of monotonic time later; its wall clock says 20 + step
+    a2 = write(tmp_path / "a2.jsonl", "node-a", [dict(recv(30.0), dport=40002)], t=T0 + 10 + step,
+               boot_id="x", monotonic=120.0)
+    _, summary = report_fleet([a, a2])
+    got = [w for w in summary.warnings if "wall clock moved" in w]
+    assert bool(got) == warned
+    if warned:
+        assert "node node-a: the wall clock moved +5.000 s between" in got[0]
