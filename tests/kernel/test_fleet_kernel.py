@@ -19,21 +19,15 @@ from pathlib import Path
 import pytest
 
 from rsttrace.lab.scenarios import run_scenario
-from rsttrace.lab.topology import CLIENT, Lab
+from rsttrace.lab.topology import CLIENT
 from rsttrace.schema.recording import read_recording
+
+from e2e_record import lab  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.kernel
 
 RSTTRACE = [sys.executable, "-m", "rsttrace"]
 SHIFT_S = 0.15
-
-
-@pytest.fixture(scope="module")
-def lab():
-    subprocess.run(["sh", "-c", "mountpoint -q /sys/kernel/tracing || "
-                    "mount -t tracefs nodev /sys/kernel/tracing"], check=False)
-    with Lab(lock_wait_s=900) as lab:
-        yield lab
 
 
 def _started(rec: Path) -> bool:
