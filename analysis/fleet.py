@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import stat
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,7 @@ PROBE_S = 60.0
 RECENT_MAX = 200_000      # recent resets kept for joining (the oldest forgotten first)
 EXPIRY_MEMORY = 65_536    # IPVS expiries kept per node
 OUT_MAX = 100_000         # verdicts waiting to go out in time order
+_NAT_GAP = re.compile(r"; paired by time across NAT \([0-9.]+ ms apart, (service port [0-9]+)\)")
 
 
 def node_of(header: dict[str, Any], fallback: str) -> str:
@@ -491,7 +493,9 @@ class FleetReport:
         if not events:
             return
         if notes:
-            v.evidence += "; " + "; ".join(notes)
+            # the sender's node paired its half with the received one, placed
+            # at its own time: the gap between the nodes is in the note
+            v.evidence = _NAT_GAP.sub(r"; paired across NAT (\1)", v.evidence) + "; " + "; ".join(notes)
         v.incident = next(self._ids)
         if self.cause is not None and v.cause != self.cause:
             return

@@ -178,6 +178,7 @@ def test_through_the_sender_nodes_nat(tmp_path):
     got = rows(report_fleet([a, b])[0])
     assert [r["peer_node"] for r in got] == ["node-a", "node-b"]
     assert got[1]["cause"] == "keepalive" and "through its NAT" in got[1]["evidence"]
+    assert "paired across NAT (service port 3306)" in got[1]["evidence"] and "ms apart" not in got[1]["evidence"]
 
 
 def test_an_ipvs_expiry_on_the_sender_node(tmp_path):
