@@ -245,3 +245,24 @@ def test_a_wall_clock_step_within_one_boot_is_said(tmp_path, step, warned):
     assert bool(got) == warned
     if warned:
         assert "node node-a: the wall clock moved +5.000 s between" in got[0]
+
+
+def test_one_hosts_resets_split_over_two_nodes_get_the_same_causes(tmp_path):
+    # bench/bench_fleet.py's split: the client namespace's records as one
+    # node, the router's as another; every paired reset must be joined back
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    from bench_fleet import split
+    from bench_report import generate
+    one, a, b = tmp_path / "one.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    generate(one, 3000)
+    split(one, a, b)
+    single, _ = report_recording(one)
+    joint, summary = report_fleet([str(a), str(b)])
+    key = ["time", "direction", "src", "dst", "dport"]
+    single, joint = single.sort_values(key), joint.sort_values(key)
+    assert list(single["cause"]) == list(joint["cause"]) and len(joint) == 3000
+    paired = single["incident"].duplicated(keep=False).sum()
+    assert (joint["peer_node"].notna()).sum() == paired > 0
+    assert not summary.warnings
