@@ -47,8 +47,8 @@ class ExportState:
                  header: dict[str, Any] | None = None, node: str | None = None,
                  clock: Clock | None = None):
         self.header = dict(header or {})
-        # the recording's host when replaying one
-        self.node = node or str(self.header.get("host") or "")
+        # the recording's node (else its host) when replaying one
+        self.node = node or str(self.header.get("node") or self.header.get("host") or "")
         names = self.header.get("netns_names") or {}
         self.classifier = classifier or Classifier(netns_names=names)
         # `clock`: the source's (analysis.pump.clock_of); tick() asks it

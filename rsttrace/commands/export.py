@@ -50,7 +50,7 @@ def add_live_args(p, listen: str) -> None:
                         "port 0: any free one)")
     p.add_argument("--node", metavar="NAME",
                    help="the `node` label of every series (default: $NODE_NAME, else the host name; "
-                        "with --replay the recording's host)")
+                        "with --replay the recording's node, else its host)")
     p.add_argument("--port", type=int, action="append", metavar="P",
                    help="only resets involving TCP port P (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
