@@ -115,7 +115,7 @@ class _Node:
     files: list[_File]
     clf: Classifier
     skipped: dict[str, int] = field(default_factory=dict)    # file -> events skipped (overlap)
-    expiries: OrderedDict = field(default_factory=OrderedDict)  # flow -> (t, record)
+    expiries: OrderedDict = field(default_factory=OrderedDict)  # the flow it answers -> ipvs_expire record
     buf: list = field(default_factory=list)
     flushed: bool = False       # every incident decided (its stream ended)
 
@@ -285,7 +285,7 @@ def _ipvs_key(rec: dict[str, Any]) -> tuple:
 
 class FleetReport:
     """Several recordings into one sink (analysis/report.py's CsvStream,
-    Rows or _Count): `run(sink)` returns the summary."""
+    Rows or _Count): `run(sink)`, then `summary(sink.tally)`."""
 
     def __init__(self, paths: list[str], window_s: float = 10.0,
                  idle_timeouts: dict[str, float] | None = None, pair_window_s: float = 1.0,
@@ -537,6 +537,8 @@ class FleetReport:
                              for f in audit(ctx, self.idle_timeouts)]
         for (snd, rcv), dts in sorted(self.matcher.offsets.items()):
             joined = self.joined.get((snd, rcv), 0)
+            if len(dts) <= joined:
+                continue    # mostly joined: a flow reset again later, not a clock apart
             dts.sort()
             mid = dts[len(dts) // 2]
             warnings.append(f"nodes {snd} and {rcv}: {len(dts)} resets match by their flow only {abs(mid):.3f} s "
