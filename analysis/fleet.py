@@ -551,5 +551,5 @@ class FleetReport:
                             f"{self.tol:g} s: not joined (their own node's cause kept)")
         fixes = merge_fixes(f for fl in fix_lists.values() for f in fl)
         ram = next((n.clf.ram_bytes for n in self.nodes.values() if n.clf.ram_bytes), None)
-        return summarize(tally, None, findings, fixes, warnings, ram_bytes=ram,
+        return summarize(tally, {n.name: n.clf.context for n in self.nodes.values()}, findings, fixes, warnings, ram_bytes=ram,
                          invalid=(invalid, first_invalid))

@@ -116,7 +116,7 @@ def _flow(src: Any, sport: Any, dst: Any) -> str:
     return f"{src}:{sport} -> {dst}"
 
 
-def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding],
+def summarize(tally: Tally, context: ContextStore | dict[str, ContextStore] | None, findings: list[Finding],
               fixes: list[Fix] | None = None, warnings: list[str] | None = None,
               top: int = 5, bins: int = 12, ram_bytes: int | None = None,
               invalid: tuple[int, str | None] = (0, None)) -> Summary:
@@ -184,7 +184,14 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
             rows.append(("finding", f.key, f.severity, printable(f.message)))
 
     if context is not None:
-        ct_lines = _conntrack_trouble(context, rows, ram_bytes)
+        if isinstance(context, dict):      # several nodes: each its own, named
+            ct_lines = []
+            for node, ctx in context.items():
+                mine = _conntrack_trouble(ctx, rows, ram_bytes)
+                if mine:
+                    ct_lines += [f"  node {printable(node)}:"] + ["  " + x for x in mine]
+        else:
+            ct_lines = _conntrack_trouble(context, rows, ram_bytes)
         if ct_lines:
             lines.append("")
             lines.append("conntrack trouble (with or without resets)")

@@ -266,3 +266,14 @@ def test_one_hosts_resets_split_over_two_nodes_get_the_same_causes(tmp_path):
     paired = single["incident"].duplicated(keep=False).sum()
     assert (joint["peer_node"].notna()).sum() == paired > 0
     assert not summary.warnings
+
+
+def test_conntrack_trouble_is_said_per_node(tmp_path):
+    later = node_ctx(t=1.0)
+    later["namespaces"][0]["ct"] = dict(later["namespaces"][0]["ct"], drop=7)
+    a, b = pair(tmp_path, b_records=[node_ctx(), sent(0.0), later])
+    _, summary = report_fleet([a, b])
+    text = summary.text
+    assert "conntrack trouble" in text and "  node node-b:" in text
+    assert "drop +7" in text.split("  node node-b:")[1]
+    assert ("conntrack", "netns router (4026532247)", 7, "drop") in summary.rows
