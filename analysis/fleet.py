@@ -59,6 +59,7 @@ PROBE_S = 60.0
 RECENT_MAX = 200_000      # recent resets kept for joining (the oldest forgotten first)
 EXPIRY_MEMORY = 65_536    # IPVS expiries kept per node
 OUT_MAX = 100_000         # verdicts waiting to go out in time order
+FEED_EVERY = 512          # records merged between two feeds of the classifiers and outputs
 _NAT_GAP = re.compile(r"; paired by time across NAT \([0-9.]+ ms apart, (service port [0-9]+)\)")
 
 
@@ -372,6 +373,7 @@ class FleetReport:
         matcher = self.matcher
         now = 0.0
         ended: list[tuple[float, _Node]] = []
+        fed = 0
         for t, i, _s, rec in self._merged():
             n = by_index[i]
             now = t
@@ -399,7 +401,11 @@ class FleetReport:
                 if len(n.expiries) > EXPIRY_MEMORY:
                     n.expiries.popitem(last=False)
             n.buf.append(rec)
-            if len(n.buf) >= 512:
+            fed += 1
+            if fed >= FEED_EVERY:
+                # the decisions above feed the nodes too: the verdicts leave
+                # on a count of records, not of a node's buffer
+                fed = 0
                 self._feed(pumps)
                 self._out(pending, sink, fix_lists, now)
         for rnode, r in matcher.due(float("inf")):
