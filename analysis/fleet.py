@@ -60,6 +60,10 @@ RECENT_MAX = 200_000      # recent resets kept for joining (the oldest forgotten
 EXPIRY_MEMORY = 65_536    # IPVS expiries kept per node
 OUT_MAX = 100_000         # verdicts waiting to go out in time order
 FEED_EVERY = 512          # records merged between two feeds of the classifiers and outputs
+# A received reset is decided at most this long after the tolerance has
+# passed it (sooner with FEED_EVERY records): within the fleet's pairing
+# window's margin, so the sender's incident is still open to its half.
+DECIDE_SLACK_S = 0.1
 _NAT_GAP = re.compile(r"; paired by time across NAT \([0-9.]+ ms apart, (service port [0-9]+)\)")
 
 
@@ -243,6 +247,10 @@ class Matcher:
                 if not slot:
                     del self.by_ports[key]
 
+    def next_due(self) -> float:
+        """When the oldest received reset waiting can be decided."""
+        return self.waiting[0][0] + self.tol if self.waiting else float("inf")
+
     def due(self, now: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """The received resets the stream has passed by the tolerance."""
         w = self.waiting
@@ -302,8 +310,9 @@ class FleetReport:
             f.node = node_of(f.header, os.path.basename(f.path))
             by_node.setdefault(f.node, []).append(f)
         # The fleet's pairing window holds an incident open until a
-        # received half a tolerance away has been decided.
-        pw = max(pair_window_s, 2 * self.tol + 0.25)
+        # received half a tolerance away has been decided (DECIDE_SLACK_S
+        # after the tolerance has passed it).
+        pw = max(pair_window_s, 2 * self.tol + DECIDE_SLACK_S + 0.15)
         self.nodes: dict[str, _Node] = {}
         for i, (name, fs) in enumerate(sorted(by_node.items())):
             fs.sort(key=lambda f: (f.header.get("t") or 0.0))
@@ -377,9 +386,14 @@ class FleetReport:
         for t, i, _s, rec in self._merged():
             n = by_index[i]
             now = t
-            for rnode, r in matcher.due(t):
-                self._feed(pumps)       # each node's context up to now, for the decision
-                self._decide(rnode, r)
+            if fed >= FEED_EVERY or t > matcher.next_due() + DECIDE_SLACK_S:
+                # the nodes fed up to now (their context, for the decisions),
+                # the received resets due decided, the verdicts decided let go
+                fed = 0
+                self._feed(pumps)
+                for rnode, r in matcher.due(t):
+                    self._decide(rnode, r)
+                self._out(pending, sink, fix_lists, now)
             while ended and ended[0][0] < t:
                 # a node whose recordings ended: once no received half can
                 # still join its resets, its incidents are decided, so the
@@ -402,14 +416,8 @@ class FleetReport:
                     n.expiries.popitem(last=False)
             n.buf.append(rec)
             fed += 1
-            if fed >= FEED_EVERY:
-                # the decisions above feed the nodes too: the verdicts leave
-                # on a count of records, not of a node's buffer
-                fed = 0
-                self._feed(pumps)
-                self._out(pending, sink, fix_lists, now)
+        self._feed(pumps)
         for rnode, r in matcher.due(float("inf")):
-            self._feed(pumps)
             self._decide(rnode, r)
         self._feed(pumps)
         for n in nodes:
