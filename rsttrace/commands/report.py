@@ -11,8 +11,8 @@ examples:
   rsttrace report incident.jsonl -o r.csv --summary s.csv --cause keepalive
   rsttrace report incident.jsonl --since 2024-05-01T12:00:00Z --idle-timeout nlb=350
   rsttrace report incident.jsonl -o - | less         the CSV on standard output
-  rsttrace report node-a.jsonl node-b.jsonl -o fleet.csv      several nodes, both ends joined
-  rsttrace report /var/lib/rsttrace/ other-node/ -o fleet.csv  directories of agent recordings
+  rsttrace report a.jsonl b.jsonl -o f.csv           several nodes, both ends joined
+  rsttrace report node-a/ node-b/ -o f.csv           directories of agent recordings
 
 several recordings (or directories of the agent's rotated ones): each
 node's recordings (by the header's node name) are read as one stream, the
