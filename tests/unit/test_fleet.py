@@ -277,3 +277,13 @@ def test_conntrack_trouble_is_said_per_node(tmp_path):
     assert "conntrack trouble" in text and "  node node-b:" in text
     assert "drop +7" in text.split("  node node-b:")[1]
     assert ("conntrack", "netns router (4026532247)", 7, "drop") in summary.rows
+
+
+def test_overlapping_rotations_skip_what_the_earlier_file_covered(tmp_path):
+    a1 = write(tmp_path / "a1.jsonl", "node-a", [cli_ctx(), recv(0.001), dict(recv(30.0), dport=40001)])
+    a2 = write(tmp_path / "a2.jsonl", "node-a", [cli_ctx(20.0), dict(recv(25.0), dport=40002),
+                                                 dict(recv(40.0), dport=40003)], t=T0 + 20)
+    df, summary = report_fleet([a1, a2])
+    assert list(df["dport"]) == [40000, 40001, 40003]
+    (w,) = summary.warnings
+    assert f"node node-a: {a2} overlaps {a1}" in w and "its 1 events at or before the end" in w
