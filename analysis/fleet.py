@@ -12,7 +12,8 @@ a reset received on node A is joined with a reset sent on another node B
 within the clock tolerance when their flows are the same, or, through NAT
 B recorded (a namespace of B with NAT rules), when both ports are equal and
 an address was rewritten; or, with no such sender, with an IPVS expiry on
-B of the flow it answers. A join needs exactly one candidate: two senders
+B of the flow it answers, or B's netfilter drop of the packet it answers
+within the tolerance (a firewall's reject: drops carry their flow). A join needs exactly one candidate: two senders
 that fit are left alone (counted, warned), so a busy fleet cannot mix
 flows. The received reset is then classified by B's classifier, with B's
 context, beside B's half (as if both ends had been on B): the received row
@@ -122,6 +123,7 @@ class _Node:
     skipped: dict[str, int] = field(default_factory=dict)    # file -> events skipped (overlap)
     expiries: OrderedDict = field(default_factory=OrderedDict)  # the flow it answers -> ipvs_expire record
     buf: list = field(default_factory=list)
+    drops: deque = field(default_factory=deque)    # recent netfilter drops that carry their flow
     flushed: bool = False       # every incident decided (its stream ended)
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -174,14 +176,33 @@ def _fits(s: dict[str, Any], r: dict[str, Any], nat: bool) -> str | None:
     return "nat" if nat else None
 
 
+def dropped(d: dict[str, Any], r: dict[str, Any], nat: bool) -> bool:
+    """Could the netfilter drop `d` be of the packet the reset `r` answers?
+    Its packet has r's receiver end on either side and, at the other, the
+    reset's sender (or, on a node with NAT rules, its port): as the sender
+    node's classifier ties a firewall's reset to its drop."""
+    me, peer = (r.get("dst"), r.get("dport")), (r.get("src"), r.get("sport"))
+    if d.get("family") not in (None, r.get("family")):
+        return False
+    if (d.get("src"), d.get("sport")) == me:
+        other = (d.get("dst"), d.get("dport"))
+    elif (d.get("dst"), d.get("dport")) == me:
+        other = (d.get("src"), d.get("sport"))
+    else:
+        return False
+    return other == peer or (nat and other[1] == peer[1])
+
+
 def match(r: dict[str, Any], node: str, sent: Iterable[Candidate], expiries: Iterable[Candidate],
           tolerance: float) -> tuple[Candidate | None, str]:
     """The one sender a reset received on `node` at r["t"] joins, and how
-    ("flow", "nat", "ipvs"), or (None, why not: "none", "ambiguous").
+    ("flow", "nat", "ipvs", "drop"), or (None, why not: "none", "ambiguous").
     Sent resets on other nodes within `tolerance` that fit it by flow come
     first, then those that fit through NAT; an IPVS expiry of its flow
-    (recorded before it, give or take the tolerance) only where no sender
-    fits. More than one candidate of the first kind that has any: none."""
+    (recorded before it, give or take the tolerance) or a netfilter drop of
+    its packet (`expiries` holds both) only where no sender fits, and only
+    on one node (its drop nearest in time). More than one candidate of the
+    first kind that has any: none."""
     t = r["t"]
     by_flow, by_nat = [], []
     for c in sent:
@@ -198,8 +219,9 @@ def match(r: dict[str, Any], node: str, sent: Iterable[Candidate], expiries: Ite
         if found:
             return None, "ambiguous"
     exp = [c for c in expiries if c.node != node and c.t <= t + tolerance]
-    if len(exp) == 1:
-        return exp[0], "ipvs"
+    if len({c.node for c in exp}) == 1 and (len(exp) == 1 or all(c.rec.get("kind") == "ct_drop" for c in exp)):
+        c = min(exp, key=lambda c: abs(c.t - t))
+        return c, "drop" if c.rec.get("kind") == "ct_drop" else "ipvs"
     return (None, "ambiguous") if exp else (None, "none")
 
 
@@ -409,6 +431,10 @@ class FleetReport:
             if kind == "reset":
                 rec["node"] = n.name
                 matcher.see(n.name, rec)
+            elif kind == "ct_drop" and rec.get("dport") is not None:
+                n.drops.append(rec)
+                while n.drops and (n.drops[0]["t"] < t - PROBE_S or len(n.drops) > RECENT_MAX):
+                    n.drops.popleft()
             elif kind == "ipvs_expire":
                 n.expiries[_ipvs_key(rec)] = rec
                 n.expiries.move_to_end(_ipvs_key(rec))
@@ -443,6 +469,9 @@ class FleetReport:
                 e = n.expiries.get(key) if n.name != node else None
                 if e is not None:
                     exps.append(Candidate(n.name, e["t"], e))
+                if n.name != node:
+                    exps += [Candidate(n.name, d["t"], d, self._has_nat(n.name)) for d in n.drops
+                             if abs(d["t"] - r["t"]) <= self.tol and dropped(d, r, self._has_nat(n.name))]
         c, how = match(r, node, cands, exps, self.tol)
         if c is not None and self.nodes[c.node].flushed:
             c, how = None, "none"       # its incidents are decided: too late to join (not expected)
@@ -455,7 +484,7 @@ class FleetReport:
         # half (same time), in a namespace of its own that no inode there can be
         copy = dict(r)
         copy["netns"] = f"{node}/{r.get('netns')}"
-        copy["t"] = c.t if how != "ipvs" else max(r["t"], c.t)
+        copy["t"] = c.t if how != "ipvs" else max(r["t"], c.t)   # a drop: at the drop
         copy["_orig"] = r
         copy.pop("dev_netns", None)
         sender = self.nodes[c.node]
@@ -466,7 +495,7 @@ class FleetReport:
         r["_joined"] = copy
         r["peer_node"] = c.node
         r["_how"] = (how, c.t, c.node)
-        if how != "ipvs":
+        if how in ("flow", "nat"):
             c.rec["peer_node"] = node
         sender.buf.append(copy)
         k = (c.node, node)
@@ -497,7 +526,7 @@ class FleetReport:
                 if v.receiver_netns == e.get("netns"):
                     v.receiver_netns = o.get("netns")
                 what = {"flow": "reset sent", "nat": "reset sent (through its NAT)",
-                        "ipvs": "IPVS expiry"}[how]
+                        "ipvs": "IPVS expiry", "drop": "netfilter drop of its packet"}[how]
                 notes.append(f"joined across nodes: {what} on {snode}, received on {o.get('node')} "
                              f"{(o['t'] - ts) * 1000:+.0f} ms by their clocks")
                 e = o
@@ -561,7 +590,7 @@ class FleetReport:
                             f"are that far apart, rerun with --clock-tolerance {abs(mid) * 1.5:.2g}")
         for (node, what), k in sorted(self.matcher.ambiguous.items()):
             warnings.append(f"node {node}: {k} received resets fit more than one "
-                            f"{'IPVS expiry' if what == 'ipvs' else 'sender'} on other nodes within "
+                            f"{'IPVS expiry or netfilter drop' if what == 'ipvs' else 'sender'} on other nodes within "
                             f"{self.tol:g} s: not joined (their own node's cause kept)")
         fixes = merge_fixes(f for fl in fix_lists.values() for f in fl)
         ram = next((n.clf.ram_bytes for n in self.nodes.values() if n.clf.ram_bytes), None)

@@ -18,7 +18,8 @@ several recordings (or directories of the agent's rotated ones): each
 node's recordings (by the header's node name) are read as one stream, the
 nodes' streams merged in time order, and a reset received on one node is
 joined with the reset another node sent for it (directly, or through that
-node's NAT), or with that node's IPVS expiry of the flow, when exactly one
+node's NAT), or with that node's IPVS expiry of the flow or netfilter drop
+of its packet, when exactly one
 fits within --clock-tolerance: the received row takes the sender node's
 cause and evidence; columns node and peer_node say where.
 

@@ -57,6 +57,11 @@ CASES = [
     ("two nodes' expiries", [], [Candidate("b", T0 - 3, {}), Candidate("c", T0 - 2, {})], 0.25,
      None, "ambiguous"),
     ("a sender beats an expiry", [cand()], [Candidate("c", T0 - 3, {})], 0.25, "b", "flow"),
+    ("a netfilter drop on one node", [], [Candidate("b", T0 + 0.1, {"kind": "ct_drop"})], 0.25, "b", "drop"),
+    ("two drops on one node", [], [Candidate("b", T0 + 0.1, {"kind": "ct_drop"}),
+                                   Candidate("b", T0 - 0.1, {"kind": "ct_drop"})], 0.25, "b", "drop"),
+    ("drops on two nodes", [], [Candidate("b", T0, {"kind": "ct_drop"}),
+                                Candidate("c", T0, {"kind": "ct_drop"})], 0.25, None, "ambiguous"),
 ]
 
 
@@ -287,3 +292,27 @@ def test_overlapping_rotations_skip_what_the_earlier_file_covered(tmp_path):
     assert list(df["dport"]) == [40000, 40001, 40003]
     (w,) = summary.warnings
     assert f"node node-a: {a2} overlaps {a1}" in w and "its 1 events at or before the end" in w
+
+
+def test_a_netfilter_drop_on_the_sender_node_is_a_firewall_reject(tmp_path):
+    drop = {"kind": "ct_drop", "t": T0, "netns": NODE_NS, "reason": "NETFILTER_DROP", "family": 4,
+            "ip_proto": 6, "src": CLIENT, "sport": 40000, "dst": VIP, "dport": 3306}
+    ctx = node_ctx()
+    ctx["namespaces"][0]["rules"] = [{"source": "nft", "family": "inet", "table": "fw", "chain": "input",
+                                      "handle": 7, "text": "tcp dport 3306 reject with tcp reset",
+                                      "packets": 1}]
+    a, b = pair(tmp_path, b_records=[ctx, drop])
+    (r,) = rows(report_fleet([a, b])[0])
+    assert (r["node"], r["peer_node"], r["cause"]) == ("node-a", "node-b", "firewall_reject")
+    assert "netfilter drop of its packet on node-b" in r["evidence"] and "reject with tcp reset" in r["evidence"]
+    # alone, node-a's report cannot tell
+    (alone,) = rows(report_recording(a)[0])
+    assert alone["cause"] != "firewall_reject"
+
+
+def test_a_drop_of_another_flow_is_not_joined(tmp_path):
+    drop = {"kind": "ct_drop", "t": T0, "netns": NODE_NS, "reason": "NETFILTER_DROP", "family": 4,
+            "ip_proto": 6, "src": CLIENT, "sport": 40009, "dst": VIP, "dport": 3306}
+    a, b = pair(tmp_path, b_records=[node_ctx(), drop])
+    (r,) = rows(report_fleet([a, b])[0])
+    assert r["peer_node"] is None
