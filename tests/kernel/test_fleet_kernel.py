@@ -2,9 +2,11 @@
 namespace (node-a), one over its router and database (node-b), each with
 `record --netns`, as a recorder on that node would see. The keepalive
 scenario's reset is sent by the router (node-b) and received by the client
-(node-a): neither recording alone names the cause; the report over both
-joins the two ends, also with node-b's clock shifted within the tolerance,
-and refuses the join (saying why) when the shift is beyond it."""
+(node-a); the firewall_reject scenario's is made by a rule on the router,
+whose drop of the SYN node-b records. Neither recording alone names the
+causes; the report over both joins the two ends, also with node-b's clock
+shifted within the tolerance, and refuses the join (saying why) when the
+shift is beyond it."""
 
 from __future__ import annotations
 
@@ -69,18 +71,22 @@ def recordings(lab, tmp_path_factory):
             assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
             time.sleep(0.1)
         run = run_scenario(lab, "keepalive")
+        # the next scenario sets the router's defaults again: not within
+        # the keepalive resets' pairing window, whose context decides them
+        time.sleep(1.5)
+        fw = run_scenario(lab, "firewall_reject")
         time.sleep(1.5)     # the pairing window and one more snapshot
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)
         errs = [p.communicate(timeout=30)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    assert run.errors, "the scenario made no reset"
-    return lab, a, b
+    assert run.errors and fw.errors, "a scenario made no reset"
+    return lab, a, b, str(run.expect.service_port)
 
 
 def test_each_recorder_sees_only_its_namespaces(recordings):
-    lab, a, b = recordings
+    lab, a, b, _ = recordings
     inodes = lab.inodes()
     for path, node, names in ((a, "node-a", [lab.cli]), (b, "node-b", [lab.node, lab.db])):
         r = read_recording(path)
@@ -97,18 +103,18 @@ def _client_rows(rows: list[dict]) -> list[dict]:
 
 
 def test_alone_the_client_node_cannot_name_the_cause(recordings, tmp_path):
-    _, a, _ = recordings
+    _, a, _, _ = recordings
     out = tmp_path / "a.csv"
     r = _report(str(a), "-o", str(out))
     assert r.returncode == 0, r.stderr
     recv = [x for x in _client_rows(_rows(out)) if x["direction"] == "recv"]
-    assert recv and all(x["cause"] != "keepalive" for x in recv), recv
+    assert recv and all(x["cause"] not in ("keepalive", "firewall_reject") for x in recv), recv
     assert all(x["node"] == "node-a" and x["peer_node"] == "" for x in recv)
 
 
 @pytest.mark.parametrize("shift", [0.0, SHIFT_S])
 def test_the_fleet_report_joins_both_ends(recordings, tmp_path, shift):
-    _, a, b = recordings
+    _, a, b, port = recordings
     if shift:
         _shift(b, tmp_path / "node-b.jsonl", shift)
         b = tmp_path / "node-b.jsonl"
@@ -117,6 +123,13 @@ def test_the_fleet_report_joins_both_ends(recordings, tmp_path, shift):
     assert r.returncode == 0, r.stderr
     assert "warning" not in r.stderr, r.stderr
     rows = _client_rows(_rows(out))
+    # the firewall's reset: no TCP stack sent it; node-b's drop of the SYN
+    # (after its DNAT) and the rule read there name the cause
+    (fw,) = [x for x in rows if x["state"] == "SYN_SENT"]
+    assert (fw["node"], fw["peer_node"], fw["cause"]) == ("node-a", "node-b", "firewall_reject"), fw
+    assert "netfilter drop of its packet on node-b" in fw["evidence"] and "reject with tcp reset" in fw["evidence"]
+    # the keepalive scenario's flows (its service port)
+    rows = [x for x in rows if x is not fw and port in (x["sport"], x["dport"])]
     recv = [x for x in rows if x["direction"] == "recv"]
     sent = [x for x in rows if x["direction"] == "sent"]
     assert recv and sent
@@ -129,7 +142,7 @@ def test_the_fleet_report_joins_both_ends(recordings, tmp_path, shift):
 
 
 def test_beyond_the_tolerance_nothing_is_joined_and_it_is_said(recordings, tmp_path):
-    _, a, b = recordings
+    _, a, b, _ = recordings
     _shift(b, tmp_path / "node-b.jsonl", SHIFT_S)
     out = tmp_path / "f.csv"
     r = _report(str(a), str(tmp_path / "node-b.jsonl"), "-o", str(out), "--clock-tolerance", "0.05")
