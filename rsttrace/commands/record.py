@@ -58,11 +58,30 @@ def register(sub) -> None:
                         "every event as it comes)")
     p.add_argument("--burst-rate", type=int, default=None, metavar="EVENTS",
                    help="events per second above which they are held (default 20000)")
+    add_storm_arg(p)
     p.add_argument("--accept-syscalls", action="store_true",
                    help="where no fexit program can learn an accepted socket's owner, learn it "
                         "from the accept() syscall tracepoints (turns on syscall tracing: every "
                         "syscall on the host gets slower; `rsttrace doctor` says which applies)")
     p.set_defaults(run=run)
+
+
+def add_storm_arg(p) -> None:
+    """--storm-rate, for every command that traces the live kernel."""
+    from rsttrace.tracer.storm import STORM_RATE
+    p.add_argument("--storm-rate", type=int, default=None, metavar="RESETS",
+                   help="storm mode: above RESETS resets per second on a CPU, count them in the "
+                        "kernel per key (namespace, direction, reason, state, addresses, service "
+                        f"port, SYN) with a sample in full (default {STORM_RATE}; 0: every reset "
+                        "in full)")
+
+
+def storm_rate(args) -> int | None:
+    """--storm-rate checked (None: the default)."""
+    rate = getattr(args, "storm_rate", None)
+    if rate is not None and rate < 0:
+        raise CLIError("--storm-rate must be 0 (every reset in full) or a rate in resets per second")
+    return rate
 
 
 def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int, str]]:
@@ -96,6 +115,7 @@ def run(args) -> int:
         preflight()
     except SessionError as e:
         raise CLIError(str(e)) from None
+    storm_rate(args)
     ports, netns, names = resolve_filters(args)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.lexists(args.output) and (not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK)):
@@ -149,7 +169,7 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
     old = {s: signal.signal(s, on_signal) for s in stops}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
-                           accept_syscalls=args.accept_syscalls)
+                           accept_syscalls=args.accept_syscalls, storm_rate=storm_rate(args))
     writer = burst = None
     t0 = time.monotonic()
     try:
@@ -184,8 +204,10 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
                 holding = f", {burst.held} held (burst)" if burst.held else ""
                 say(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ", end="")
                 last_print = now
-        # last events still in the buffer, then a final context snapshot
+        # last events still in the buffer, storm mode's last counts, then a
+        # final context snapshot
         drain(0)
+        session.flush_storms()
         try:
             session.snapshot()
         except Exception:
