@@ -11,8 +11,9 @@ catalog (`RowWriter.add`; `python -c "from rsttrace.analysis import
 csvout; print(csvout.SOURCE)"` shows it).
 
 Rows come in per verdict: the verdict's cells (`VERDICT_CELLS`) and, per
-reset, the record's `ROW_FIELDS` and the name of its namespace
-(`rows_of(records, names)`).
+reset record, its `ROW_FIELDS`, the name of its namespace and the resets it
+stands for (`rows_of(records, names)`: 1, or a storm's `reset_agg` count,
+which the summary's counts are weighted by).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _rows_source() -> str:
         "            f = _first(e)",
         "        except KeyError:    # a record without a field every recording has (hand-written)",
         f"            f = tuple(map(e.get, {tuple(first)!r}))",
-        f"        out.append(f + ({rest}names.get(f[{netns}])))",
+        f"        out.append(f + ({rest}names.get(f[{netns}]), e.get('count', 1)))",
         "    return out",
     ]) + "\n"
 
@@ -138,9 +139,9 @@ def _source() -> str:
             segs.append(",".join(seg))
             row_parts.append(f"{{seg{len(segs) - 1}}}")
             seg = []
-        if f is None:           # the namespace's name, per row
-            assert c.source == "names", c
-            row_parts.append("{c[x_name]}")
+        if f is None:           # the namespace's name, or the resets the row stands for
+            assert c.source in ("names", "count"), c
+            row_parts.append("{c[x_name]}" if c.source == "names" else "{x_count}")
             continue
         stmts, expr = _cell_expr(c, _var(f.name), f"x{i}")
         prep += stmts
@@ -148,7 +149,7 @@ def _source() -> str:
     if seg:
         segs.append(",".join(seg))
         row_parts.append(f"{{seg{len(segs) - 1}}}")
-    unpack = ", ".join([_var(n) for n in ROW_FIELDS] + ["x_name"])
+    unpack = ", ".join([_var(n) for n in ROW_FIELDS] + ["x_name", "x_count"])
     lines = [
         "def add(self, vc, rows):",
         "    if not rows:",
@@ -160,8 +161,8 @@ def _source() -> str:
         *[f"    seg{k} = f\"{s}\"" for k, s in enumerate(segs)],
         "    tally = self.tally",
         "    tally.incidents += 1",
-        "    tally.n += len(rows)",
-        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + len(rows)",
+        "    tally.rows += len(rows)",
+        "    resets = 0",
         "    flows, per_s = tally.flows, tally.per_s",
         "    lo, hi = tally.ms_min, tally.ms_max",
         "    buf = self._buf",
@@ -169,9 +170,10 @@ def _source() -> str:
         "        ms = round(f_t * 1000)",
         "        sec, frac = divmod(ms, 1000)",
         "        p = prefixes.get(sec) or self._prefix(sec)",
+        "        resets += x_count",
         "        k = (f_src, f_sport, f_dst, v_cause)",
-        "        flows[k] = flows.get(k, 0) + 1",
-        "        per_s[sec] = per_s.get(sec, 0) + 1",
+        "        flows[k] = flows.get(k, 0) + x_count",
+        "        per_s[sec] = per_s.get(sec, 0) + x_count",
         "        if lo is None or ms < lo:",
         "            lo = ms",
         "        if hi is None or ms > hi:",
@@ -179,6 +181,8 @@ def _source() -> str:
         *["        " + s for s in prep],
         f"        buf.append(f\"{','.join(row_parts)}\\n\")",
         "    tally.ms_min, tally.ms_max = lo, hi",
+        "    tally.n += resets",
+        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + resets",
         "    if len(buf) >= 8192:",
         "        self.flush()",
     ]

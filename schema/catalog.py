@@ -298,7 +298,8 @@ class Csv:
     the column is empty unless this field of the record is true. A column
     that shows no field has a `source`: `verdict` (the verdict's attribute
     of that name, the same in every row of an incident) or `names` (the
-    name of the row's namespace)."""
+    name of the row's namespace) or `count` (the resets the row stands
+    for)."""
     column: str
     fmt: str = "text"
     only_if: str | None = None
@@ -589,6 +590,8 @@ REPORT_COLUMNS = {c.column: c for c in (
         source="verdict"),
     Csv("incident", "int", doc="the sent and received resets of one incident share it", source="verdict"),
     Csv("netns_name", doc="the name of `netns`", source="names"),
+    Csv("count", "int", doc="the resets the row stands for: 1 for a reset recorded in full, a `reset_agg`'s "
+        "`count` for a storm's row (its ephemeral port empty)", source="count"),
     Csv("sender_netns", "int", doc="the namespace whose kernel sent the reset, when on this host",
         source="verdict"),
     Csv("receiver_netns", "int", doc="the namespace of the socket reset, when on this host", source="verdict"),
@@ -597,7 +600,7 @@ REPORT_COLUMNS = {c.column: c for c in (
 #: The report's columns, in order: one row per reset event.
 CSV_ORDER = ("time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport", "state",
              "kernel_reason", "idle_s", "keepalive_s", "cause", "confidence", "evidence", "fix",
-             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie")
+             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie", "count")
 
 
 def csv_columns() -> list[tuple[Csv, Field | None]]:
