@@ -5,10 +5,11 @@ bounded sample in full; the tracer drains the counts once per interval as
 default for their --help without loading the tracer."""
 
 # Resets per second on a CPU above which they are counted per key instead of
-# sent in full. At the highest rate measured here a full event costs the
-# storm about 0.5 us of its CPU (docs/PERFORMANCE.md: 6.6 % at ~75,000
-# resets/s per CPU); at this rate that is under 0.5 % of a CPU, and every
-# reset of a source this slow is still read one by one.
+# sent in full. Measured before storm mode (docs/PERFORMANCE.md, against
+# tcpdump): at a loop per CPU, about 75,000 refused connects/s per CPU and
+# two resets each, `rsttrace record` cost the storm 6.6 %: about 0.45 us of
+# CPU per full event, everything included. At this rate that is under 0.5 %
+# of a CPU, and every reset of a source this slow is still seen in full.
 STORM_RATE = 10000
 # full events per key, interval and CPU in a storm
 STORM_SAMPLE = 8
