@@ -189,11 +189,11 @@ def main() -> int:
 
             def span(field):
                 return f"{min(x[field] for x in r)}–{max(x[field] for x in r)}"
-            storm = (f"storm mode above {r[0]['storm_rate']} resets/s per CPU: "
+            mode = (f"storm mode above {r[0]['storm_rate']} resets/s per CPU: "
                      f"{sum(x['detailed_sent'] for x in r)} sent resets in detail + "
                      f"{sum(x['counted_sent'] for x in r)} counted in the kernel; "
                      if r[0]["storm_rate"] else "storm mode off; ")
-            print(f"{label} ({r[0]['transport']}): {storm}lost {sum(x['lost'] for x in r)}, recorded sent "
+            print(f"{label} ({r[0]['transport']}): {mode}lost {sum(x['lost'] for x in r)}, recorded sent "
                   f"resets (detailed + counted) == the kernel's count in "
                   f"{sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
                   f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until 0.3 s "
