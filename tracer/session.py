@@ -394,15 +394,16 @@ class TraceSession:
         out.sort(key=lambda r: r["t"])
         return out
 
-    def flush_storms(self) -> list[dict]:
+    def flush_storms(self) -> int:
         """Storm mode: every reset counted so far, as `reset_agg` records
-        (also queued into the stream); for the end of a recording."""
+        queued into the stream (the next poll has them); for the end of a
+        recording. Returns how many."""
         if not self._storm_on or self._stopped:
-            return []
+            return 0
         recs = self._storm_drain(final=True)
         for rec in recs:
             self._ctx_queue.put(rec)
-        return recs
+        return len(recs)
 
     def _note_drops(self, arr: np.ndarray) -> None:
         """Namespaces where netfilter dropped a packet: the collector reads

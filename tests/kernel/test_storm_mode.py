@@ -146,3 +146,32 @@ def test_the_exporter_counts_a_storm_exactly(netns):
         stop.set()
         t.join(timeout=10)
         ex.stop()
+
+
+@pytest.mark.parametrize("btf", [True, False], ids=["btf", "raw"])
+def test_the_session_counts_a_storm_with_either_kind_of_tracepoint(netns, btf):
+    """The storm path on BTF tracepoints (plain loads) and on raw ones
+    (probe reads): the full events and the drained counts sum to the
+    kernel's, per direction."""
+    from rsttrace.tracer.session import TraceSession
+    ns = netns.add("sb")
+    s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, btf_tracepoints=btf, storm_rate=1000).start()
+    records: list[dict] = []
+    try:
+        assert s.program.tp_btf is btf and s.header["storm_rate"] == 1000
+        before = tcp_out_rsts(ns)
+        p = netns.refusing(ns, 20000, seconds=10)
+        while p.poll() is None:
+            records += s.poll(0.1)
+        sent = tcp_out_rsts(ns) - before
+        records += s.poll(0.1)
+        assert s.flush_storms() >= 2
+        records += s.poll(0.1)
+        lost = s.lost()
+    finally:
+        s.stop()
+    assert lost == 0
+    n = tally([r for r in records if r["kind"] in ("reset", "reset_agg")])
+    assert sent > 5000 and n["aggs"] >= 2
+    assert n["sent"] + n["counted_sent"] == sent
+    assert n["recv"] + n["counted_recv"] == sent
