@@ -261,12 +261,15 @@ def write_csv(recording: str, csv_path: str, say) -> int:
 def dump_bpf(args) -> int:
     from rsttrace.tracer import probe
     from rsttrace.tracer.loader import LoadError, build
+    from rsttrace.tracer.storm import STORM_RATE
+    rate = storm_rate(args)
     ports, netns, _ = resolve_filters(args)
     caps = probe.probe()
     caps.accept_syscalls = args.accept_syscalls
     hooks = probe.plan(caps)
     try:
-        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns)
+        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns,
+                     storm_rate=STORM_RATE if rate is None else rate)
     except LoadError as e:
         raise CLIError(str(e)) from None
     print("// cflags: " + " ".join(prog.cflags))
