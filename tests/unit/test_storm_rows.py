@@ -86,3 +86,16 @@ def test_the_storm_row_updates_in_place():
     assert state.total == 12001 and state.counts["no_listener"] == 12001
     # the screen's export still has every verdict folded into it
     assert [v.count for v in state.retained_verdicts()] == [1, 5000, 7000]
+
+
+def test_a_negative_storm_rate_is_one_line_and_creates_nothing(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "x.jsonl"
+    for cmd in (["record", "-o", str(out)], ["export"], ["live"]):
+        p = subprocess.run([sys.executable, "-m", "rsttrace", *cmd, "--storm-rate", "-5"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert p.returncode == 2, (cmd, p.stderr)
+        assert p.stderr.strip().splitlines() == [
+            "rsttrace: --storm-rate must be 0 (every reset in full) or a rate in resets per second"]
+    assert not out.exists()
