@@ -42,6 +42,7 @@ def _check(args: argparse.Namespace) -> None:
     for port in args.port or []:
         if not 0 < port < 65536:
             raise CLIError(f"--port {port}: give a TCP port between 1 and 65535")
+    storm_rate(args)
     if args.keep < 1:
         raise CLIError(f"--keep {args.keep}: keep at least 1 reset in memory")
     if args.speed < 0:

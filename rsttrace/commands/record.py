@@ -111,11 +111,11 @@ def run(args) -> int:
     if args.dump_bpf:
         return dump_bpf(args)
     # Everything a user can fix is checked before anything is attached.
+    storm_rate(args)
     try:
         preflight()
     except SessionError as e:
         raise CLIError(str(e)) from None
-    storm_rate(args)
     ports, netns, names = resolve_filters(args)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.lexists(args.output) and (not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK)):
