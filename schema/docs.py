@@ -141,7 +141,8 @@ def csv_table() -> str:
             src = f"`{f.name}`" + (f" where `{c.only_if}`" if c.only_if else "")
             doc = c.doc or f.doc
         else:
-            src = "the verdict" if c.source == "verdict" else "the header's and `ctx` names"
+            src = {"verdict": "the verdict", "count": "`reset_agg`'s `count`, else 1"}.get(
+                c.source, "the header's and `ctx` names")
             doc = c.doc
         rows.append([f"`{c.column}`", src, doc])
     return _table(["column", "from", "meaning"], rows)
