@@ -11,9 +11,10 @@ catalog (`RowWriter.add`; `python -c "from rsttrace.analysis import
 csvout; print(csvout.SOURCE)"` shows it).
 
 Rows come in per verdict: the verdict's cells (`VERDICT_CELLS`) and, per
-reset, the record's `ROW_FIELDS`, then `ROW_EXTRAS`: the report's own
-values (its node, the node at the other end) and the name of its namespace
-(`rows_of(records, names, node)`).
+reset record, its `ROW_FIELDS`, then `ROW_EXTRAS`: the report's own
+values (its node, the node at the other end), the name of its namespace and
+the resets it stands for (`rows_of(records, names, node)`: 1, or a storm's
+`reset_agg` count, which the summary's counts are weighted by).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ COLUMNS: list[str] = [c.column for c, _ in SPECS]
 VERDICT_CELLS = tuple(c.column for c, f in SPECS if f is None and c.source == "verdict" and c.column != "fix") \
     + ("fix",)
 #: Per row after the ROW_FIELDS: the report's values (`row` columns, taken
-#: from the record where a fleet report set them) and the namespace's name.
-ROW_EXTRAS = tuple(c.column for c, f in SPECS if f is None and c.source == "row") + ("netns_name",)
+#: from the record where a fleet report set them), the namespace's name and
+#: the resets the row stands for.
+ROW_EXTRAS = tuple(c.column for c, f in SPECS if f is None and c.source == "row") + ("netns_name", "count")
 # The summary's counts per row: the time, the flow and the direction (tally in RowWriter.add)
 _TALLY_FIELDS = ("t", "src", "sport", "dst", "dir")
 _needed = list(dict.fromkeys([f.name for _, f in SPECS if f is not None]
@@ -56,7 +58,7 @@ def _rows_source() -> str:
     # the node a fleet report set on the record, else the recording's; the
     # namespace's name it set there (its node's), else the recording's
     extras = "".join("(e.get('node') or node), " if c == "node" else f"e.get({c!r}), "
-                     for c in ROW_EXTRAS[:-1])
+                     for c in ROW_EXTRAS[:-2])
     return "\n".join([
         "def rows_of(events, names, node=None):",
         "    out = []",
@@ -65,7 +67,7 @@ def _rows_source() -> str:
         "            f = _first(e)",
         "        except KeyError:    # a record without a field every recording has (hand-written)",
         f"            f = tuple(map(e.get, {tuple(first)!r}))",
-        f"        out.append(f + ({rest}{extras}e.get('netns_name') or names.get(f[{netns}])))",
+        f"        out.append(f + ({rest}{extras}e.get('netns_name') or names.get(f[{netns}]), e.get('count', 1)))",
         "    return out",
     ]) + "\n"
 
@@ -146,9 +148,9 @@ def _source() -> str:
             segs.append(",".join(seg))
             row_parts.append(f"{{seg{len(segs) - 1}}}")
             seg = []
-        if f is None:           # the report's values and the namespace's name, per row
-            assert c.source in ("names", "row"), c
-            row_parts.append(f"{{c[x_{c.column}]}}")
+        if f is None:           # the report's values, the namespace's name, the resets the row stands for
+            assert c.source in ("names", "row", "count"), c
+            row_parts.append(f"{{c[x_{c.column}]}}" if c.source != "count" else "{x_count}")
             continue
         stmts, expr = _cell_expr(c, _var(f.name), f"x{i}")
         prep += stmts
@@ -168,8 +170,8 @@ def _source() -> str:
         *[f"    seg{k} = f\"{s}\"" for k, s in enumerate(segs)],
         "    tally = self.tally",
         "    tally.incidents += 1",
-        "    tally.n += len(rows)",
-        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + len(rows)",
+        "    tally.rows += len(rows)",
+        "    resets = 0",
         "    flows, per_s, nodes, pairs = tally.flows, tally.per_s, tally.nodes, tally.pairs",
         "    lo, hi = tally.ms_min, tally.ms_max",
         "    buf = self._buf",
@@ -177,14 +179,15 @@ def _source() -> str:
         "        ms = round(f_t * 1000)",
         "        sec, frac = divmod(ms, 1000)",
         "        p = prefixes.get(sec) or self._prefix(sec)",
+        "        resets += x_count",
         "        k = (f_src, f_sport, f_dst, v_cause)",
-        "        flows[k] = flows.get(k, 0) + 1",
-        "        per_s[sec] = per_s.get(sec, 0) + 1",
+        "        flows[k] = flows.get(k, 0) + x_count",
+        "        per_s[sec] = per_s.get(sec, 0) + x_count",
         "        k = (x_node, v_cause)",
-        "        nodes[k] = nodes.get(k, 0) + 1",
+        "        nodes[k] = nodes.get(k, 0) + x_count",
         "        if x_peer_node is not None and f_dir == 'recv':",
         "            k = (x_peer_node, x_node, v_cause)",
-        "            pairs[k] = pairs.get(k, 0) + 1",
+        "            pairs[k] = pairs.get(k, 0) + x_count",
         "        if lo is None or ms < lo:",
         "            lo = ms",
         "        if hi is None or ms > hi:",
@@ -192,6 +195,8 @@ def _source() -> str:
         *["        " + s for s in prep],
         f"        buf.append(f\"{','.join(row_parts)}\\n\")",
         "    tally.ms_min, tally.ms_max = lo, hi",
+        "    tally.n += resets",
+        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + resets",
         "    if len(buf) >= 8192:",
         "        self.flush()",
     ]

@@ -185,7 +185,7 @@ def write_verdicts(verdicts: Iterable[Verdict], out: TextIO, names: dict[int, st
     for v in verdicts:
         sink.add(v)
     sink.close()
-    return sink.tally.n
+    return sink.tally.rows
 
 
 # ---- batch ---------------------------------------------------------------
@@ -306,7 +306,7 @@ def write_report(path: str | os.PathLike[str], out: TextIO, window_s: float = 10
     except BaseException:
         sink.abort()
         raise
-    return sink.tally.n, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)
+    return sink.tally.rows, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)
 
 
 # ---- several recordings (analysis/fleet.py) ----------------------------------

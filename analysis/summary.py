@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .vocab import CAUSES
+from .vocab import CAUSES, weight
 from .config import Finding
 from .context import ContextStore
 from .findings import conntrack_episodes
@@ -40,7 +40,8 @@ class Tally:
     resets joined across nodes per (sender node, receiver node, cause)."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.n = 0          # resets (a storm's row counts its `count`)
+        self.rows = 0       # rows: reset records and reset_agg records
         self.incidents = 0
         self.ms_min: int | None = None
         self.ms_max: int | None = None
@@ -55,23 +56,24 @@ class Tally:
         RowWriter); `node`: the recording's, where a record names none."""
         for e in events:
             self.row(cause, e.get("src"), e.get("sport"), e.get("dst"), round(e["t"] * 1000),
-                     e.get("node") or node, e.get("peer_node"), e.get("dir"))
+                     weight(e), e.get("node") or node, e.get("peer_node"), e.get("dir"))
         if events:
             self.incidents += 1
 
-    def row(self, cause: str, src: Any, sport: Any, dst: Any, ms: int, node: str | None = None,
-            peer: str | None = None, direction: str | None = None) -> None:
-        self.n += 1
+    def row(self, cause: str, src: Any, sport: Any, dst: Any, ms: int, count: int = 1,
+            node: str | None = None, peer: str | None = None, direction: str | None = None) -> None:
+        self.rows += 1
+        self.n += count
+        self.causes[cause] = self.causes.get(cause, 0) + count
         k = (node, cause)
-        self.nodes[k] = self.nodes.get(k, 0) + 1
+        self.nodes[k] = self.nodes.get(k, 0) + count
         if peer is not None and direction == "recv":
             k = (peer, node, cause)
-            self.pairs[k] = self.pairs.get(k, 0) + 1
-        self.causes[cause] = self.causes.get(cause, 0) + 1
+            self.pairs[k] = self.pairs.get(k, 0) + count
         k = (src, sport, dst, cause)
-        self.flows[k] = self.flows.get(k, 0) + 1
+        self.flows[k] = self.flows.get(k, 0) + count
         sec = ms // 1000
-        self.per_s[sec] = self.per_s.get(sec, 0) + 1
+        self.per_s[sec] = self.per_s.get(sec, 0) + count
         if self.ms_min is None or ms < self.ms_min:
             self.ms_min = ms
         if self.ms_max is None or ms > self.ms_max:

@@ -62,11 +62,30 @@ def register(sub) -> None:
                         "every event as it comes)")
     p.add_argument("--burst-rate", type=int, default=None, metavar="EVENTS",
                    help="events per second above which they are held (default 20000)")
+    add_storm_arg(p)
     p.add_argument("--accept-syscalls", action="store_true",
                    help="where no fexit program can learn an accepted socket's owner, learn it "
                         "from the accept() syscall tracepoints (turns on syscall tracing: every "
                         "syscall on the host gets slower; `rsttrace doctor` says which applies)")
     p.set_defaults(run=run)
+
+
+def add_storm_arg(p) -> None:
+    """--storm-rate, for every command that traces the live kernel."""
+    from rsttrace.tracer.storm import STORM_RATE
+    p.add_argument("--storm-rate", type=int, default=None, metavar="RESETS",
+                   help="storm mode: above RESETS resets per second on a CPU, count them in the "
+                        "kernel per key (namespace, direction, reason, state, addresses, service "
+                        f"port, SYN) with a sample in full (default {STORM_RATE}; 0: every reset "
+                        "in full)")
+
+
+def storm_rate(args) -> int | None:
+    """--storm-rate checked (None: the default)."""
+    rate = getattr(args, "storm_rate", None)
+    if rate is not None and rate < 0:
+        raise CLIError("--storm-rate must be 0 (every reset in full) or a rate in resets per second")
+    return rate
 
 
 def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int, str]]:
@@ -96,6 +115,7 @@ def run(args) -> int:
     if args.dump_bpf:
         return dump_bpf(args)
     # Everything a user can fix is checked before anything is attached.
+    storm_rate(args)
     try:
         preflight()
     except SessionError as e:
@@ -155,7 +175,8 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
     old = {s: signal.signal(s, on_signal) for s in stops}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
-                           accept_syscalls=args.accept_syscalls, node=args.node)
+                           accept_syscalls=args.accept_syscalls, node=args.node,
+                           storm_rate=storm_rate(args))
     writer = burst = None
     t0 = time.monotonic()
     try:
@@ -190,8 +211,10 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
                 holding = f", {burst.held} held (burst)" if burst.held else ""
                 say(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ", end="")
                 last_print = now
-        # last events still in the buffer, then a final context snapshot
+        # last events still in the buffer, storm mode's last counts, then a
+        # final context snapshot
         drain(0)
+        session.flush_storms()
         try:
             session.snapshot()
         except Exception:
@@ -245,12 +268,15 @@ def write_csv(recording: str, csv_path: str, say) -> int:
 def dump_bpf(args) -> int:
     from rsttrace.tracer import probe
     from rsttrace.tracer.loader import LoadError, build
+    from rsttrace.tracer.storm import STORM_RATE
+    rate = storm_rate(args)
     ports, netns, _ = resolve_filters(args)
     caps = probe.probe()
     caps.accept_syscalls = args.accept_syscalls
     hooks = probe.plan(caps)
     try:
-        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns)
+        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns,
+                     storm_rate=STORM_RATE if rate is None else rate)
     except LoadError as e:
         raise CLIError(str(e)) from None
     print("// cflags: " + " ".join(prog.cflags))
