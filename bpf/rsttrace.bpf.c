@@ -2,7 +2,9 @@
  *
  * Every struct offset and enum value comes from the running kernel's BTF
  * and reaches this file as a -D flag (tracer/offsets.py); installed headers
- * belong to another kernel here and their layouts are wrong.
+ * belong to another kernel here and their layouts are wrong. (Structs its
+ * BTF lacks may come from headers of exactly the running release instead:
+ * bpf/layout.c.)
  *
  * Hooks are tracepoints taken at their raw arguments (sk, skb, reason, ...),
  * without the kernel first building the tracefs record. Two ways, one text:
@@ -18,7 +20,8 @@
  * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,
  * AF_INET6, IPPROTO_TCP, the TCP states TCP_SYN_SENT_, TCP_CLOSE_,
  * TCP_TIME_WAIT_, TCP_NEW_SYN_RECV_ (from the kernel's own table),
- * NETFILTER_DROP_REASON, SOCK_KEEPOPEN_BIT, TP_BTF, the transport (USE_PCRING
+ * NETFILTER_DROP_REASON (or, before 5.17, CT_DROP_DERIVED with
+ * NF_DROP_SITE(addr)), SOCK_KEEPOPEN_BIT, TP_BTF, the transport (USE_PCRING
  * with PCRING_CPUS and PCRING_SLOTS, or USE_RINGBUF with RINGBUF_PAGES and
  * RESCUE_PAGES, or neither: the perf buffer), the filters PORT_WANTED(p) and
  * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
@@ -498,7 +501,7 @@ static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u6
 #ifdef OFF_KN_ID
 /* A cgroup v2's id (what bpf_get_current_cgroup_id gives): its kernfs
  * node's id, 0 for no cgroup. */
-static __always_inline __u64 cgroup_id(const void *cg, int direct)
+static __always_inline __u64 cgrp_kn_id(const void *cg, int direct)
 {
 	const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, direct) : 0;
 	return kn ? LD(__u64, kn, OFF_KN_ID, direct) : 0;
@@ -518,7 +521,7 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 	const void *task = bpf_get_current_task_btf();
 	const void *cset = LD(const void *, task, OFF_TASK_CGROUPS, 1);
 
-	*cgroup = cgroup_id(cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0, 1);
+	*cgroup = cgrp_kn_id(cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0, 1);
 	*pid = LD(__u32, task, OFF_TASK_TGID, 1);
 	/* the name up to its NUL; the decoder ignores what follows */
 	comm[0] = LD(__u64, task, OFF_TASK_COMM, 1);
@@ -712,7 +715,7 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		if (!(e->flags & EVF_OWNER) && tp) {
 			/* no owner learned (a socket connected or accepted before
 			 * tracing began): the socket's own cgroup still names its pod */
-			e->cgroup = cgroup_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
+			e->cgroup = cgrp_kn_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
 			if (e->cgroup)
 				e->flags2 |= EVF2_SK_CGROUP;
 		}
@@ -917,8 +920,17 @@ TP_PROBE(kfree_skb)
 	const void *skb = (const void *)TP_ARG(ARG_KS_SKB);
 	__u32 ns;
 
+#ifdef CT_DROP_DERIVED
+	/* Before 5.17 the tracepoint has no reason, only the code address
+	 * that freed the packet: a netfilter drop is one freed inside
+	 * netfilter's verdict handling (NF_DROP_SITE: those functions' code
+	 * ranges in this boot's kernel, from /proc/kallsyms). */
+	if (!NF_DROP_SITE((__u64)TP_ARG(ARG_KS_LOCATION)))
+		return 0;
+#else
 	if ((__u32)TP_ARG(ARG_KS_REASON) != NETFILTER_DROP_REASON)
 		return 0;
+#endif
 	ns = skb_netns(skb, DIRECT);
 	if (!netns_wanted(ns))
 		return 0;
@@ -927,8 +939,12 @@ TP_PROBE(kfree_skb)
 		return 0;
 	e->kind = EV_CT_DROP;
 	e->netns = ns;
+#ifdef CT_DROP_DERIVED
+	e->flags2 |= EVF2_REASON_DERIVED;  /* no kernel value to carry */
+#else
 	e->reason = NETFILTER_DROP_REASON;
 	e->flags |= EVF_REASON;
+#endif
 	/* L3 protocol (ethertype) of the dropped packet */
 	e->sport = ntohs(LD(__u16, skb, OFF_SKB_PROTOCOL, DIRECT));
 	ev_send(ctx, e);
@@ -1023,7 +1039,8 @@ static __always_inline __u32 ipvs_netns(const void *ipvs)
 
 /* ip_vs_conn_expire(struct timer_list *t) is the timer callback that drops
  * an idle IPVS entry; there is no tracepoint for it. The entry is the
- * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF). */
+ * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF, or
+ * where there is none, from this kernel's own headers: bpf/layout.c). */
 int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 {
 	BENCH_SKIP();

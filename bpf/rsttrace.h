@@ -36,6 +36,8 @@ enum rst_dir {
 /* bits of rst_event.flags2 */
 #define EVF2_SK_CGROUP   0x01  /* cgroup is the socket's own (its creator's, or for an
                                 * accepted socket its listener's), not a learned owner's */
+#define EVF2_REASON_DERIVED 0x02 /* EV_CT_DROP: NETFILTER_DROP told from where the packet
+                                  * was freed (kernels whose kfree_skb has no reason) */
 
 struct rst_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

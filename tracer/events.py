@@ -35,7 +35,10 @@ EV_RESET, EV_CT_DROP, EV_CT_FULL, EV_IPVS_EXPIRE, EV_CT_ALLOC_FAIL = 1, 2, 3, 4,
 DIR_SENT, DIR_RECV = 1, 2
 EVF_HAS_SOCK, EVF_KEEPALIVE, EVF_KA_PER_SOCK = 0x01, 0x02, 0x04
 EVF_IDLE, EVF_REASON, EVF_TRIGGER, EVF_OWNER, EVF_KA = 0x08, 0x10, 0x20, 0x40, 0x80
-EVF2_SK_CGROUP = 0x01
+EVF2_SK_CGROUP, EVF2_REASON_DERIVED = 0x01, 0x02
+# the reason a derived netfilter drop has on kernels that name it
+# (docs/EVENTS.md: reason_derived)
+DERIVED_DROP_REASON = "NETFILTER_DROP"
 TCP_SYN_FLAG = 0x02  # RFC 793 header bit, not a kernel value
 
 KINDS = {EV_RESET: "reset", EV_CT_DROP: "ct_drop", EV_CT_FULL: "ct_full",
@@ -232,11 +235,16 @@ class Decoder:
 
     def _ct_drop(self, a: np.ndarray):
         rr = a["reason"]
-        return ("kind", "t", "netns", "reason", "reason_raw", "protocol"), [
+        # before 5.17 the kernel gives no reason: the program derived it
+        # from where the packet was freed, and there is no raw value
+        derived = (a["flags2"] & EVF2_REASON_DERIVED) != 0
+        key = rr.astype(np.uint64) | (derived.astype(np.uint64) << np.uint64(32))
+        return ("kind", "t", "netns", "reason", "reason_raw", "reason_derived", "protocol"), [
             Col.const("ct_drop", len(a)), self._time(a),
             Col.ints(a["netns"], a["netns"] != 0),
-            Categorical.lookup(rr, lambda v: self.drop_reasons.get(v, str(v))),
-            Col.ints(rr), Col.ints(a["sport"])]
+            Categorical.lookup(key, lambda v: DERIVED_DROP_REASON if v >> 32
+                               else self.drop_reasons.get(v, str(v))),
+            Col.ints(rr, ~derived), Col.bools(derived), Col.ints(a["sport"])]
 
     def _ct_full(self, a: np.ndarray):
         texts = [b.decode(errors="replace").strip() for b in a["text"].tolist()]

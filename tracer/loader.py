@@ -21,8 +21,9 @@ from pathlib import Path
 from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
-from .offsets import (CAST_TYPES, FEXIT_RET, RAW_TP_ARGS, RDONLY_CAST, KernelLayout,
-                      btf_tracepoint_abi, fexit_ret_index, ipvs_netns, kernel_layout,
+from .offsets import (CAST_TYPES, FEXIT_RET, HEADER_CHECKS, IPVS_HEADER, IPVS_HEADER_MEMBERS,
+                      NF_DROP_FUNCS, RAW_TP_ARGS, RDONLY_CAST, KernelLayout, btf_tracepoint_abi,
+                      fexit_ret_index, ipvs_netns, kernel_layout, nf_drop_site_define,
                       raw_tp_layout, rdonly_cast_ids)
 from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
@@ -102,7 +103,8 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         raise LoadError(headers.note)
     btf = btf or load_vmlinux()
     ipvs_btf = None
-    if hooks.get("ipvs_expire") and hooks["ipvs_expire"].available:
+    ipvs = hooks.get("ipvs_expire")
+    if ipvs and ipvs.available and caps.ipvs_btf:
         ipvs_btf = load_module("ip_vs", btf) or btf
     netns_list = None
     try:
@@ -111,6 +113,18 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             netns_list = ipvs_netns(btf, ipvs_btf, layout, kernel.ksym_address)[1]
     except BTFError as e:
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
+    if ipvs and ipvs.available and not caps.ipvs_btf:
+        try:
+            offsets = header_layout(IPVS_HEADER, IPVS_HEADER_MEMBERS, layout)
+        except LoadError as e:
+            # the rest traces on; the plan (and so the recording's header)
+            # says why IPVS expiry does not
+            hooks["ipvs_expire"] = Hook("ipvs_expire", False, None,
+                                        f"struct ip_vs_conn layout unknown: {e}")
+        else:
+            layout.defines.update(offsets)
+            layout.sources.update({d: f"{IPVS_HEADER_MEMBERS[d][0]}.{IPVS_HEADER_MEMBERS[d][1][0]} "
+                                   f"(headers {caps.ipvs_headers})" for d in offsets})
     defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
         f"-D{name}={int(getattr(socket, name))}" for name in ("AF_INET", "AF_INET6", "IPPROTO_TCP")]
     defines += tcp_state_defines()
@@ -149,6 +163,14 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         defines += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={ring_pages}", f"-DRESCUE_PAGES={rescue_pages}"]
     if netns_list is not None:
         defines.append(f"-DNET_NAMESPACE_LIST={netns_list:#x}ULL")
+    ct_drop = hooks.get("ct_drop")
+    if ct_drop and ct_drop.available and "CT_DROP_DERIVED" in ct_drop.defines:
+        # netfilter's drop sites: where this boot's kernel put them
+        ranges = kernel.ksym_ranges(NF_DROP_FUNCS)
+        if not ranges:
+            raise LoadError("netfilter's drop sites are not in /proc/kallsyms: ct_drop cannot "
+                            "be derived on this kernel")
+        defines.append(nf_drop_site_define(ranges))
     if ports:
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
@@ -184,6 +206,43 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         misses_at = None
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
                    misses_at, btf_ids, abi, transport, percpu, kfuncs)
+
+
+# header_layout's answers, per process: the headers of a running kernel do
+# not change, and reading them costs a compile of the kernel headers they
+# pull in (~1.7 s here; more than a minute in an emulated guest)
+_HEADER_LAYOUTS: dict[tuple, dict[str, int]] = {}
+
+
+def header_layout(header: str, members: dict[str, tuple[str, tuple[str, ...]]],
+                  btf_layout: KernelLayout, timeout_s: float = 600.0) -> dict[str, int]:
+    """Offsets of `members` (define -> (struct, member paths): the first
+    path) from `header` in the running kernel's exact headers, which bcc
+    compiles bpf/layout.c against, in a short-lived process (LLVM stays out
+    of this one). The headers must agree with `btf_layout` on the members
+    of offsets.HEADER_CHECKS. LoadError when they do not compile or agree."""
+    checks = []
+    for define in HEADER_CHECKS:
+        struct_name, _, path = btf_layout.sources[define].partition(".")
+        checks.append(f"X({struct_name},{path},{btf_layout.defines[define]})")
+    cflags = [f"-DHEADER=<{header}>",
+              "-DMEMBERS(X)=" + " ".join(f"X({d},{s},{paths[0]})" for d, (s, paths) in members.items()),
+              "-DCHECKS(X)=" + " ".join(checks)]
+    key = (os.uname().release, tuple(cflags))
+    if key in _HEADER_LAYOUTS:
+        return _HEADER_LAYOUTS[key]
+    req = json.dumps({"text": (bpf_dir() / "layout.c").read_text(), "cflags": cflags,
+                      "functions": list(members)})
+    try:
+        p = subprocess.run([sys.executable, "-m", "rsttrace.tracer.loader_child", "--layout"],
+                           input=req, capture_output=True, text=True, timeout=timeout_s)
+        answer = json.loads(p.stdout or "{}")
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise LoadError(f"reading {header} of the running kernel failed: {e}") from None
+    if "offsets" not in answer:
+        raise LoadError(answer.get("error") or f"reading {header} failed: {p.stderr.strip()[-600:]}")
+    _HEADER_LAYOUTS[key] = answer["offsets"]
+    return answer["offsets"]
 
 
 def percpu_ring_size(ring_pages: int) -> tuple[int, int]:

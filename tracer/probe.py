@@ -17,7 +17,8 @@ from pathlib import Path
 from . import kernel
 from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
-from .offsets import ACCEPT_FIELDS, KernelLayout, ipvs_netns, unresolved
+from .offsets import (ACCEPT_FIELDS, IPVS_HEADER, IPVS_OFFSETS, NF_DROP_FUNCS, KernelLayout,
+                      ipvs_netns, unresolved)
 
 SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
@@ -53,10 +54,17 @@ class Capabilities:
     rdonly_cast: bool = False
     rdonly_cast_note: str = "no BTF"
     netfilter_drop_reason: int | None = None
+    # kernels whose skb:kfree_skb has no reason (before 5.17): the functions
+    # of offsets.NF_DROP_FUNCS whose code ranges /proc/kallsyms gives (a
+    # drop there is a netfilter drop), or why none
+    nf_drop_sites: list[str] = field(default_factory=list)
+    nf_drop_note: str = ""
     conntrack: bool = False
     ipvs: bool = False
     ipvs_note: str = ""
-    ipvs_btf: bool = False
+    ipvs_btf: bool = False      # BTF (ip_vs's own, or vmlinux's) describes struct ip_vs_conn
+    ipvs_headers: str = ""      # else: this kernel's exact headers, which declare it
+    ipvs_layout_note: str = ""  # where struct ip_vs_conn's layout comes from, or why from nowhere
     ipvs_netns_note: str = ""   # how an IPVS expiry's namespace is learned (offsets.ipvs_netns)
     # why an accepted socket's file cannot be followed in this kernel's BTF
     # ("": it can; offsets.ACCEPT_FIELDS)
@@ -228,7 +236,7 @@ def probe() -> Capabilities:
     config = kernel.kernel_config()
     caps.kprobes, caps.kprobes_note = kernel.kprobes_available(config)
     if caps.kprobes:
-        caps.kprobe_symbols = {s: kernel.kprobe_symbol(s) for s in KPROBE_SYMBOLS}
+        caps.kprobe_symbols = kernel.kprobe_symbols(KPROBE_SYMBOLS)
     caps.btf = Path("/sys/kernel/btf/vmlinux").exists()
     caps.fentry, caps.fentry_note = False, "no BTF: fentry and fexit need it"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
@@ -248,6 +256,8 @@ def probe() -> Capabilities:
         except BTFError:
             caps.netfilter_drop_reason = None
     caps.conntrack = Path("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+    if caps.has_tp("skb:kfree_skb", "location") and not caps.has_tp("skb:kfree_skb", "reason"):
+        caps.nf_drop_sites, caps.nf_drop_note = _nf_drop_sites()
     caps.ipvs = Path("/proc/net/ip_vs").exists()
     if caps.ipvs:
         caps.ipvs_note = "IPVS loaded"
@@ -255,15 +265,58 @@ def probe() -> Capabilities:
         caps.ipvs_note = f"IPVS built ({config['CONFIG_IP_VS']}) but not loaded (modprobe ip_vs)"
     else:
         caps.ipvs_note = "kernel built without IPVS"
-    caps.ipvs_btf = Path("/sys/kernel/btf/ip_vs").exists() or (caps.ipvs and config.get("CONFIG_IP_VS") == "y")
-    if caps.ipvs and caps.ipvs_btf and caps.kprobes:
-        from .btf import BTFError, load_module, load_vmlinux
+    if caps.ipvs and caps.kprobes:
+        _ipvs_layout(caps)
+    return caps
+
+
+def _nf_drop_sites() -> tuple[list[str], str]:
+    """Netfilter's drop sites in this kernel (offsets.NF_DROP_FUNCS that
+    /proc/kallsyms places), or why none: the hook walk must be among them."""
+    ranges = kernel.ksym_ranges(NF_DROP_FUNCS)
+    if NF_DROP_FUNCS[0] not in ranges:
+        return [], (f"{NF_DROP_FUNCS[0]} has no address in /proc/kallsyms (hidden by "
+                    "kptr_restrict, or not root): netfilter's drops cannot be told apart")
+    return sorted(ranges), ""
+
+
+def _ipvs_layout(caps: Capabilities) -> None:
+    """Where struct ip_vs_conn's layout comes from: BTF (the ip_vs module's,
+    5.11+, or vmlinux's where IPVS is built in), else this kernel's exact
+    headers, never headers of another version. Sets caps.ipvs_btf or
+    caps.ipvs_headers, the note saying which, and how an expiry's namespace
+    is learned."""
+    from .btf import BTFError, load_module, load_vmlinux
+    why_not_btf = "no BTF"
+    if caps.btf:
         btf = load_vmlinux()
-        try:
-            caps.ipvs_netns_note = ipvs_netns(btf, load_module("ip_vs", btf) or btf, KernelLayout(),
-                                              kernel.ksym_address)[0]
-        except BTFError as e:
-            caps.ipvs_netns_note = f"namespace unknown (0): {e}"
+        module = load_module("ip_vs", btf)
+        ipvs_btf = module or btf
+        why_not_btf = unresolved(ipvs_btf, IPVS_OFFSETS)
+        if not why_not_btf:
+            caps.ipvs_btf = True
+            caps.ipvs_layout_note = ("struct ip_vs_conn from BTF ("
+                                     + ("module ip_vs" if module else "vmlinux") + ")")
+            try:
+                caps.ipvs_netns_note = ipvs_netns(btf, ipvs_btf, KernelLayout(), kernel.ksym_address)[0]
+            except BTFError as e:
+                caps.ipvs_netns_note = f"namespace unknown (0): {e}"
+            return
+        if module is None:
+            why_not_btf = "no BTF for ip_vs (module BTF came with 5.11)"
+    release = caps.kernel
+    exact = kernel.exact_headers(release)
+    header = kernel.header_file(IPVS_HEADER, release) if exact else None
+    if header is not None:
+        caps.ipvs_headers = str(exact)
+        caps.ipvs_layout_note = (f"struct ip_vs_conn and struct netns_ipvs from this kernel's own "
+                                 f"headers ({exact}; {why_not_btf})")
+        caps.ipvs_netns_note = "namespace from the entry's struct netns_ipvs (headers)"
+        return
+    caps.ipvs_layout_note = (f"struct ip_vs_conn layout unknown: {why_not_btf}, and no headers of "
+                             f"exactly {release} in /lib/modules/{release}/build"
+                             + (f" (they lack {IPVS_HEADER})" if exact else
+                                f" (install linux-headers-{release})"))
     return caps
 
 
@@ -314,19 +367,31 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
 
     if not caps.conntrack:
         out["ct_drop"] = Hook("ct_drop", False, None, "conntrack not in this kernel (or not loaded)")
-    elif not caps.has_tp("skb:kfree_skb", "reason"):
-        out["ct_drop"] = Hook("ct_drop", False, None, "skb:kfree_skb has no drop reason (before 5.17)")
-    elif caps.netfilter_drop_reason is None:
-        out["ct_drop"] = Hook("ct_drop", False, None,
-                              "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
+    elif caps.has_tp("skb:kfree_skb", "reason"):
+        if caps.netfilter_drop_reason is None:
+            out["ct_drop"] = Hook("ct_drop", False, None,
+                                  "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
+        else:
+            out["ct_drop"] = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
+                                  f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this "
+                                  "kernel (from BTF)")
+    elif caps.nf_drop_sites:
+        # Before 5.17 the tracepoint has no reason, only the code address
+        # that freed the packet: one inside netfilter's verdict handling is
+        # a netfilter drop. The events say their reason was derived.
+        out["ct_drop"] = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
+                              "no drop reason before 5.17: a packet freed inside netfilter's "
+                              f"verdict handling ({', '.join(caps.nf_drop_sites)}: code ranges from "
+                              "/proc/kallsyms) is NETFILTER_DROP, marked reason_derived",
+                              ["CT_DROP_DERIVED"])
     else:
-        h = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
-                 f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this kernel (from BTF)")
-        if kp and sym.get("__nf_conntrack_alloc"):
-            h.hook += " + kretprobe __nf_conntrack_alloc"
-            h.defines.append("WANT_KRETPROBE_CT_ALLOC")
-            h.attach.append(("kretprobe", "__nf_conntrack_alloc", "kr_nf_conntrack_alloc"))
-        out["ct_drop"] = h
+        out["ct_drop"] = Hook("ct_drop", False, None, "skb:kfree_skb has no drop reason (before 5.17)"
+                              + (f" and {caps.nf_drop_note}" if caps.nf_drop_note else ""))
+    h = out["ct_drop"]
+    if h.available and kp and sym.get("__nf_conntrack_alloc"):
+        h.hook += " + kretprobe __nf_conntrack_alloc"
+        h.defines.append("WANT_KRETPROBE_CT_ALLOC")
+        h.attach.append(("kretprobe", "__nf_conntrack_alloc", "kr_nf_conntrack_alloc"))
 
     if not caps.conntrack:
         out["ct_full"] = Hook("ct_full", False, None, "conntrack not in this kernel")
@@ -344,14 +409,17 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                   + caps.kprobes_note + ")")
     elif not sym.get("ip_vs_conn_expire"):
         out["ipvs_expire"] = Hook("ipvs_expire", False, None, "ip_vs_conn_expire is not kprobe-able here")
-    elif not caps.ipvs_btf:
-        out["ipvs_expire"] = Hook("ipvs_expire", False, None, "no BTF for ip_vs: struct ip_vs_conn layout unknown")
-    else:
+    elif caps.ipvs_btf or caps.ipvs_headers:
         out["ipvs_expire"] = Hook("ipvs_expire", True, "kprobe ip_vs_conn_expire",
-                                  "kprobe (no tracepoint exists); layout from ip_vs BTF"
+                                  "kprobe (no tracepoint exists); "
+                                  + (caps.ipvs_layout_note or "layout from ip_vs BTF")
                                   + (f"; {caps.ipvs_netns_note}" if caps.ipvs_netns_note else ""),
                                   ["WANT_KPROBE_IPVS_EXPIRE"],
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
+    else:
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None,
+                                  caps.ipvs_layout_note or "struct ip_vs_conn layout unknown: no BTF "
+                                  "for ip_vs and no headers of exactly this kernel")
 
     # accepted sockets: learned as accept() returns, in the accepting task
     if caps.has_tp("sock:inet_sock_set_state"):

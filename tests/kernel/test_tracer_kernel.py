@@ -292,6 +292,51 @@ def test_conntrack_expiry_reset_through_dnat_router(session, collect, netns):
     assert ctx[lb_ino]["sysctl"]["nf_conntrack_tcp_timeout_established"] == 2
 
 
+SEND_UDP = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    refused = 0
+    for _ in range(int(sys.argv[2])):
+        try:
+            s.sendto(b"x", ("127.0.0.1", int(sys.argv[1])))
+        except PermissionError:   # netfilter's drop, as the sender sees it
+            refused += 1
+    print(refused)
+""")
+
+
+def test_netfilter_drop_is_seen(session, collect, netns):
+    """Datagrams an nftables rule drops are ct_drop events of the rule's
+    namespace, reason NETFILTER_DROP: the kernel's reason from 5.17, before
+    that derived from where the packet was freed (reason_derived). Packets
+    the kernel frees elsewhere (to a port nobody listens on) are not."""
+    hook = session.hooks["ct_drop"]
+    if not hook.available:
+        pytest.skip("no ct_drop hook on this kernel: " + hook.why)
+    ns = netns.add("nf")
+    ino = netns.inode(ns)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True,
+                   input="table ip t {\n chain out { type filter hook output priority 0; "
+                         "udp dport 9999 drop; }\n}\n")
+
+    def send(port: int, n: int) -> int:
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SEND_UDP, str(port), str(n)],
+                           capture_output=True, text=True, timeout=60, check=True)
+        return int(p.stdout)
+
+    assert send(9998, 5) == 0      # not dropped by the rule: freed by UDP (no socket)
+    assert send(9999, 7) == 7      # dropped by the rule
+    drops = collect.wait_for(lambda r: r["kind"] == "ct_drop" and r["netns"] == ino, n=7)
+    time.sleep(0.5)
+    drops = collect.wait_for(lambda r: r["kind"] == "ct_drop" and r["netns"] == ino, n=8, timeout=0.5)
+    assert len(drops) == 7, drops
+    derived = not session.caps.has_tp("skb:kfree_skb", "reason")
+    assert "CT_DROP_DERIVED" in hook.defines if derived else "CT_DROP_DERIVED" not in hook.defines
+    for r in drops:
+        assert r["reason"] == "NETFILTER_DROP" and r["reason_derived"] is derived, r
+        assert (r["reason_raw"] is None) is derived and r["protocol"] == 0x0800, r
+
+
 def test_record_cli_ends_cleanly_on_sigterm(tmp_path):
     out = tmp_path / "rec.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(out), "-q"],

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.vm
 
-KERNELS = ("6.1", "6.12")
+KERNELS = ("5.10", "6.1", "6.12")
 # Tracer kernel tests not run in a VM, and why: each is a test-side
 # assumption about the host kernel or its speed, not a tracer fault.
 TCG_SLOW = {
@@ -34,7 +34,7 @@ BEFORE_610 = {
     "test_conntrack_expiry_reset_through_dnat_router": "asserts reason NO_SOCKET (6.10+ only)",
     "test_abort_with_linger_zero": "its reason guard matches the 6.1 plan text ('has no reason')",
 }
-DESELECT = {"6.1": {**TCG_SLOW, **BEFORE_610}, "6.12": TCG_SLOW}
+DESELECT = {"5.10": {**TCG_SLOW, **BEFORE_610}, "6.1": {**TCG_SLOW, **BEFORE_610}, "6.12": TCG_SLOW}
 GUEST_TIMEOUT_S = 900.0
 
 
