@@ -28,7 +28,9 @@
  * HAVE_TP_* for each tracepoint to attach, and the optional hooks
  * HAVE_TP_SEND_RESET_REASON, HAVE_FEXIT_ACCEPT (with ARG_ACCEPT_RET) or HAVE_TP_ACCEPT
  * (+ HAVE_TP_ACCEPT_PLAIN), WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; KFUNC_RDONLY_CAST with the
+ * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BTF_COOKIE and BTF_TASK
+ * where BTF programs may call bpf_get_socket_cookie (5.12+) and
+ * bpf_get_current_task_btf (5.11+); KFUNC_RDONLY_CAST with the
  * BTF type ids BTF_TCP_SOCK, BTF_IPHDR, BTF_IPV6HDR, BTF_TCPHDR; BENCH_RETURN_EARLY
  * and BENCH_MINIMAL for the benchmark only.
  */
@@ -99,12 +101,13 @@ static const void *(*rdonly_cast)(const void *obj, __u32 btf_id) = (void *)KFUNC
  * read for the reset an abort sends right after, but free for the next
  * connect, so connect churn does not push out the entries of live idle
  * connections. A socket reusing the memory must never inherit an owner:
- * with BTF the entry holds the socket's cookie (unique for the life of the
- * host) and a reset's owner counts only if the cookies agree (an accepted
- * socket, which has no cookie yet when accept() returns, is told apart by
- * its socket file's inode number instead, OWNER_BY_INODE); on raw
- * tracepoints, which cannot have a cookie made, tcp_destroy_sock empties
- * the slot instead. When both slots are taken by live sockets the first is
+ * with BTF (where the kernel lets its programs make a socket's cookie:
+ * BTF_COOKIE, 5.12+) the entry holds the socket's cookie (unique for the
+ * life of the host) and a reset's owner counts only if the cookies agree
+ * (an accepted socket, which has no cookie yet when accept() returns, is
+ * told apart by its socket file's inode number instead, OWNER_BY_INODE);
+ * otherwise (raw tracepoints, or BTF ones before 5.12), tcp_destroy_sock
+ * empties the slot instead. When both slots are taken by live sockets the first is
  * overwritten: that socket's owner becomes unknown, never wrong. `check`
  * folds every field, so an entry torn by two CPUs writing the same slot at
  * once is ignored rather than misread. */
@@ -377,8 +380,10 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk, const
 	 * helper. Raw tracepoints: the cookie if it has one. */
 	if (direct || tp)
 		e->cookie = SKF(__u64, OFF_SK_COOKIE);
+#ifdef BTF_COOKIE
 	if (direct && !e->cookie)
 		e->cookie = bpf_get_socket_cookie((void *)sk);
+#endif
 	if (!tp)
 		return;
 	if (SKF(__u64, OFF_SK_FLAGS) & (1ULL << SOCK_KEEPOPEN_BIT))
@@ -464,7 +469,7 @@ static __always_inline int owner_same_socket(const void *sk, __u64 guard, __u64 
 	if (guard & OWNER_BY_INODE)
 		return full && (OWNER_BY_INODE | sock_inode(sk, direct)) == guard;
 #endif
-#ifdef TP_BTF
+#ifdef BTF_COOKIE
 	return cookie && guard == cookie;
 #else
 	return 1;
@@ -512,7 +517,7 @@ static __always_inline __u64 cgrp_kn_id(const void *cg, int direct)
  * task's fields are plain loads (these three helpers together cost ~90 ns
  * per connect on a kernel whose every return goes through a mitigation
  * thunk); otherwise, or where BTF lacks a field, the helpers. */
-#if defined(TP_BTF) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
+#if defined(TP_BTF) && defined(BTF_TASK) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
 #define OWNER_FROM_TASK 1
 #endif
 static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid)
@@ -809,7 +814,7 @@ TP_PROBE(inet_sock_set_state)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
 		__u64 cookie = 0;
-#ifdef TP_BTF
+#ifdef BTF_COOKIE
 		cookie = bpf_get_socket_cookie((void *)sk);
 #endif
 		owner_learn(sk_key(sk, DIRECT), cookie);
@@ -825,7 +830,7 @@ TP_PROBE(inet_sock_set_state)
 TP_PROBE(tcp_destroy_sock)
 {
 	BENCH_SKIP();
-	/* raw tracepoints only (with BTF the cookie tells sockets apart): the
+	/* only where no cookie tells sockets apart (without BTF_COOKIE): the
 	 * socket's memory may be reused by another socket, so forget it and no
 	 * reset is ever attributed to a wrong process */
 	owner_rewrite(sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT), 0);
@@ -844,7 +849,11 @@ int fexit__inet_csk_accept(unsigned long long *ctx)
 
 	if (!sk || LD(__u16, sk, OFF_SK_PROTOCOL, 1) != IPPROTO_TCP)
 		return 0;
+#ifdef BTF_COOKIE
 	owner_learn(sk_key(sk, 1), bpf_get_socket_cookie((void *)sk));
+#else
+	owner_learn(sk_key(sk, 1), 0);
+#endif
 	return 0;
 }
 #endif

@@ -139,9 +139,12 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             if caps.has_tp(tp):
                 tps.add(tp)
     if tp_btf:
-        # with BTF the owner table tells sockets apart by cookie: no program
-        # on every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
-        tps.discard("tcp:tcp_destroy_sock")
+        helpers = [d for d, why in caps.btf_helpers.items() if not why]
+        defines += [f"-D{d}" for d in sorted(helpers)]
+        if "BTF_COOKIE" in helpers:
+            # the owner table tells sockets apart by cookie: no program on
+            # every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
+            tps.discard("tcp:tcp_destroy_sock")
     # raw tracepoints: argument positions from each one's BTF prototype
     args, missing = raw_tp_layout(btf)
     unusable = sorted(tp for tp in tps if tp.split(":")[1] in missing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class Capabilities:
     btf: bool = False
     tp_btf: bool = False     # BTF tracepoints load (fields read without helper calls)
     tp_btf_note: str = ""
+    # helpers BTF programs may call here (tried for real): BTF_HELPERS name
+    # -> why not ("" where they may); the programs do without the others
+    btf_helpers: dict[str, str] = field(default_factory=dict)
     # BTF programs may call bpf_rdonly_cast (tried for real): a tcp_sock and
     # packet headers read as plain loads
     rdonly_cast: bool = False
@@ -165,6 +169,41 @@ def _try_fexit(btf) -> tuple[bool, str]:
     return True, "fexit programs load and attach"
 
 
+# Helpers the BTF programs call where the kernel lets tracing programs call
+# them, each loaded for real once: the socket's cookie (5.12), which tells a
+# socket from a later one in the same memory (without it the programs empty
+# an owner entry at the socket's destruction, as raw tracepoints do), and
+# the current task as a BTF pointer (5.11), whose fields are plain loads
+# (without it, a helper call each). -D name -> (helper, program).
+def _helper_call(helper_id: int, sk_arg: bool) -> bytes:
+    load_sk = bytes([0x79, 0x11, 0, 0, 0, 0, 0, 0]) if sk_arg else b""   # r1 = ctx[0] (the socket)
+    return load_sk + bytes([0x85, 0, 0, 0]) + helper_id.to_bytes(4, "little") + RETURN_0
+
+
+BTF_HELPERS = {"BTF_COOKIE": ("get_socket_cookie", True),
+               "BTF_TASK": ("get_current_task_btf", False)}
+
+
+def _try_btf_helpers(btf, tp_btf: bool) -> dict[str, str]:
+    """BTF_HELPERS define -> "" where BTF tracepoints may call its helper,
+    else why not."""
+    from .btf import BTFError
+    out = {}
+    for define, (helper, sk_arg) in BTF_HELPERS.items():
+        if not tp_btf:
+            out[define] = "no BTF tracepoints"
+            continue
+        try:
+            helper_id = btf.enum("bpf_func_id").get(f"BPF_FUNC_{helper}")
+            if helper_id is None:
+                raise BTFError(f"no helper {helper} in this kernel")
+            _load_probe_program(btf, _helper_call(helper_id, sk_arg))
+            out[define] = ""
+        except (BTFError, OSError) as e:
+            out[define] = f"bpf_{helper} not callable from BTF programs ({str(e).rstrip(': ')})"
+    return out
+
+
 def _try_rdonly_cast(btf, tp_btf: bool) -> tuple[bool, str]:
     """Whether BTF tracepoint programs may call the bpf_rdonly_cast kfunc
     (6.2+): one that casts to tcp_sock, loaded for real."""
@@ -225,7 +264,21 @@ def _percpu_rings(btf, tp_btf: bool) -> tuple[bool, str]:
     return True, ""
 
 
+def lift_memlock() -> None:
+    """Before 5.11 the kernel charges BPF maps to the user's locked memory,
+    checked against the creating process's RLIMIT_MEMLOCK: once the loader
+    process (bcc lifts its own limit) has made the rings, even the probe's
+    small maps would be refused under the default limit, and the probe
+    would report no ring buffer. Lifted as bcc does; nothing on later
+    kernels, which charge BPF memory to the cgroup instead."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (OSError, ValueError):
+        pass   # not root: the probe says what does not work
+
+
 def probe() -> Capabilities:
+    lift_memlock()
     caps = Capabilities(kernel=os.uname().release)
     caps.tracefs, caps.tracefs_note = kernel.ensure_tracefs()
     if caps.tracefs:
@@ -249,6 +302,10 @@ def probe() -> Capabilities:
         caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
         caps.fentry, caps.fentry_note = _try_fexit(btf)
         caps.rdonly_cast, caps.rdonly_cast_note = _try_rdonly_cast(btf, caps.tp_btf)
+        caps.btf_helpers = _try_btf_helpers(btf, caps.tp_btf)
+        missing = [why for why in caps.btf_helpers.values() if why and caps.tp_btf]
+        if missing:
+            caps.tp_btf_note += "; " + "; ".join(missing) + " (those fields by helper calls)"
         caps.accept_fields_note = unresolved(btf, ACCEPT_FIELDS)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
