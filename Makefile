@@ -21,7 +21,7 @@ doctor: install
 test: install-test
 	bash scripts/test.sh
 
-# the vm tier: Debian's 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
+# the vm tier: Debian's 5.10, 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
 test-vm: install
 	bash scripts/vm/test.sh
 

@@ -14,7 +14,7 @@
  *  - otherwise raw tracepoints, attached by bcc, where every field is a
  *    probe read (the fields that sit together read in one go).
  * Argument positions come from the BTF prototype of each tracepoint (ARG_*
- * flags), so one program serves every kernel from 6.1 to 6.18. kprobe
+ * flags), so one program serves every kernel from 5.10 to 6.18. kprobe
  * fallbacks always use probe reads.
  *
  * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,

@@ -2,7 +2,7 @@
 # Every test tier, as `make test` runs it after scripts/install.sh:
 #   unit   (no root)                     tests/unit
 #   kernel (root: real BPF, namespaces)  tests/kernel
-#   vm     (Debian 6.1 and 6.12 kernels with IPVS and kprobes, under
+#   vm     (Debian 5.10, 6.1 and 6.12 kernels with IPVS and kprobes, under
 #           virtme-ng; about 7 minutes)  tests/vm via scripts/vm/test.sh
 # RSTTRACE_SKIP_VM=1 leaves the vm tier out (and says so).
 set -euo pipefail

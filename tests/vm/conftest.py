@@ -1,4 +1,4 @@
-"""vm tier: Debian's 6.1 and 6.12 kernels booted under virtme-ng (TCG).
+"""vm tier: Debian's 5.10, 6.1 and 6.12 kernels booted under virtme-ng (TCG).
 
 Each kernel boots once per session (module fixture in test_vm_kernels.py)
 and runs the tracer's kernel tests and the IPVS lab inside. The tier takes

@@ -32,6 +32,8 @@ TCG_SLOW = {
     "test_owner_in_a_pod_cgroup_gets_its_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_fallbacks_record_the_same": "compiles the programs five times more (minutes under TCG); the host runs it",
     "test_full_percpu_ring_counts_lost": "compiles the programs once more (a minute under TCG); the host runs it",
+    "test_fallback_hooks_compile": "compiles the programs four times more (minutes under TCG) to check "
+                                   "what the guests' sessions attach for real; the host runs it",
     "test_attach_is_fast_and_plan_complete": "attach < 2 s is a host figure; TCG compiles in 30-45 s",
     "test_record_cli_ends_cleanly_on_sigterm": "waits 15 s for `record` to start; TCG needs ~40 s",
     "test_record_with_csv_writes_the_report": "waits 15 s for `record` to start; TCG needs ~40 s",
