@@ -8,7 +8,7 @@ first reset of the incident for its other half and for fresh context, then
 decides the cause. State is bounded: at most `max_pending` open incidents,
 context trimmed to the window, a capped table of IPVS expiries.
 
-Causes, first match wins (W = window_s before the reset):
+Causes (analysis/vocab.py), first match wins, in the order of `Cause`:
 conntrack_full > conntrack_invalid > timeout_mismatch > keepalive >
 no_listener > peer_reset > unknown.
 """
@@ -23,9 +23,8 @@ from typing import Any, Iterable
 from .context import ContextStore
 from .fixes import (Fix, Where, conntrack_full_fixes, invalid_fixes, keepalive_fixes,
                     timeout_mismatch_fixes)
+from .vocab import Cause, Confidence
 
-CAUSES = ("conntrack_full", "conntrack_invalid", "timeout_mismatch", "keepalive",
-          "no_listener", "peer_reset", "unknown")
 FULL_RATIO = 0.95
 IPVS_MEMORY = 65_536   # IPVS expiries remembered to match a later reset
 # The two halves of a reset rewritten by NAT on this host (a backend's reset
@@ -63,8 +62,8 @@ REASON_TEXT = {
 class Verdict:
     incident: int
     t: float
-    cause: str
-    confidence: str            # high | medium | low
+    cause: Cause
+    confidence: Confidence
     evidence: str
     fixes: list[Fix]
     events: list[dict[str, Any]]   # the reset records of the incident, sent first
@@ -98,6 +97,16 @@ class _Tables:
     limits: list[tuple[float, str, Any]]      # tables and the declared middleboxes
     smallest: tuple[float, str, Any] | None   # of limits
     mismatch: list[tuple[Any, float, float]]  # (netns, established, ipvs) where ipvs > established
+
+
+def _seen_there(inc: _Incident, rec: dict[str, Any]) -> bool:
+    """Has `rec`'s namespace already seen a reset of `inc` in `rec`'s
+    direction?"""
+    ns = rec.get("netns")
+    for e in (inc.sent if rec.get("dir") == "sent" else inc.recv):
+        if e.get("netns") == ns:
+            return True
+    return False
 
 
 def _nat_match(s: dict[str, Any], r: dict[str, Any]) -> bool:
@@ -167,6 +176,11 @@ class Classifier:
         self._buckets: dict[int, list[_Incident]] = {}
         self._bucket_order: deque[int] = deque()
 
+    @property
+    def open_incidents(self) -> int:
+        """Incidents waiting for their other half or fresh context."""
+        return len(self._pending)
+
     # ---- stream interface ---------------------------------------------
     def feed(self, rec: dict[str, Any]) -> list[Verdict]:
         return self.feed_many((rec,))
@@ -197,8 +211,20 @@ class Classifier:
                 except KeyError:
                     key = (rec.get("src"), rec.get("sport"), rec.get("dst"), rec.get("dport"))
                 inc = pend.get(key)
+                if inc is not None and _seen_there(inc, rec):
+                    # This namespace already saw a reset of this tuple in
+                    # this direction: a new connection on the same tuple
+                    # (a storm's client comes round to the same ephemeral
+                    # port within a second), not another view of that
+                    # reset. The open incident is decided now; otherwise
+                    # it would hold every reset of the tuple for the whole
+                    # pair window, and a storm's memory with it.
+                    self._close(inc, out)
+                    inc = None
                 if inc is None:
-                    if len(pend) >= self.max_pending:
+                    # open and decided-early incidents together: the
+                    # queue is bounded too
+                    if len(queue) >= self.max_pending:
                         self._pop_head(out)
                     inc = pend[key] = _Incident(key, t, t + self.pair_window_s)
                     queue.append(inc)
@@ -231,13 +257,20 @@ class Classifier:
             self._pop_head(out)
 
     def _pop_head(self, out: list[Verdict]) -> None:
+        self._close(self._queue[0], out)
+
+    def _close(self, inc: _Incident, out: list[Verdict]) -> None:
+        """Decides `inc` (the oldest open incident, or one whose tuple came
+        round again)."""
         q = self._queue
-        inc = q.popleft()
         del self._pending[inc.key]
         if not (inc.sent and inc.recv) and self._nat_w:
             self._pair_across_nat(inc)
         out.append(self._finalise(inc))
-        while q and q[0].done:      # halves merged into an earlier incident
+        # the verdict has the events; a decided incident may wait in the
+        # queue and the NAT buckets for a while, without them
+        inc.sent = inc.recv = ()   # type: ignore[assignment]
+        while q and q[0].done:      # decided, or halves merged into an earlier incident
             q.popleft()
         if q:
             self._due = q[0].deadline
@@ -343,7 +376,7 @@ class Classifier:
                                           pid if isinstance(pid, int) else None)
         return w
 
-    def _decide(self, inc: _Incident) -> tuple[str, str, str, list[Fix]]:
+    def _decide(self, inc: _Incident) -> tuple[Cause, Confidence, str, list[Fix]]:
         ctx = self.context
         t, upto = inc.t, inc.deadline
         # The sender that matters is the no-socket one: its namespace's tables
@@ -397,15 +430,15 @@ class Classifier:
                           f"+{rise.delta} within {self.window_s:g} s")
                     if idle is None:
                         ev += "; idle time unknown (no local socket received it)"
-                        conf = "medium"
+                        conf = Confidence.MEDIUM
                     else:
                         ev += f"; idle {_secs(idle)}"
                         if smallest is not None:
                             ev += f" < {smallest[1]} {_secs(smallest[0])}"
-                        conf = "high"
+                        conf = Confidence.HIGH
                     bl = _num(((ctx.ctx(s_ns) or {}).get("sysctl") or {}).get("nf_conntrack_tcp_be_liberal"))
                     w = self._where(s_ns)
-                    return "conntrack_invalid", conf, ev, self._cached(
+                    return Cause.CONNTRACK_INVALID, conf, ev, self._cached(
                         ("inv", s_ns, w.name, bl), lambda: invalid_fixes(w, None if bl is None else int(bl)))
 
         if not syn and (idle is not None or expired is not None):
@@ -415,14 +448,14 @@ class Classifier:
 
         if syn:
             who = f"{s_ns and ctx.label(s_ns) or 'the peer'}"
-            return ("no_listener", "high",
+            return (Cause.NO_LISTENER, Confidence.HIGH,
                     f"reset answers a SYN: nothing listens on {(s or r).get('src')}:{(s or r).get('sport')} "
                     f"(refused by {who})", [])
 
         if r is not None:
             return self._peer(inc, r, s, idle, tb.limits)
 
-        return "unknown", "low", self._seen(s, idle), []
+        return Cause.UNKNOWN, Confidence.LOW, self._seen(s, idle), []
 
     def _tables(self, s_ns: Any, guessed: bool, via_nat: bool = False) -> _Tables:
         """Every conntrack/IPVS idle timeout on the path, derived once per
@@ -453,7 +486,7 @@ class Classifier:
         hit = self._tables_cache[key] = _Tables(tables, limits, smallest, mismatch)
         return hit
 
-    def _full(self, path_ns: Any, t: float, upto: float) -> tuple[str, str, str, list[Fix]] | None:
+    def _full(self, path_ns: Any, t: float, upto: float) -> tuple[Cause, Confidence, str, list[Fix]] | None:
         ctx = self.context
         if ctx.quiet(path_ns, t):
             return None
@@ -500,12 +533,12 @@ class Classifier:
                          + (f" in {ctx.label(path_ns)}" if path_ns is not None else ""))
         if not strength:
             return None
-        conf = {3: "high", 2: "medium", 1: "low"}[strength]
+        conf = {3: Confidence.HIGH, 2: Confidence.MEDIUM, 1: Confidence.LOW}[strength]
         if path_ns is None:
             facts.append("path unknown: any namespace on this host counted")
         fixes = self._cached(("full", cur_max, cur_buckets, peak, full_seen, self.ram_bytes),
                              lambda: conntrack_full_fixes(cur_max, cur_buckets, peak, full_seen, self.ram_bytes))
-        return "conntrack_full", conf, "; ".join(facts), fixes
+        return Cause.CONNTRACK_FULL, conf, "; ".join(facts), fixes
 
     def _ipvs_match(self, inc: _Incident) -> tuple[float, Any] | None:
         if not self._ipvs:
@@ -536,7 +569,8 @@ class Classifier:
                           f"{ctx.label(ns)} while its ipvs tcp timeout {_secs(ipvs)} still held the flow"
                           + exp_txt)
                     w, rw = self._where(ns), self._where(r.get("netns"), r.get("pid")) if r else None
-                    return "timeout_mismatch", "medium" if guessed else "high", ev, self._cached(
+                    conf = Confidence.MEDIUM if guessed else Confidence.HIGH
+                    return Cause.TIMEOUT_MISMATCH, conf, ev, self._cached(
                         ("tm", ns, w.name, rw and (rw.netns, rw.name, rw.pid), est, ipvs, ka, ka_eff),
                         lambda: timeout_mismatch_fixes(w, est, ipvs, ka, rw, ka_eff))
         if tb.smallest is None:
@@ -559,16 +593,16 @@ class Classifier:
         else:
             return None   # keepalive was faster than the timeout: not a keepalive problem
         if r is None or ka_on is None:
-            conf = "low" if guessed else "medium"   # the socket's keepalive is not known
+            conf = Confidence.LOW if guessed else Confidence.MEDIUM   # the socket's keepalive is not known
         elif ns is not None and not guessed:
-            conf = "high"
+            conf = Confidence.HIGH
         else:
-            conf = "medium"
+            conf = Confidence.MEDIUM
         ev = f"{idle_txt}; {ka_txt}{exp_txt}"
         if ka is not None and any(ka == sec for sec, _, _ in tb.tables if sec >= T):
             ev += "; keepalive equal to a timeout leaves no margin"
         where = self._where(r.get("netns"), r.get("pid")) if r else self._where(s_ns)
-        return "keepalive", conf, ev, self._cached(
+        return Cause.KEEPALIVE, conf, ev, self._cached(
             ("ka", where.netns, where.name, where.pid, ka, ka_eff, T, label),
             lambda: keepalive_fixes(where, ka, T, label, sysctl_now=ka_eff))
 
@@ -580,10 +614,10 @@ class Classifier:
             ev += f"; sent by {ctx.label(s.get('netns'))}"
             if reason:
                 ev += f": {reason} ({REASON_TEXT.get(reason, 'kernel reason')})"
-            conf = "high" if reason else "medium"
+            conf = Confidence.HIGH if reason else Confidence.MEDIUM
         else:
             ev += "; sender not on this host"
-            conf = "medium"
+            conf = Confidence.MEDIUM
         if idle is not None:
             ev += f"; idle {_secs(idle)}"
             if r.get("keepalive") and limits:
@@ -591,7 +625,7 @@ class Classifier:
                 ka = _num(r.get("ka_time_s"))
                 if idle >= T and ka is not None:
                     ev += f" >= {_secs(T)} but keepalive {_secs(ka)} is faster"
-        return "peer_reset", conf, ev, []
+        return Cause.PEER_RESET, conf, ev, []
 
     def _seen(self, s: dict | None, idle: float | None) -> str:
         if s is None:

@@ -18,10 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-# Counters of `ctx.namespaces[].ct` that only ever grow (summed over CPUs).
-CUMULATIVE = ("drop", "early_drop", "invalid", "insert_failed", "search_restart", "chaintoolong")
-
-
 def _grew(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
     x, y = a.get(key), b.get(key)
     return isinstance(x, int) and isinstance(y, int) and y > x
@@ -118,7 +114,6 @@ class ContextStore:
         self.episodes: list[Episode] = []          # in order of their first signal
         self._open: dict[Any, Episode] = {}       # netns -> its newest episode
         self.episodes_dropped = 0
-        self.full_unattributed = 0
         self.last_t: float | None = None
         self.latest_ctx: dict[str, Any] | None = None   # newest `ctx` record (for the audit)
         # Bumped on every change; callers cache what they derive from the store.
@@ -240,9 +235,7 @@ class ContextStore:
     def _add_full(self, t: float, ns: Any) -> None:
         ns = ns if isinstance(ns, int) else None
         self._full.append((t, ns))
-        if ns is None:
-            self.full_unattributed += 1
-        else:
+        if ns is not None:
             self._tot(ns).full_lines += 1
         # Lines closer than the window belong to one episode: the kernel
         # rate-limits the message, so a count of lines means little.

@@ -1,25 +1,65 @@
-"""The report's CSV rows, written as verdicts arrive, and the counts the
-summary needs (`Tally`), kept on the way instead of a frame of every row.
+"""The report's CSV: its columns, and the one function that writes its
+rows, used by `rsttrace report -o`, `record --csv`, the demo and the live
+screen's export alike, so their bytes agree.
 
-Rows come in as plain tuples (fields of the reset record, then its pod and
-namespace name) and go out as text: one f-string per row and a cache of
-rendered cells, which is what a million rows per run needs.
+The columns come from the field catalog (rsttrace.schema.catalog: each
+reset field names its column and format; `CSV_ORDER` places them among the
+verdict's). A million rows per run need the formatting of a row to be one
+f-string over local variables with a cache of rendered cells, not a loop
+over cells: so the row formatter is compiled once, at import, from the
+catalog (`RowWriter.add`; `python -c "from rsttrace.analysis import
+csvout; print(csvout.SOURCE)"` shows it).
+
+Rows come in per verdict: the verdict's cells (`VERDICT_CELLS`) and, per
+reset, the record's `ROW_FIELDS` and the name of its namespace
+(`rows_of(records, names)`).
 """
 
 from __future__ import annotations
 
-import heapq
+import operator
 import time
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
+
+from rsttrace.schema import catalog
 
 from .safe import csv_text
+from .summary import TIME_MAX, TIME_MIN, Tally, time_range_error
 
-# The row fields taken from a reset record, in this order, then `pod` and
-# the namespace's name (added by the caller).
-ROW_FIELDS = ("t", "dir", "netns", "pid", "comm", "src", "sport", "dst", "dport", "state", "reason",
-              "idle_ms", "keepalive", "ka_time_s", "family", "cookie")
-# cause, confidence, evidence, fix text, incident, sender netns, receiver netns
-VerdictCells = tuple[str, str, str, str, int, Any, Any]
+#: (column, the reset field it shows or None), in order
+SPECS = catalog.csv_columns()
+#: The CSV's header, in order.
+COLUMNS: list[str] = [c.column for c, _ in SPECS]
+#: The verdict's attributes a row shows, in the order RowWriter.add takes
+#: them, then the fix text (made from its fixes by the caller).
+VERDICT_CELLS = tuple(c.column for c, f in SPECS if f is None and c.source == "verdict" and c.column != "fix") \
+    + ("fix",)
+# The summary's counts per row: the time and the flow (tally in RowWriter.add)
+_TALLY_FIELDS = ("t", "src", "sport", "dst")
+_needed = list(dict.fromkeys([f.name for _, f in SPECS if f is not None]
+                             + [c.only_if for c, _ in SPECS if c.only_if] + list(_TALLY_FIELDS)))
+_later = {f.name for f in catalog.RESET.fields if f.later}
+#: The reset fields a row needs, in the row tuple's order: those every
+#: recording has first, taken in one C call (`operator.itemgetter`); those
+#: added later (older recordings lack them) with .get.
+ROW_FIELDS = tuple([n for n in _needed if n not in _later] + [n for n in _needed if n in _later])
+
+
+def _rows_source() -> str:
+    first = [n for n in ROW_FIELDS if n not in _later]
+    rest = "".join(f"e.get({n!r}), " for n in ROW_FIELDS if n in _later)
+    netns = ROW_FIELDS.index("netns")
+    return "\n".join([
+        "def rows_of(events, names):",
+        "    out = []",
+        "    for e in events:",
+        "        try:",
+        "            f = _first(e)",
+        "        except KeyError:    # a record without a field every recording has (hand-written)",
+        f"            f = tuple(map(e.get, {tuple(first)!r}))",
+        f"        out.append(f + ({rest}names.get(f[{netns}])))",
+        "    return out",
+    ]) + "\n"
 
 
 def cell(v: Any) -> str:
@@ -45,61 +85,116 @@ class Cells(dict):
         return c
 
 
-class Tally:
-    """What the summary counts, kept as rows are written (a few dicts, not
-    a frame of every row): rows, incidents, time span, resets per cause,
-    per flow and cause, and per second."""
+def write_table(columns: Iterable[str], rows: Iterable[Iterable[Any]], out: TextIO) -> None:
+    """A small table (the summary) as CSV into `out`, cell by cell."""
+    out.write("".join(_line(r) for r in [columns, *rows]))
 
-    def __init__(self) -> None:
-        self.n = 0
-        self.incidents = 0
-        self.ms_min: int | None = None
-        self.ms_max: int | None = None
-        self.causes: dict[str, int] = {}
-        self.flows: dict[tuple, int] = {}      # (src, sport, dst, cause) -> rows, first seen first
-        self.per_s: dict[int, int] = {}        # unix second -> rows
 
-    def add(self, cause: str, events: list[dict[str, Any]]) -> None:
-        """Counts the rows of one verdict (records, for callers without a RowWriter)."""
-        for e in events:
-            self.row(cause, e.get("src"), e.get("sport"), e.get("dst"), round(e["t"] * 1000))
-        if events:
-            self.incidents += 1
+def _line(r: Iterable[Any]) -> str:
+    # a row of one empty cell is `""`, not a blank line (which readers skip)
+    return (",".join(map(cell, r)) or '""') + "\n"
 
-    def row(self, cause: str, src: Any, sport: Any, dst: Any, ms: int) -> None:
-        self.n += 1
-        self.causes[cause] = self.causes.get(cause, 0) + 1
-        k = (src, sport, dst, cause)
-        self.flows[k] = self.flows.get(k, 0) + 1
-        sec = ms // 1000
-        self.per_s[sec] = self.per_s.get(sec, 0) + 1
-        if self.ms_min is None or ms < self.ms_min:
-            self.ms_min = ms
-        if self.ms_max is None or ms > self.ms_max:
-            self.ms_max = ms
 
-    def top_flows(self, top: int, rank: dict[str, int]) -> list[tuple[tuple, int, str]]:
-        """((src, sport, dst), rows, main cause), most rows first; ties in
-        order of first appearance; a tie between causes goes to the better
-        ranked one."""
-        per: dict[tuple, dict[str, int]] = {}
-        for (src, sport, dst, cause), k in self.flows.items():
-            per.setdefault((src, sport, dst), {})[cause] = k
-        best = heapq.nlargest(top, per.items(), key=lambda kv: sum(kv[1].values()))
-        return [(flow, sum(cs.values()), min(cs.items(), key=lambda kv: (-kv[1], rank.get(kv[0], 99)))[0])
-                for flow, cs in best]
+# ---- the row formatter, compiled from the catalog ------------------------------
 
-    def over_time(self, step: int) -> list[tuple[int, int]]:
-        """(bin start in unix s, rows) per `step` seconds, ascending."""
-        bins: dict[int, int] = {}
-        for sec, k in self.per_s.items():
-            b = sec - sec % step
-            bins[b] = bins.get(b, 0) + k
-        return sorted(bins.items())
+def _var(name: str) -> str:
+    return "f_" + name
+
+
+def _cell_expr(c: catalog.Csv, var: str, tmp: str) -> tuple[list[str], str]:
+    """(statements before the row's f-string, the cell's expression in it)."""
+    if c.fmt == "text":
+        return [], f"{{c[{var}]}}"
+    if c.fmt == "int":
+        cond = f"{var} is None" if not c.only_if else f"{var} is None or not {_var(c.only_if)}"
+        return [], f"{{'' if {cond} else {var}}}"
+    if c.fmt == "ms_as_s":
+        # the same few idle times come back: their text is cached
+        return [f"if type({var}) is int:",
+                f"    {tmp} = idles.get({var})",
+                f"    if {tmp} is None:",
+                "        if len(idles) > 65536:",
+                "            idles.clear()",
+                f"        {tmp} = idles[{var}] = f'{{{var} / 1000.0}}'",
+                "else:",
+                f"    {tmp} = f'{{{var} / 1000.0}}' if isinstance({var}, (int, float)) else ''"], f"{{{tmp}}}"
+    if c.fmt == "time":
+        return [], "{p}.{frac:03d}Z"
+    raise ValueError(f"CSV column {c.column}: no format {c.fmt!r}")
+
+
+def _source() -> str:
+    times = [f for c, f in SPECS if c.fmt == "time"]
+    assert [f.name for f in times] == ["t"], "one time column, of `t`"   # type: ignore[union-attr]
+    prep: list[str] = []
+    row_parts: list[str] = []        # the row's f-string, piece by piece
+    segs: list[str] = []             # verdict cells next to each other: one string per verdict
+    seg: list[str] = []
+    for i, (c, f) in enumerate(SPECS):
+        if f is None and c.source == "verdict":
+            seg.append(_cell_expr(c, "v_" + c.column, "")[1])
+            continue
+        if seg:
+            segs.append(",".join(seg))
+            row_parts.append(f"{{seg{len(segs) - 1}}}")
+            seg = []
+        if f is None:           # the namespace's name, per row
+            assert c.source == "names", c
+            row_parts.append("{c[x_name]}")
+            continue
+        stmts, expr = _cell_expr(c, _var(f.name), f"x{i}")
+        prep += stmts
+        row_parts.append(expr)
+    if seg:
+        segs.append(",".join(seg))
+        row_parts.append(f"{{seg{len(segs) - 1}}}")
+    unpack = ", ".join([_var(n) for n in ROW_FIELDS] + ["x_name"])
+    lines = [
+        "def add(self, vc, rows):",
+        "    if not rows:",
+        "        return",
+        "    c = self._cells",
+        "    prefixes = self._sec",
+        "    idles = self._idle",
+        f"    {', '.join('v_' + n for n in VERDICT_CELLS)}, = vc",
+        *[f"    seg{k} = f\"{s}\"" for k, s in enumerate(segs)],
+        "    tally = self.tally",
+        "    tally.incidents += 1",
+        "    tally.n += len(rows)",
+        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + len(rows)",
+        "    flows, per_s = tally.flows, tally.per_s",
+        "    lo, hi = tally.ms_min, tally.ms_max",
+        "    buf = self._buf",
+        f"    for ({unpack},) in rows:",
+        "        ms = round(f_t * 1000)",
+        "        sec, frac = divmod(ms, 1000)",
+        "        p = prefixes.get(sec) or self._prefix(sec)",
+        "        k = (f_src, f_sport, f_dst, v_cause)",
+        "        flows[k] = flows.get(k, 0) + 1",
+        "        per_s[sec] = per_s.get(sec, 0) + 1",
+        "        if lo is None or ms < lo:",
+        "            lo = ms",
+        "        if hi is None or ms > hi:",
+        "            hi = ms",
+        *["        " + s for s in prep],
+        f"        buf.append(f\"{','.join(row_parts)}\\n\")",
+        "    tally.ms_min, tally.ms_max = lo, hi",
+        "    if len(buf) >= 8192:",
+        "        self.flush()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SOURCE = _rows_source() + "\n\n" + _source()
+_compiled: dict[str, Any] = {"_first": operator.itemgetter(*[n for n in ROW_FIELDS if n not in _later])}
+exec(compile(SOURCE, "<csvout row formatter>", "exec"), _compiled)
+#: rows_of(events, names): the rows of a verdict's reset records, each its
+#: ROW_FIELDS (None where a record lacks one) and its namespace's name
+rows_of = _compiled["rows_of"]
 
 
 class RowWriter:
-    """Formats rows into an open text file and counts them."""
+    """Formats rows into an open text file and counts them (`tally`)."""
 
     def __init__(self, fh: TextIO):
         self.fh = fh
@@ -110,60 +205,24 @@ class RowWriter:
         self._idle: dict[int, str] = {}
 
     def _prefix(self, sec: int) -> str:
+        if not TIME_MIN <= sec <= TIME_MAX:
+            raise time_range_error(sec)
         if len(self._sec) > 65536:
             self._sec.clear()
         p = self._sec[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return p
 
-    def add(self, vc: VerdictCells, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        c = self._cells
-        prefixes = self._sec
-        cause, conf, evidence, fix, incident, s_ns, r_ns = vc
-        mid = f"{c[cause]},{c[conf]},{c[evidence]},{c[fix]},{incident}"
-        tail = f"{'' if s_ns is None else s_ns},{'' if r_ns is None else r_ns}"
-        tally = self.tally
-        tally.incidents += 1
-        tally.n += len(rows)
-        tally.causes[cause] = tally.causes.get(cause, 0) + len(rows)
-        flows, per_s = tally.flows, tally.per_s
-        lo, hi = tally.ms_min, tally.ms_max
-        buf = self._buf
-        idles = self._idle
-        for (t, d, ns, pid, comm, src, sport, dst, dport, state, reason, idle, ka_on, ka, fam, ck,
-             pod, name) in rows:
-            ms = round(t * 1000)
-            sec, frac = divmod(ms, 1000)
-            p = prefixes.get(sec) or self._prefix(sec)
-            k = (src, sport, dst, cause)
-            flows[k] = flows.get(k, 0) + 1
-            per_s[sec] = per_s.get(sec, 0) + 1
-            if lo is None or ms < lo:
-                lo = ms
-            if hi is None or ms > hi:
-                hi = ms
-            if type(idle) is int:
-                ic = idles.get(idle)
-                if ic is None:
-                    if len(idles) > 65536:
-                        idles.clear()
-                    ic = idles[idle] = f"{idle / 1000.0}"
-            else:
-                ic = f"{idle / 1000.0}" if isinstance(idle, (int, float)) else ""
-            buf.append(
-                f"{p}.{frac:03d}Z,{c[d]},{'' if ns is None else ns},{c[pod]},"
-                f"{'' if pid is None else pid},{c[comm]},{c[src]},"
-                f"{sport if type(sport) is int else c[sport]},{c[dst]},"
-                f"{dport if type(dport) is int else c[dport]},{c[state or None]},{c[reason]},"
-                f"{ic},"
-                f"{'' if ka is None or not ka_on else ka},"
-                f"{mid},{c[name]},{tail},{'' if fam is None else fam},{'' if ck is None else ck}\n")
-        tally.ms_min, tally.ms_max = lo, hi
-        if len(buf) >= 8192:
-            self.flush()
+    # add(vc, rows): vc the VERDICT_CELLS of one verdict, rows its resets'
+    # ROW_FIELDS and namespace name each
+    add = _compiled["add"]
 
     def flush(self) -> None:
         if self._buf:
             self.fh.write("".join(self._buf))
             self._buf.clear()
+
+    def close(self) -> Tally:
+        """Writes what is pending; returns the counts."""
+        self.flush()
+        self.fh.flush()
+        return self.tally

@@ -16,6 +16,7 @@ from typing import Any, Collection, Iterable
 
 from .context import ContextStore, Episode
 from .fixes import Fix, conntrack_full_fixes
+from .vocab import Confidence
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ConntrackEpisode:
     label: str                 # "netns lb (4026532247)"; "netns ?" for lines naming none
     t_first: float
     t_last: float
-    confidence: str            # high: log line or count >= 95 %; medium: drop counters only
+    confidence: Confidence     # high: log line or count >= 95 %; medium: drop counters only
     evidence: str              # the facts and where
     facts: str                 # the facts alone
     fixes: list[Fix]
@@ -66,7 +67,7 @@ def _describe(store: ContextStore, ep: Episode, ram_bytes: int | None) -> Conntr
         facts.append(f"{ep.netfilter_drops} netfilter drops")
     dur = ep.t_last - ep.t_first
     where = f"in {label} for {dur:.0f} s" if dur >= 1 else f"in {label}"
-    conf = "high" if ep.log_lines or ep.full_snapshots else "medium"
+    conf = Confidence.HIGH if ep.log_lines or ep.full_snapshots else Confidence.MEDIUM
     full_seen = bool(ep.log_lines or ep.full_snapshots)
     fixes = conntrack_full_fixes(ep.max, ep.buckets, ep.peak_count, full_seen, ram_bytes)
     return ConntrackEpisode(ep.netns, label, ep.t_first, ep.t_last, conf, "; ".join(facts + [where]),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .vocab import Cause, Timeout
 
 # Kernel memory per conntrack entry (struct nf_conn plus extensions, slab
 # rounded) and per hash bucket; 1M entries come to about 330 MiB.
@@ -28,7 +30,7 @@ HIKARI_MIN_MS = 30_000   # HikariCP refuses keepaliveTime / maxLifetime below 30
 
 @dataclass(frozen=True)
 class Fix:
-    cause: str
+    cause: Cause
     scope: str                # "node" | "netns" | "pod" | "pool" | "kube-proxy"
     netns: int | None
     netns_name: str | None
@@ -74,15 +76,73 @@ class Where:
         return f" (run it inside netns {self.netns}: no name or process is known for it)"
 
 
+def retarget(fix: Fix, name: str) -> Fix:
+    """The same fix for the namespace now called `name` (found again under
+    another /run/netns name or through another process than the one it was
+    seen with): its commands enter that namespace. Every namespace prefix
+    in a command comes from `Where.prefix`, so it is replaced as a whole."""
+    old = Where(fix.netns, fix.netns_name).prefix()
+    new = Where(fix.netns, name).prefix()
+    if not old or old == new:
+        return replace(fix, netns_name=name)
+    return replace(fix, netns_name=name, command=fix.command.replace(old, new),
+                   snippet=fix.snippet.replace(old, new) if fix.snippet else fix.snippet)
+
+
+# The ordering rule, pair by pair: (lower, upper, lower strictly below).
+# A keepalive must come before the timeout it guards (an equal one races
+# the expiry); conntrack may hold a flow as long as IPVS does, not shorter.
+ORDERING: tuple[tuple[Timeout, Timeout, bool], ...] = (
+    (Timeout.IPVS_TCP, Timeout.CT_ESTABLISHED, False),
+    (Timeout.KEEPALIVE, Timeout.IPVS_TCP, True),
+    (Timeout.KEEPALIVE, Timeout.CT_ESTABLISHED, True),
+)
+
+
+@dataclass(frozen=True)
+class OrderBreak:
+    """One pair of timeouts out of order."""
+    lower: Timeout      # the one that must be smaller
+    upper: Timeout
+    low: float          # its value
+    high: float         # the value of `upper`
+    strict: bool        # `lower` must be strictly below `upper`
+
+    @property
+    def no_margin(self) -> bool:
+        """Equal where strictly below is required: not a wrong order, but the
+        first keepalive probe races the expiry."""
+        return self.strict and self.low == self.high
+
+    def text(self, names: dict[Timeout, str] | None = None) -> str:
+        """"tcp_keepalive_time 7200 >= IPVS tcp timeout 900" (`names`: other
+        words for the timeouts)."""
+        name = (names or {}).get
+        return (f"{name(self.lower, self.lower)} {_whole(self.low)} {'>=' if self.strict else '>'} "
+                f"{name(self.upper, self.upper)} {_whole(self.high)}")
+
+
+def _whole(v: float) -> str:
+    return str(int(v)) if v == int(v) else f"{v:g}"
+
+
+def ordering_breaks(keepalive: float | None, ipvs_tcp: float | None,
+                    ct_established: float | None) -> list[OrderBreak]:
+    """The pairs that break keepalive < IPVS tcp timeout <= conntrack
+    established timeout, in the order of ORDERING; a value not known
+    (None) breaks nothing."""
+    values = {Timeout.KEEPALIVE: keepalive, Timeout.IPVS_TCP: ipvs_tcp,
+              Timeout.CT_ESTABLISHED: ct_established}
+    out = []
+    for lower, upper, strict in ORDERING:
+        lo, hi = values[lower], values[upper]
+        if lo is not None and hi is not None and (lo >= hi if strict else lo > hi):
+            out.append(OrderBreak(lower, upper, lo, hi, strict))
+    return out
+
+
 def ordering_ok(keepalive: float | None, ipvs_tcp: float | None, ct_established: float | None) -> bool:
-    """keepalive < IPVS tcp timeout <= conntrack established (unknown values are skipped)."""
-    if keepalive is not None:
-        for t in (ipvs_tcp, ct_established):
-            if t is not None and not keepalive < t:
-                return False
-    if ipvs_tcp is not None and ct_established is not None and not ipvs_tcp <= ct_established:
-        return False
-    return True
+    return not ordering_breaks(keepalive, ipvs_tcp, ct_established)
 
 
 def keepalive_target(timeout_s: float) -> int | None:
@@ -98,7 +158,7 @@ def _pow2(n: float) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1.0, n))))
 
 
-def _sysctl_fix(cause: str, where: Where, key: str, current: object, value: object,
+def _sysctl_fix(cause: Cause, where: Where, key: str, current: object, value: object,
                 reason: str, tradeoff: bool = False) -> Fix:
     cmd = f"{where.prefix()}sysctl -w {key}={value}"
     return Fix(cause, where.scope(), where.netns, where.name, key, current, value, cmd,
@@ -129,14 +189,14 @@ def conntrack_full_fixes(current_max: int | None, current_buckets: int | None, p
                f"net.netfilter.nf_conntrack_max = {target}\n"
                f"net.netfilter.nf_conntrack_buckets = {buckets}\n")
     out = [
-        Fix("conntrack_full", "node", None, None, "net.netfilter.nf_conntrack_max", current_max, target,
+        Fix(Cause.CONNTRACK_FULL, "node", None, None, "net.netfilter.nf_conntrack_max", current_max, target,
             f"sysctl -w net.netfilter.nf_conntrack_max={target}", snippet, reason),
-        Fix("conntrack_full", "node", None, None, "net.netfilter.nf_conntrack_buckets", current_buckets,
+        Fix(Cause.CONNTRACK_FULL, "node", None, None, "net.netfilter.nf_conntrack_buckets", current_buckets,
             buckets, f"sysctl -w net.netfilter.nf_conntrack_buckets={buckets}", snippet,
             f"buckets >= max/4 keeps hash chains short ({buckets} for max {target})"),
         # kube-proxy rewrites nf_conntrack_max at start (max(32768 x cores, 131072))
         # unless told to leave it alone.
-        Fix("conntrack_full", "kube-proxy", None, None, "conntrack.maxPerCore", None, 0,
+        Fix(Cause.CONNTRACK_FULL, "kube-proxy", None, None, "conntrack.maxPerCore", None, 0,
             "", "conntrack:\n  maxPerCore: 0   # keep the node's nf_conntrack_max\n",
             "kube-proxy resets nf_conntrack_max on restart; maxPerCore 0 keeps the node's value"),
     ]
@@ -147,24 +207,24 @@ def timeout_mismatch_fixes(where: Where, ct_established: float, ipvs_tcp: float,
                            keepalive_s: float | None = None, receiver: Where | None = None,
                            sysctl_now: float | None = None) -> list[Fix]:
     value = int(math.ceil(ipvs_tcp))
-    out = [_sysctl_fix("timeout_mismatch", where, "net.netfilter.nf_conntrack_tcp_timeout_established",
+    out = [_sysctl_fix(Cause.TIMEOUT_MISMATCH, where, "net.netfilter.nf_conntrack_tcp_timeout_established",
                        int(ct_established), value,
                        f"conntrack established timeout {ct_established:g} s < IPVS tcp timeout {ipvs_tcp:g} s: "
                        "conntrack forgets flows IPVS still holds; raise it to at least the IPVS timeout"),
-           Fix("timeout_mismatch", "kube-proxy", where.netns, where.name, "conntrack.tcpEstablishedTimeout",
+           Fix(Cause.TIMEOUT_MISMATCH, "kube-proxy", where.netns, where.name, "conntrack.tcpEstablishedTimeout",
                int(ct_established), value, "",
                f"conntrack:\n  tcpEstablishedTimeout: {value}s\n",
                "kube-proxy sets the established timeout at start; set it there too")]
     # The fix must leave the whole ordering intact: a keepalive at or above
     # the IPVS timeout would still let IPVS forget the idle flow.
-    if keepalive_s is None or keepalive_s >= ipvs_tcp:
+    if keepalive_s is None or not ordering_ok(keepalive_s, ipvs_tcp, None):
         out += keepalive_fixes(receiver or where, keepalive_s, ipvs_tcp, "IPVS tcp timeout",
-                               cause="timeout_mismatch", sysctl_now=sysctl_now)
+                               cause=Cause.TIMEOUT_MISMATCH, sysctl_now=sysctl_now)
     return out
 
 
 def keepalive_fixes(where: Where, keepalive_s: float | None, timeout_s: float, timeout_label: str,
-                    cause: str = "keepalive", sysctl_now: float | None = None) -> list[Fix]:
+                    cause: Cause = Cause.KEEPALIVE, sysctl_now: float | None = None) -> list[Fix]:
     """tcp_keepalive_time below the smallest idle timeout, in the namespace
     of the socket that was reset (pods do not inherit the node's value), the
     pod sysctl snippet, and the pool settings of common MySQL clients."""
@@ -208,10 +268,10 @@ def keepalive_fixes(where: Where, keepalive_s: float | None, timeout_s: float, t
 def invalid_fixes(where: Where, be_liberal: int | None) -> list[Fix]:
     pre = where.prefix()
     return [
-        _sysctl_fix("conntrack_invalid", where, "net.netfilter.nf_conntrack_tcp_be_liberal", be_liberal, 1,
+        _sysctl_fix(Cause.CONNTRACK_INVALID, where, "net.netfilter.nf_conntrack_tcp_be_liberal", be_liberal, 1,
                     "out-of-window segments stop being INVALID, so replies keep their NAT; "
                     "trade-off: conntrack stops checking TCP windows in this namespace", tradeoff=True),
-        Fix("conntrack_invalid", where.scope(), where.netns, where.name, "nft.ct_state_invalid_drop", None,
+        Fix(Cause.CONNTRACK_INVALID, where.scope(), where.netns, where.name, "nft.ct_state_invalid_drop", None,
             "drop", f"{pre}nft add table inet rsttrace ; {pre}nft add chain inet rsttrace forward "
             "'{ type filter hook forward priority -1 ; }' ; "
             f"{pre}nft add rule inet rsttrace forward ct state invalid drop",

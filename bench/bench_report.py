@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rsttrace.schema import SCHEMA_VERSION
+
 LB, CLI, SRV = 4026532247, 4026532300, 4026532301
 TARGET_S, TARGET_RSS = 10.0, 1 << 30
 
@@ -52,7 +54,7 @@ def generate(path: Path, resets: int) -> None:
     t0 = 1_700_000_000.0
     rate = 1000.0
     with open(path, "w") as f:
-        f.write(json.dumps({"kind": "header", "schema": 1, "t": t0, "host": "bench", "kernel": "6.18",
+        f.write(json.dumps({"kind": "header", "schema": SCHEMA_VERSION, "t": t0, "host": "bench", "kernel": "6.18",
                             "tool": "bench", "hz": 1000, "plan": {}, "filters": {"ports": [], "netns": []},
                             "netns_names": {str(LB): "rta-lb", str(CLI): "rta-cli"}}) + "\n")
         n = i = 0

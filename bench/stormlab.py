@@ -1,6 +1,7 @@
 """What the storm benchmarks share: a throwaway namespace with the storm
-binary (bench/storm.c) compiled for it, and a process's CPU and peak
-memory. (The kernel's own reset count: rsttrace.lab.netns.tcp_out_rsts.)"""
+binary (bench/storm.c) compiled for it, a process's CPU and peak memory,
+and a scrape of the exporter. (The kernel's own reset count:
+rsttrace.lab.netns.tcp_out_rsts.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -100,3 +102,25 @@ def end_process(proc) -> tuple[float, float]:
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.monotonic() - t0, usage.ru_utime + usage.ru_stime
+
+
+def scrape(url: str) -> tuple[dict, float]:
+    """The exporter's samples, {(name, sorted labels): value}, and the
+    seconds the scrape took."""
+    from prometheus_client.parser import text_string_to_metric_families
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    dt = time.perf_counter() - t0
+    return ({(s.name, tuple(sorted(s.labels.items()))): s.value
+             for f in text_string_to_metric_families(text) for s in f.samples}, dt)
+
+
+def total(samples: dict, name: str, **match: str) -> float:
+    """The sum of the series `name` whose labels include `match`."""
+    return sum(v for (n, labels), v in samples.items()
+               if n == name and all(dict(labels).get(k) == w for k, w in match.items()))
+
+
+def sent_resets(samples: dict, ns: str) -> float:
+    return total(samples, "rsttrace_resets_total", netns=ns, direction="sent")

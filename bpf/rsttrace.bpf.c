@@ -17,22 +17,64 @@
  * flags), so one program serves every kernel from 5.10 to 6.18. kprobe
  * fallbacks always use probe reads.
  *
- * Configuration (-D): OFF_* offsets, ARG_* argument positions, AF_INET,
- * AF_INET6, IPPROTO_TCP, the TCP states TCP_SYN_SENT_, TCP_CLOSE_,
- * TCP_TIME_WAIT_, TCP_NEW_SYN_RECV_ (from the kernel's own table),
- * NETFILTER_DROP_REASON (or, before 5.17, CT_DROP_DERIVED with
- * NF_DROP_SITE(addr)), SOCK_KEEPOPEN_BIT, TP_BTF, the transport (USE_PCRING
- * with PCRING_CPUS and PCRING_SLOTS, or USE_RINGBUF with RINGBUF_PAGES and
- * RESCUE_PAGES, or neither: the perf buffer), the filters PORT_WANTED(p) and
- * NETNS_WANTED(ns) (compared against constants: no map lookup per event),
- * HAVE_TP_* for each tracepoint to attach, and the optional hooks
- * HAVE_TP_SEND_RESET_REASON, HAVE_FEXIT_ACCEPT (with ARG_ACCEPT_RET) or HAVE_TP_ACCEPT
- * (+ HAVE_TP_ACCEPT_PLAIN), WANT_KPROBE_SEND_RESET, WANT_KPROBE_TCP_RESET,
- * WANT_KPROBE_IPVS_EXPIRE, WANT_KRETPROBE_CT_ALLOC; BTF_COOKIE and BTF_TASK
- * where BTF programs may call bpf_get_socket_cookie (5.12+) and
- * bpf_get_current_task_btf (5.11+); KFUNC_RDONLY_CAST with the
- * BTF type ids BTF_TCP_SOCK, BTF_IPHDR, BTF_IPV6HDR, BTF_TCPHDR; BENCH_RETURN_EARLY
- * and BENCH_MINIMAL for the benchmark only.
+ * Configuration: the -D flags tracer/loader.py passes, all of them, as its
+ * table DEFINES lists them (this list is written from it by
+ * `python -m rsttrace.tracer.loader`; a unit test compares):
+ * -D flags:
+ *   OFF_*  struct member offsets, from the running kernel's BTF
+ *       (tracer/offsets.py)
+ *   ARG_*  argument positions of raw tracepoints, and of an fexit program's
+ *       return value, from their BTF prototypes
+ *   SOCK_KEEPOPEN_BIT  enum sock_flags.SOCK_KEEPOPEN, from BTF
+ *   NETFILTER_DROP_REASON  SKB_DROP_REASON_NETFILTER_DROP of enum
+ *       skb_drop_reason, from BTF (5.17+)
+ *   CT_DROP_DERIVED  before 5.17 (skb:kfree_skb has no reason): a netfilter
+ *       drop told by where the packet was freed, with NF_DROP_SITE
+ *   NF_DROP_SITE  NF_DROP_SITE(addr): whether a code address lies in
+ *       netfilter's drop sites (offsets.NF_DROP_FUNCS, their ranges from
+ *       /proc/kallsyms), compared with constants
+ *   TCP_*_  the TCP states the programs compare with, from the kernel's own
+ *       table (tracefs)
+ *   AF_INET  the address family values user space uses
+ *   AF_INET6  (the same)
+ *   IPPROTO_TCP  (the same)
+ *   TP_BTF  tracepoints as BTF tracepoints (plain loads), else raw
+ *       tracepoints
+ *   CALL_SOCKET_COOKIE  BTF programs may call bpf_get_socket_cookie (5.12+):
+ *       the owner table tells sockets apart by cookie
+ *   CALL_TASK_BTF  BTF programs may call bpf_get_current_task_btf (5.11+):
+ *       the task's fields as plain loads
+ *   KFUNC_RDONLY_CAST  BTF id of bpf_rdonly_cast: tcp_sock and packet headers
+ *       typed by a cast
+ *   BTF_*  BTF ids of the structs cast to (with KFUNC_RDONLY_CAST)
+ *   HAVE_TP_*  each tracepoint to attach
+ *   HAVE_TP_SEND_RESET_REASON  tcp:tcp_send_reset carries the reset's reason
+ *       (6.10+)
+ *   HAVE_FEXIT_ACCEPT  owners of accepted sockets from an fexit on
+ *       inet_csk_accept
+ *   HAVE_TP_ACCEPT  owners of accepted sockets from syscalls:sys_exit_accept4
+ *       (record --accept-syscalls)
+ *   HAVE_TP_ACCEPT_PLAIN  and from syscalls:sys_exit_accept
+ *   WANT_KPROBE_SEND_RESET  kprobes on tcp_v4/v6_send_reset (no-socket resets
+ *       before 6.10)
+ *   WANT_KPROBE_TCP_RESET  kprobe on tcp_reset (no tcp:tcp_receive_reset)
+ *   WANT_KPROBE_IPVS_EXPIRE  kprobe on ip_vs_conn_expire
+ *   WANT_KRETPROBE_CT_ALLOC  kretprobe on __nf_conntrack_alloc
+ *   NET_NAMESPACE_LIST  address of net_namespace_list (/proc/kallsyms): an
+ *       IPVS entry's namespace found by walking the list
+ *   USE_PCRING  per-CPU rings, with PCRING_CPUS and PCRING_SLOTS
+ *   PCRING_CPUS  (per-CPU rings)
+ *   PCRING_SLOTS  (per-CPU rings)
+ *   USE_RINGBUF  the BPF ring buffer, with RINGBUF_PAGES and RESCUE_PAGES
+ *       (neither: the perf buffer)
+ *   RINGBUF_PAGES  (BPF ring buffer)
+ *   RESCUE_PAGES  (BPF ring buffer)
+ *   PORT_WANTED  PORT_WANTED(p): the --port filter, compared with constants
+ *       (no map lookup)
+ *   NETNS_WANTED  NETNS_WANTED(ns): the --netns filter, the same way
+ *   BENCH_RETURN_EARLY  bench/bench_storm.py --floor only
+ *   BENCH_MINIMAL  (the same)
+ * end of -D flags
  */
 #include <uapi/linux/ptrace.h>
 #include "rsttrace.h"
@@ -102,13 +144,13 @@ static const void *(*rdonly_cast)(const void *obj, __u32 btf_id) = (void *)KFUNC
  * connect, so connect churn does not push out the entries of live idle
  * connections. A socket reusing the memory must never inherit an owner:
  * with BTF (where the kernel lets its programs make a socket's cookie:
- * BTF_COOKIE, 5.12+) the entry holds the socket's cookie (unique for the
- * life of the host) and a reset's owner counts only if the cookies agree
- * (an accepted socket, which has no cookie yet when accept() returns, is
- * told apart by its socket file's inode number instead, OWNER_BY_INODE);
- * otherwise (raw tracepoints, or BTF ones before 5.12), tcp_destroy_sock
- * empties the slot instead. When both slots are taken by live sockets the first is
- * overwritten: that socket's owner becomes unknown, never wrong. `check`
+ * CALL_SOCKET_COOKIE, 5.12+) the entry holds the socket's cookie (unique
+ * for the life of the host) and a reset's owner counts only if the cookies
+ * agree (an accepted socket, which has no cookie yet when accept()
+ * returns, is told apart by its socket file's inode number instead,
+ * OWNER_BY_INODE); otherwise (raw tracepoints, or BTF ones before 5.12),
+ * tcp_destroy_sock empties the slot instead. When both slots are taken by
+ * live sockets the first is overwritten: that socket's owner becomes unknown, never wrong. `check`
  * folds every field, so an entry torn by two CPUs writing the same slot at
  * once is ignored rather than misread. */
 struct owner {
@@ -380,7 +422,7 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk, const
 	 * helper. Raw tracepoints: the cookie if it has one. */
 	if (direct || tp)
 		e->cookie = SKF(__u64, OFF_SK_COOKIE);
-#ifdef BTF_COOKIE
+#ifdef CALL_SOCKET_COOKIE
 	if (direct && !e->cookie)
 		e->cookie = bpf_get_socket_cookie((void *)sk);
 #endif
@@ -469,7 +511,7 @@ static __always_inline int owner_same_socket(const void *sk, __u64 guard, __u64 
 	if (guard & OWNER_BY_INODE)
 		return full && (OWNER_BY_INODE | sock_inode(sk, direct)) == guard;
 #endif
-#ifdef BTF_COOKIE
+#ifdef CALL_SOCKET_COOKIE
 	return cookie && guard == cookie;
 #else
 	return 1;
@@ -517,7 +559,7 @@ static __always_inline __u64 cgrp_kn_id(const void *cg, int direct)
  * task's fields are plain loads (these three helpers together cost ~90 ns
  * per connect on a kernel whose every return goes through a mitigation
  * thunk); otherwise, or where BTF lacks a field, the helpers. */
-#if defined(TP_BTF) && defined(BTF_TASK) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
+#if defined(TP_BTF) && defined(CALL_TASK_BTF) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
 #define OWNER_FROM_TASK 1
 #endif
 static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid)
@@ -814,7 +856,7 @@ TP_PROBE(inet_sock_set_state)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
 		__u64 cookie = 0;
-#ifdef BTF_COOKIE
+#ifdef CALL_SOCKET_COOKIE
 		cookie = bpf_get_socket_cookie((void *)sk);
 #endif
 		owner_learn(sk_key(sk, DIRECT), cookie);
@@ -830,7 +872,7 @@ TP_PROBE(inet_sock_set_state)
 TP_PROBE(tcp_destroy_sock)
 {
 	BENCH_SKIP();
-	/* only where no cookie tells sockets apart (without BTF_COOKIE): the
+	/* only where no cookie tells sockets apart (without CALL_SOCKET_COOKIE): the
 	 * socket's memory may be reused by another socket, so forget it and no
 	 * reset is ever attributed to a wrong process */
 	owner_rewrite(sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT), 0);
@@ -849,7 +891,7 @@ int fexit__inet_csk_accept(unsigned long long *ctx)
 
 	if (!sk || LD(__u16, sk, OFF_SK_PROTOCOL, 1) != IPPROTO_TCP)
 		return 0;
-#ifdef BTF_COOKIE
+#ifdef CALL_SOCKET_COOKIE
 	owner_learn(sk_key(sk, 1), bpf_get_socket_cookie((void *)sk));
 #else
 	owner_learn(sk_key(sk, 1), 0);

@@ -1,6 +1,7 @@
 /* The one event layout shared by the BPF programs and Python
- * (tracer/events.py mirrors it; a kernel test checks the two agree with
- * what bcc compiled: size and every field offset).
+ * (schema/catalog.py mirrors it, with every field it becomes: a unit test
+ * parses this file and compares members, offsets, kinds and flags; a kernel
+ * test compares with what bcc compiled).
  *
  * One struct for every kind and both address families: a family field and
  * 16-byte addresses (IPv4 in the first 4 bytes). Raw kernel values (state,

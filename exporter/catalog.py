@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "rsttrace_"
+# Labels of every series, before its own: the node the exporter runs on
+# (rsttrace export/agent --node; NODE_NAME, else the host name), so the
+# series of a DaemonSet's pods stay apart whatever the scrape adds.
+COMMON_LABELS = ("node",)
 OTHER_NETNS = "other"       # counters of namespaces past the cap
 UNKNOWN_NETNS = "unknown"   # an event that named no namespace
 
@@ -102,6 +106,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "Events read from the kernel's buffer."),
     MetricSpec("rsttrace_events_lost_total", "counter", (),
                "Events the kernel could not queue (buffer full): resets rsttrace did not see."),
+    MetricSpec("rsttrace_backlog_events", "gauge", (),
+               "Events read from the kernel and not yet classified: how far the counts lag behind "
+               "a reset storm (they wait raw in a file, not in the kernel's buffer)."),
     MetricSpec("rsttrace_hook_available", "gauge", ("signal",),
                "1 when the signal's hook is attached on this kernel, 0 when not (rsttrace doctor says why)."),
     MetricSpec("rsttrace_netns_omitted", "gauge", (),

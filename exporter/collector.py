@@ -13,7 +13,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Info
                                     Metric)
 from prometheus_client.registry import Collector
 
-from .catalog import BY_NAME, CT_COUNTERS, SYSCTL_GAUGES
+from .catalog import BY_NAME, COMMON_LABELS, CT_COUNTERS, SYSCTL_GAUGES
 from .state import ExportState, View
 
 
@@ -21,11 +21,33 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-class Families:
-    """One family per catalog entry, created on first use."""
+def label_text(value: str) -> str:
+    """A label value as valid UTF-8 text. Names read from the host (a
+    /run/netns entry, a process name) may hold bytes that are not UTF-8,
+    kept as lone surrogates (surrogateescape); the exposition would fail
+    to encode them, and with them the whole scrape. Such a byte is shown
+    as its escape (`\\xff`)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # a lone surrogate that is no escaped byte
+        raw = value.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
-    def __init__(self) -> None:
+
+class Families:
+    """One family per catalog entry, created on first use; every series
+    carries the `node` label (COMMON_LABELS) first."""
+
+    def __init__(self, node: str) -> None:
         self._f: dict[str, Metric] = {}
+        self.node = label_text(node)
 
     def get(self, name: str) -> Metric:
         fam = self._f.get(name)
@@ -36,12 +58,16 @@ class Families:
             if spec.type == "info":
                 fam = cls(spec.family, spec.help)
             else:
-                fam = cls(spec.family, spec.help, labels=list(spec.labels))
+                fam = cls(spec.family, spec.help, labels=[*COMMON_LABELS, *spec.labels])
             self._f[name] = fam
         return fam
 
     def add(self, name: str, labels: list[str], value: float) -> None:
-        self.get(name).add_metric(labels, value)
+        self.get(name).add_metric([self.node, *map(label_text, labels)], value)
+
+    def info(self, name: str, values: dict[str, str]) -> None:
+        self.get(name).add_metric([], {"node": self.node,
+                                       **{k: label_text(v) for k, v in values.items()}})
 
     def all(self) -> list[Metric]:
         return list(self._f.values())
@@ -50,7 +76,7 @@ class Families:
 def build_families(view: View, stats: dict[str, int] | None,
                    transitions: dict[tuple[str, str], int] | None) -> list[Metric]:
     """Every family of one scrape (pure: tests call it with a fake view)."""
-    f = Families()
+    f = Families(view.node)
     for (cause, direction, netns), n in sorted(view.resets.items()):
         f.add("rsttrace_resets_total", [cause, direction, netns], n)
     f.get("rsttrace_resets_total")   # present (empty) before the first reset
@@ -99,11 +125,13 @@ def build_families(view: View, stats: dict[str, int] | None,
     if stats is not None:
         f.add("rsttrace_events_total", [], stats.get("events", 0))
         f.add("rsttrace_events_lost_total", [], stats.get("lost", 0))
+        if "backlog" in stats:
+            f.add("rsttrace_backlog_events", [], stats["backlog"])
     for signal, hook in sorted((view.header.get("plan") or {}).items()):
         if isinstance(hook, dict):
             f.add("rsttrace_hook_available", [signal], 1.0 if hook.get("available") else 0.0)
     h = view.header
-    f.get("rsttrace_build_info").add_metric([], {
+    f.info("rsttrace_build_info", {
         "version": str(h.get("tool", "")), "kernel": str(h.get("kernel", "")),
         "transport": str(h.get("transport", "replay"))})
     return f.all()

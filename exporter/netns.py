@@ -16,7 +16,9 @@ Policy, chosen so that counters never go backwards:
   snapshots for `grace_s` (the namespace is gone); the caller drops that
   label's series then.
 The label of a slot is the namespace's name when it is taken (`init`, the
-/run/netns name, or `pid:N`) and does not change while it is held.
+/run/netns name, or `pid:N`) and does not change while it is held; a name
+with bytes that are not UTF-8 is labelled with them as `\\xNN`
+(tracer/fsnames.py), never a string the exposition cannot encode.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from rsttrace.tracer.fsnames import text
 
 from .catalog import OTHER_NETNS, UNKNOWN_NETNS
 
@@ -62,14 +66,23 @@ class NetnsLabels:
     def learn(self, names: dict[Any, str]) -> None:
         for k, v in names.items():
             try:
-                self._names[int(k)] = str(v)
+                self._names[int(k)] = text(str(v))
             except (TypeError, ValueError):
                 continue
+
+    def name(self, ino: Any) -> str | None:
+        """The namespace's name (`init`, its /run/netns name, `pid:N`), or
+        None when nothing names it."""
+        if not isinstance(ino, int) or isinstance(ino, bool):
+            return None
+        name = self._name(ino)
+        return None if name.startswith("ino:") else name
 
     def _name(self, ino: int) -> str:
         name = self._names.get(ino)
         if name is None and self._resolver is not None and ino not in self._unresolved:
             name = self._resolver(ino)
+            name = None if name is None else text(name)
             if name is None:
                 self._unresolved.add(ino)   # ask once: the resolver scans /proc
             else:
@@ -124,7 +137,7 @@ class NetnsLabels:
                 continue
             present[ino] = ns
             if isinstance(ns.get("name"), str) and ns["name"]:
-                self._names.setdefault(ino, ns["name"])
+                self._names.setdefault(ino, text(ns["name"]))
         freed = []
         for ino, slot in list(self._slots.items()):
             if ino in present:

@@ -72,7 +72,7 @@ class _Collector:
 
 def run_demo(names: list[str], *, recording: Path, csv: Path | None, keep: bool,
              say: Say = print, on_run: Callable[[ScenarioRun, Diagnosis], None] | None = None) -> DemoResult:
-    from rsttrace.tracer.recording import RecordingWriter
+    from rsttrace.schema.recording import RecordingWriter
     from rsttrace.tracer.session import TraceSession
 
     res = DemoResult(recording=recording)
@@ -115,11 +115,12 @@ def run_demo(names: list[str], *, recording: Path, csv: Path | None, keep: bool,
 
 def _write_csv(recording: Path, csv: Path) -> Path | None:
     try:
-        from rsttrace.analysis.report import report_recording, write_csv
+        from rsttrace.analysis.report import write_report
     except ImportError:
         return None
-    df, _summary = report_recording(recording)
-    write_csv(df, csv)
+    from rsttrace.outfile import OutFile
+    with OutFile(csv) as out:
+        write_report(recording, out)
     return csv
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from rsttrace.analysis.vocab import Cause, Confidence
 from rsttrace.lab.scenarios import ScenarioRun
 from rsttrace.lab.topology import CLIENT
 
@@ -57,12 +58,11 @@ def _fix_text(fixes: list[Any]) -> str:
 def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[int, str]) -> Diagnosis:
     from rsttrace.analysis.classify import Classifier
     from rsttrace.analysis.findings import conntrack_episodes
+    from rsttrace.analysis.pump import Pump
 
     c = Classifier(netns_names=netns_label)
-    verdicts = []
-    for r in records:
-        verdicts += c.feed(r)
-    verdicts += c.flush()
+    verdicts: list[Any] = []
+    Pump(c, verdicts.extend).run([records])
     mine = [v for v in verdicts if scenario_flow(v, run.expect.service_port)]
     expected = run.expect.cause or NONE
     if mine:
@@ -80,10 +80,10 @@ def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[
     # time out), which the analysis reports as conntrack episodes.
     episodes = conntrack_episodes(c.context, since=run.t_start)
     if episodes:
-        ep = max(episodes, key=lambda e: (e.confidence == "high", e.t_last - e.t_first))
+        ep = max(episodes, key=lambda e: (e.confidence is Confidence.HIGH, e.t_last - e.t_first))
         evidence = ep.evidence + "; no reset: new connections time out"
         if len(episodes) > 1:
             evidence += f" ({len(episodes)} episodes)"
-        return Diagnosis(run.name, expected, "conntrack_full", evidence, _fix_text(ep.fixes))
+        return Diagnosis(run.name, expected, Cause.CONNTRACK_FULL, evidence, _fix_text(ep.fixes))
     return Diagnosis(run.name, expected, NONE,
                      f"no reset on the scenario's flows ({len(run.flows)} connections)", "")

@@ -5,6 +5,8 @@ previous file contents) to disk, then change one value at a time and read it
 back from the kernel; then write the persisted files. Any failure undoes
 everything already done, in reverse, and the error says what failed and what
 was restored. The journal is a stack: `rollback_last` undoes the newest entry.
+Each of these holds the fix lock (remedy/lock.py) and checks the whole
+journal's shape before using any of it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rsttrace.remedy import keys as K
 from rsttrace.remedy import netns, persist
-from rsttrace.remedy.files import FileState, write_json
+from rsttrace.remedy.files import FileState, read_regular, write_json
+from rsttrace.remedy.lock import fix_lock
 from rsttrace.remedy.model import Change, Plan, RemedyError
 from rsttrace.remedy.netns import Access, AccessError, NetnsError
 from rsttrace.remedy.paths import Paths
+from rsttrace.tracer.fsnames import text
 
 JOURNAL_VERSION = 1
+ENTRY_STATES = ("applying", "applied", "failed")
+TARGET_KINDS = ("self", "name", "pid")
+SCOPES = ("global", "netns")
+VIAS = ("sysctl", "hashsize", "ipvs")
 
 
 class ApplyError(RemedyError):
     """The plan was not applied; the message says what failed and what was undone."""
+
+
+class JournalError(ApplyError):
+    """The journal cannot be used: nothing was read from it or changed."""
 
 
 @dataclass
@@ -40,16 +53,114 @@ class VerifyError(Exception):
 
 # --- journal ---------------------------------------------------------------
 
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _target_problem(t: Any) -> str | None:
+    if not isinstance(t, dict):
+        return "its target is not an object"
+    if t.get("kind") not in TARGET_KINDS:
+        return f"target kind {t.get('kind')!r} is not one of {', '.join(TARGET_KINDS)}"
+    for k in ("ref", "path", "label"):
+        if not isinstance(t.get(k), str):
+            return f"target {k} is not a string"
+    if not _int(t.get("inode")) or t["inode"] <= 0:
+        return "target inode is not a positive integer"
+    if t.get("cookie") is not None and not _int(t["cookie"]):
+        return "target cookie is not an integer"
+    return None
+
+
+def _change_problem(c: Any) -> str | None:
+    if not isinstance(c, dict):
+        return "not an object"
+    why = _target_problem(c.get("target"))
+    if why:
+        return why
+    if not isinstance(c.get("key"), str):
+        return "its key is not a string"
+    try:
+        K.spec_for(c["key"])
+    except K.UnknownKey:
+        return f"key {c['key']!r} is not one rsttrace sets"
+    if not _int(c.get("new")) or (c.get("old") is not None and not _int(c["old"])):
+        return "its old or new value is not an integer"
+    if not isinstance(c.get("reasons", []), list) or \
+            not all(isinstance(r, str) for r in c.get("reasons", [])):
+        return "its reasons are not a list of strings"
+    if c.get("scope", "netns") not in SCOPES or c.get("via", "sysctl") not in VIAS:
+        return f"scope {c.get('scope')!r} or via {c.get('via')!r} is unknown"
+    return None
+
+
+def _file_problem(f: Any, paths: Paths) -> str | None:
+    if not isinstance(f, dict):
+        return "not an object"
+    if not isinstance(f.get("path"), str):
+        return "its path is not a string"
+    if not paths.managed(f["path"]):
+        # rollback rewrites these files as root: only rsttrace's own
+        return f"{f['path']!r} is not a file rsttrace writes"
+    for k in ("content", "link"):
+        if f.get(k) is not None and not isinstance(f[k], str):
+            return f"its {k} is not a string"
+    if f.get("content") is not None and f.get("link") is not None:
+        return "it has both content and a link"
+    if f.get("mode") is not None and not (_int(f["mode"]) and 0 <= f["mode"] <= 0o7777):
+        return "its mode is not a file mode"
+    for k in ("uid", "gid"):
+        if f.get(k) is not None and not (_int(f[k]) and f[k] >= 0):
+            return f"its {k} is not a user or group id"
+    return None
+
+
+def journal_problem(data: Any, paths: Paths) -> str | None:
+    """What is wrong with a journal's shape, or None: every entry, every
+    change, every file state is checked before any is used."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    if data.get("version") != JOURNAL_VERSION:
+        return f"version {data.get('version')!r}, this rsttrace reads version {JOURNAL_VERSION}"
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        return "'entries' is not a list"
+    for i, e in enumerate(entries, 1):
+        if not isinstance(e, dict):
+            return f"entry {i} is not an object"
+        if not isinstance(e.get("id"), str) or e.get("state") not in ENTRY_STATES or \
+                not isinstance(e.get("t"), (int, float)) or isinstance(e.get("t"), bool):
+            return f"entry {i} lacks an id, a time or a known state"
+        for what, check in (("changes", _change_problem),
+                            ("files", lambda f: _file_problem(f, paths))):
+            items = e.get(what)
+            if not isinstance(items, list):
+                return f"entry {i}: '{what}' is not a list"
+            for j, item in enumerate(items, 1):
+                why = check(item)
+                if why:
+                    return f"entry {i}, {what[:-1]} {j}: {why}"
+    return None
+
+
 def load_journal(paths: Paths) -> dict[str, Any]:
     try:
-        data = json.loads(paths.journal.read_text(encoding="utf-8"))
+        raw = read_regular(paths.journal)
     except FileNotFoundError:
         return {"version": JOURNAL_VERSION, "entries": []}
-    except (OSError, ValueError) as e:
-        raise ApplyError(f"cannot read the journal {paths.journal}: {e}; "
-                         "fix or move it aside before applying or rolling back") from e
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise ApplyError(f"{paths.journal} is not an rsttrace journal; move it aside")
+    except OSError as e:
+        raise JournalError(f"cannot read the journal {paths.journal}: {e.strerror or e}; "
+                           "nothing was changed") from e
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        why = f"it is not JSON ({e})"
+    else:
+        why = journal_problem(data, paths)
+    if why:
+        raise JournalError(f"the journal {paths.journal} is damaged: {why}; nothing was "
+                           "changed: move it aside to go on (what it records can then no "
+                           "longer be rolled back)")
     return data
 
 
@@ -97,6 +208,12 @@ def apply_plan(plan: Plan, access: Access, paths: Paths, *, persist_files: bool 
         raise ApplyError("the plan was refused: " + "; ".join(plan.errors))
     if not plan.changes:
         return Outcome()
+    with fix_lock(paths):
+        return _apply(plan, access, paths, persist_files)
+
+
+def _apply(plan: Plan, access: Access, paths: Paths, persist_files: bool) -> Outcome:
+    journal = load_journal(paths)
     # Previous values read now, not at planning time, so the journal holds
     # exactly what the kernel had just before the first write.
     by_target: dict[int, list[Change]] = {}
@@ -109,7 +226,6 @@ def apply_plan(plan: Plan, access: Access, paths: Paths, *, persist_files: bool 
                 c.old = now.get(c.key)
         files, notes = persist.render(plan, paths) if persist_files else ({}, [])
         states = persist.snapshot(files, paths)
-        journal = load_journal(paths)
         entry = {"id": time.strftime("%Y%m%dT%H%M%S"), "t": time.time(), "state": "applying",
                  "changes": [c.to_json() for c in plan.changes],
                  "files": [s.to_json() for s in states]}
@@ -148,38 +264,45 @@ def apply_plan(plan: Plan, access: Access, paths: Paths, *, persist_files: bool 
 
 
 def rollback_last(access: Access, paths: Paths) -> Outcome:
-    journal = load_journal(paths)
-    if not journal["entries"]:
-        raise ApplyError(f"nothing to roll back: the journal {paths.journal} is empty")
-    entry = journal["entries"][-1]
-    changes = [Change.from_json(d) for d in entry["changes"]]
-    states = [FileState.from_json(d) for d in entry["files"]]
-    restored, failed = _undo(access, changes)
-    failed += _restore_files(states)
-    if failed:
-        entry["state"] = "failed"
+    with fix_lock(paths):
+        journal = load_journal(paths)
+        if not journal["entries"]:
+            raise ApplyError(f"nothing to roll back: the journal {paths.journal} is empty")
+        entry = journal["entries"][-1]
+        changes = [Change.from_json(d) for d in entry["changes"]]
+        states = [FileState.from_json(d) for d in entry["files"]]
+        restored, failed = _undo(access, changes)
+        failed += _restore_files(states)
+        if failed:
+            entry["state"] = "failed"
+            _save_journal(paths, journal)
+            raise ApplyError(f"rollback incomplete: {'; '.join(failed)}; restored "
+                             f"{', '.join(restored) or 'nothing'}")
+        journal["entries"].pop()
         _save_journal(paths, journal)
-        raise ApplyError(f"rollback incomplete: {'; '.join(failed)}; restored "
-                         f"{', '.join(restored) or 'nothing'}")
-    journal["entries"].pop()
-    _save_journal(paths, journal)
-    return Outcome(changes, [s.path for s in states])
+        return Outcome(changes, [s.path for s in states])
 
 
 def reapply(access: Access, paths: Paths) -> tuple[list[str], list[str]]:
-    """Boot time: set the persisted per-namespace and IPVS values again."""
-    done, problems = [], []
-    for name, values in persist.read_netns_confs(paths).items():
-        try:
-            target = netns.resolve(name)
-        except NetnsError as e:
-            problems.append(str(e))
-            continue
-        for key, value in values.items():
-            c = Change(target, key, None, value)
+    """Boot time: set the persisted per-namespace and IPVS values again.
+    netns.d/init.conf is the node's own namespace; any other NAME.conf is
+    /run/netns/NAME, never a process id or the node, whatever NAME is."""
+    done: list[str] = []
+    with fix_lock(paths):
+        confs, problems = persist.read_netns_confs(paths)
+        for name, values in confs.items():
+            conf = paths.netns_dir / f"{name}.conf"
             try:
-                _set(access, c, value)
-                done.append(f"{key}={value} in {target.label}")
-            except (AccessError, NetnsError, VerifyError) as e:
-                problems.append(str(e))
+                target = netns.self_target() if name == persist.NODE_FILE else netns.named(name)
+            except NetnsError as e:
+                problems.append(f"{e} (persisted in {text(str(conf))}); create it, or remove "
+                                "that file")
+                continue
+            for key, value in values.items():
+                c = Change(target, key, None, value)
+                try:
+                    _set(access, c, value)
+                    done.append(f"{key}={value} in {target.label}")
+                except (AccessError, NetnsError, VerifyError) as e:
+                    problems.append(str(e))
     return done, problems

@@ -17,26 +17,36 @@ class Target:
 
     kind "self": the namespace rsttrace runs in (written directly);
     "name": a namespace bound under /run/netns; "pid": the namespace of a
-    process (a pod's sandbox, a container). `inode` identifies it; on rollback
-    the path is checked to still lead to the same inode.
+    process (a pod's sandbox, a container). The inode is reused once a
+    namespace is gone; the cookie (tracer/netnsid.py) is not, so a target
+    with a cookie is acted on only where that cookie is read again (every
+    read and write checks it from inside the namespace). None: a kernel
+    before 5.14, where inode and name are all there is.
     """
     kind: str
-    ref: str        # name, pid as text, or "" for self
+    ref: str        # name (the real bytes, as Python reads file names), pid as text, or "" for self
     inode: int
     path: str
-    label: str      # what users read: "init", the name, or "pid:N"
+    label: str      # what users read: "init", the name as text, or "pid:N"
+    cookie: int | None = None
 
     @property
     def local(self) -> bool:
         return self.kind == "self"
 
+    def same_ns(self, other: "Target") -> bool:
+        """Whether both name one namespace (by cookie where both have one)."""
+        if self.cookie is not None and other.cookie is not None:
+            return self.cookie == other.cookie
+        return self.inode == other.inode
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "ref": self.ref, "inode": self.inode,
-                "path": self.path, "label": self.label}
+                "path": self.path, "label": self.label, "cookie": self.cookie}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Target":
-        return cls(d["kind"], d["ref"], int(d["inode"]), d["path"], d["label"])
+        return cls(d["kind"], d["ref"], int(d["inode"]), d["path"], d["label"], d.get("cookie"))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Each location can be moved with an environment variable (tests point them at a
 temporary directory so they never write /etc or /var):
-RSTTRACE_STATE_DIR (journal), RSTTRACE_SYSCTL_DIR (99-rsttrace.conf),
+RSTTRACE_STATE_DIR (journal and lock), RSTTRACE_SYSCTL_DIR (99-rsttrace.conf),
 RSTTRACE_ETC_DIR (per-namespace and IPVS values), RSTTRACE_MODPROBE_DIR
 (hashsize), RSTTRACE_SYSTEMD_DIR (the unit that re-applies them at boot).
 """
@@ -36,6 +36,11 @@ class Paths:
         return self.state_dir / "journal.json"
 
     @property
+    def lock(self) -> Path:
+        """Held (flock) by the one `rsttrace fix` that may change things."""
+        return self.state_dir / "lock"
+
+    @property
     def sysctl_conf(self) -> Path:
         return self.sysctl_dir / "99-rsttrace.conf"
 
@@ -54,3 +59,11 @@ class Paths:
     @property
     def unit_link(self) -> Path:
         return self.systemd_dir / "multi-user.target.wants" / "rsttrace-reapply.service"
+
+    def managed(self, path: str) -> bool:
+        """Whether `path` is one of the files rsttrace writes (and so may
+        restore on rollback): the fixed ones, or a NAME.conf in netns.d."""
+        p = Path(path)
+        if p in (self.sysctl_conf, self.modprobe_conf, self.unit, self.unit_link):
+            return True
+        return p.parent == self.netns_dir and p.suffix == ".conf" and len(p.name) > len(".conf")

@@ -6,8 +6,10 @@
 - buckets on kernels where only the module parameter is writable:
   `/etc/modprobe.d/99-rsttrace.conf` (`options nf_conntrack hashsize=N`);
 - values of a named namespace (`/run/netns/NAME`) and IPVS timeouts (not
-  sysctls) of any namespace: `/etc/rsttrace/netns.d/NAME.conf` ("init" for the
-  node's own namespace), `key = value` lines. The oneshot unit
+  sysctls) of any namespace: `/etc/rsttrace/netns.d/NAME.conf` (`init.conf`
+  for the node's own namespace, so a namespace named "init" is not
+  persisted), `key = value` lines; `--reapply` reads NAME only as
+  /run/netns/NAME, never as a process id or the node. The oneshot unit
   `rsttrace-reapply.service` runs `rsttrace fix --reapply` at boot; run it again
   (e.g. from the hook that creates a namespace) for namespaces made later;
 - namespaces known only by a process (pods) are not persisted: their
@@ -22,9 +24,13 @@ import sys
 from pathlib import Path
 
 from rsttrace.remedy import keys as K
-from rsttrace.remedy.files import FileState, atomic_write
+from rsttrace.remedy.files import FileState, atomic_write, read_regular
 from rsttrace.remedy.model import Plan
 from rsttrace.remedy.paths import Paths
+
+# netns.d/init.conf holds the values of the node's own namespace (the one
+# rsttrace runs in); every other NAME.conf is the namespace /run/netns/NAME.
+NODE_FILE = "init"
 
 HEADER = ("# Written by rsttrace (`rsttrace fix`); undo with `rsttrace fix --rollback`.\n"
           "# Edits here are overwritten by the next `rsttrace fix`.\n")
@@ -46,7 +52,7 @@ def render_conf(values: dict[str, str]) -> str:
 
 
 def _merged(path: Path, updates: dict[str, int]) -> str:
-    cur = parse_conf(path.read_text(encoding="utf-8")) if path.exists() else {}
+    cur = parse_conf(read_regular(path)) if path.exists() or path.is_symlink() else {}
     cur.update({k: str(v) for k, v in updates.items()})
     return render_conf(cur)
 
@@ -73,8 +79,11 @@ def render(plan: Plan, paths: Paths) -> tuple[dict[Path, str], list[str]]:
             modprobe["hashsize"] = c.new
         elif t.local and c.via == "sysctl":
             sysctl[c.key] = c.new
+        elif t.kind == "name" and t.ref == NODE_FILE:
+            notes.append(f"{c.key} in {t.label} is not persisted: {NODE_FILE}.conf is the "
+                         "node's own file; a namespace of that name cannot have one")
         elif t.local or t.kind == "name":
-            per_ns.setdefault("init" if t.local else t.ref, {})[c.key] = c.new
+            per_ns.setdefault(NODE_FILE if t.local else t.ref, {})[c.key] = c.new
         else:
             notes.append(f"{c.key} in {t.label} is not persisted (a process's namespace "
                          "has no name to find it by after a reboot); use the pod snippet")
@@ -113,17 +122,25 @@ def snapshot(files: dict[Path, str], paths: Paths) -> list[FileState]:
     return [FileState.capture(p) for p in touched(files, paths)]
 
 
-def read_netns_confs(paths: Paths) -> dict[str, dict[str, int]]:
+def read_netns_confs(paths: Paths) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """NAME -> values of every netns.d/NAME.conf, and the files that could
+    not be read (one line each)."""
     out: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
     if not paths.netns_dir.is_dir():
-        return out
+        return out, problems
     for p in sorted(paths.netns_dir.glob("*.conf")):
+        try:
+            text = read_regular(p)
+        except OSError as e:
+            problems.append(f"cannot read {p}: {e.strerror or e}")
+            continue
         vals = {}
-        for k, v in parse_conf(p.read_text(encoding="utf-8")).items():
+        for k, v in parse_conf(text).items():
             try:
                 vals[K.canonical(k)] = int(v)
             except ValueError:
                 continue
-        out[p.stem] = vals
-    return out
+        out[p.name[:-len(".conf")]] = vals
+    return out, problems
 

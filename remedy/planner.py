@@ -6,7 +6,8 @@ wins over everything), compared with what the kernel holds now (a value that
 already fixes the problem is left alone, which makes a second run a no-op),
 and the result is validated as a whole before anything is touched:
 ranges, the memory a conntrack table may take, and the timeout ordering
-keepalive < IPVS tcp timeout <= conntrack established timeout.
+keepalive < IPVS tcp timeout <= conntrack established timeout (the
+analysis's rule, analysis/fixes.py `ordering_breaks`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from rsttrace.analysis.fixes import ordering_breaks
+from rsttrace.analysis.vocab import Timeout
 from rsttrace.remedy import keys as K
 from rsttrace.remedy.model import Change, Plan, Proposal, Target
 from rsttrace.remedy.netns import Access
@@ -26,6 +29,9 @@ MEM_PER_ENTRY = 320
 MEM_PER_BUCKET = 8
 DEFAULT_MEM_SHARE = 0.125
 ORDERING_KEYS = (K.KEEPALIVE_TIME, K.IPVS_TCP, K.CT_ESTABLISHED)
+# the ordering rule's timeouts as the plan names them
+NAMES = {Timeout.KEEPALIVE: "tcp_keepalive_time", Timeout.IPVS_TCP: "IPVS tcp timeout",
+         Timeout.CT_ESTABLISHED: "nf_conntrack_tcp_timeout_established"}
 
 
 @dataclass
@@ -197,23 +203,17 @@ def _check_ordering(plan: Plan, targets: dict[int, Target],
         after = resulting(plan, ino, current[ino])
         ka, ct = after.get(K.KEEPALIVE_TIME), after.get(K.CT_ESTABLISHED)
         vs = after.get(K.IPVS_TCP) if ipvs[ino] else None
-        # keepalive < IPVS tcp <= conntrack established; without IPVS keepalive < conntrack.
-        bad = []
-        for (a, x), (b, y), strict in (
-                (("tcp_keepalive_time", ka), ("IPVS tcp timeout", vs), True),
-                (("IPVS tcp timeout", vs), ("nf_conntrack_tcp_timeout_established", ct), False),
-                (("tcp_keepalive_time", ka), ("nf_conntrack_tcp_timeout_established", ct), True)):
-            if x is not None and y is not None and (x >= y if strict else x > y):
-                bad.append(f"{a} {x} {'>=' if strict else '>'} {b} {y}")
+        # without IPVS the rule is keepalive < conntrack established alone
+        bad = [b.text(NAMES) for b in ordering_breaks(ka, vs, ct)]
         if bad:
             plan.errors.append(
                 f"in {t.label} after the change: {', '.join(bad)}; the order must be "
                 "keepalive < IPVS tcp timeout <= conntrack established timeout")
         # A namespace's keepalive must also beat the node's stateful hops.
         if ino != node.inode and K.KEEPALIVE_TIME in touched and ka is not None:
-            for name, v in (("IPVS tcp timeout", node_after.get(K.IPVS_TCP) if ipvs[node.inode] else None),
-                            ("nf_conntrack_tcp_timeout_established", node_after.get(K.CT_ESTABLISHED))):
-                if v is not None and ka >= v:
+            node_vs = node_after.get(K.IPVS_TCP) if ipvs[node.inode] else None
+            for b in ordering_breaks(ka, node_vs, node_after.get(K.CT_ESTABLISHED)):
+                if b.lower is Timeout.KEEPALIVE:
                     plan.errors.append(
                         f"tcp_keepalive_time {ka} in {t.label} is not below the node's "
-                        f"{name} {v}; idle connections would still be forgotten")
+                        f"{NAMES[b.upper]} {b.high}; idle connections would still be forgotten")

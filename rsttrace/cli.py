@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export")
+from rsttrace.analysis.safe import SafeStream, printable
+
+COMMANDS = ("live", "record", "doctor", "report", "demo", "fix", "export", "agent")
 
 EPILOG = """\
 examples:
@@ -51,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command with everything it prints going through the one
+    sanitiser (analysis/safe.py): names, paths and values from the host or a
+    recording reach the terminal as text, never as escape sequences."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `rsttrace --fix ...` is an alias of `rsttrace fix ...`.
     if "--fix" in argv and (not argv or argv[0].startswith("-")):
@@ -68,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except CLIError as e:
-        print(f"rsttrace: {e}", file=sys.stderr)
+        # one line: a newline or a CR from a name in the message is shown, not obeyed
+        print(f"rsttrace: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,9 @@
 # Every test tier, as `make test` runs it after scripts/install.sh:
 #   unit   (no root)                     tests/unit
 #   kernel (root: real BPF, namespaces)  tests/kernel
+#   fuzz   (recordings mutated by hypothesis through report, live --replay,
+#           export --replay and fix --from; derandomized, about a minute)
+#                                        tests/fuzz
 #   vm     (Debian 5.10, 6.1 and 6.12 kernels with IPVS and kprobes, under
 #           virtme-ng; about 7 minutes)  tests/vm via scripts/vm/test.sh
 # RSTTRACE_SKIP_VM=1 leaves the vm tier out (and says so).

@@ -11,3 +11,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "kernel" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fix_env(tmp_path):
+    """RSTTRACE_*_DIR sending every file `rsttrace fix` keeps (journal, lock,
+    persisted values, the boot unit) under tmp_path, never /etc or /var."""
+    return {f"RSTTRACE_{k}_DIR": str(tmp_path / k.lower())
+            for k in ("STATE", "SYSCTL", "ETC", "MODPROBE", "SYSTEMD")}

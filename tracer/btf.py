@@ -222,13 +222,8 @@ class BTF:
         field("sock", "__sk_common.skc_net")."""
         bits, member = self._walk(struct_name, path)
         if member.bitfield_size or bits % 8:
-            raise BTFError(f"{struct_name}.{path} is a bitfield; read it with bit_field()")
+            raise BTFError(f"{struct_name}.{path} is a bitfield, which a byte offset cannot name")
         return bits // 8, self.size(member.type_id)
-
-    def bit_field(self, struct_name: str, path: str) -> tuple[int, int]:
-        """(bit offset, bit size) of a member that may be a bitfield."""
-        bits, member = self._walk(struct_name, path)
-        return bits, member.bitfield_size or self.size(member.type_id) * 8
 
     def proto_params(self, type_id: int) -> list[int]:
         """Parameter type ids of a FUNC_PROTO."""

@@ -26,8 +26,9 @@ from typing import Callable
 
 import numpy as np
 
+from rsttrace.schema.recording import RecordingWriter, encode_records
+
 from .events import EVENT_DTYPE, KINDS, Decoder
-from .recording import RecordingWriter, encode_records
 
 # Events per second above which a poll's events are held, not written: at
 # this rate writing them as text takes about 2 % of a CPU.

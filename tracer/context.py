@@ -8,11 +8,16 @@ thread) and returns to its own namespace before the next, so the
 collector never disturbs the rest of the process. Cheap: plain /proc reads,
 no netlink dumps of the conntrack table, and each namespace's /proc/sys
 files opened once and read again in place (_SysctlFiles).
+
+Each namespace is recorded with its inode, which the kernel reuses, and its
+cookie (tracer/netnsid.py), which it does not: a recording names the
+namespace it saw, not whichever one has the inode later. Names read from
+/run/netns are recorded as text (tracer/fsnames.py): a name with bytes
+that are not UTF-8 shows them as \\xNN.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import subprocess
@@ -22,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import netnsid
+from .fsnames import text
 from .ipvs import read_timeouts as read_ipvs_timeouts
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SYSCTLS = {
     "nf_conntrack_tcp_timeout_established": "net/netfilter/nf_conntrack_tcp_timeout_established",
@@ -52,17 +56,11 @@ class ContextError(Exception):
     pass
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise ContextError(f"setns: {os.strerror(err)}")
-
-
 @dataclass
 class Netns:
     inode: int
-    name: str
-    path: str  # something that can be opened to enter it
+    name: str  # as text: `init`, the /run/netns name (fsnames.text), or `pid:N`
+    path: str  # something that can be opened to enter it (the real bytes)
 
 
 def list_namespaces() -> dict[int, Netns]:
@@ -86,7 +84,7 @@ def list_namespaces() -> dict[int, Netns]:
             except OSError:
                 continue
             if ino not in found or found[ino].name.startswith("pid:"):
-                found[ino] = Netns(ino, entry.name, str(entry))
+                found[ino] = Netns(ino, text(entry.name), str(entry))
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -120,10 +118,10 @@ def resolve_netns(spec: str) -> Netns:
     try:
         ino = os.stat(path).st_ino
     except OSError:
-        names = ", ".join(sorted(p.name for p in Path("/run/netns").glob("*"))) or "none"
-        raise ContextError(f"--netns {spec}: no such namespace in /run/netns (known: {names}); "
-                           "give a name from `ip netns list` or a PID") from None
-    return Netns(ino, spec, path)
+        names = ", ".join(sorted(text(p.name) for p in Path("/run/netns").glob("*"))) or "none"
+        raise ContextError(f"--netns {text(spec)}: no such namespace in /run/netns (known: "
+                           f"{names}); give a name from `ip netns list` or a PID") from None
+    return Netns(ino, text(spec), path)
 
 
 def _parse_int(raw: bytes) -> int | None:
@@ -136,18 +134,26 @@ def _parse_int(raw: bytes) -> int | None:
 class _SysctlFiles:
     """The /proc/sys files of one network namespace, opened while the
     calling thread is in it and kept open: an open file goes on reading
-    that namespace's value, and reading it again (pread) costs about 1.4 µs
-    where opening it (the path lookup) costs about 20. With a dozen files
-    per namespace and every namespace each period, that was most of a
-    snapshot. These files hold no reference on the namespace: once it is
+    that namespace's value, and reading it again (pread) costs a small
+    fraction of opening it (the path lookup; docs/PERFORMANCE.md has the
+    figures). With a dozen files per namespace and every namespace each
+    period, opening was most of a snapshot. These files hold no reference on the namespace: once it is
     gone, reading fails (ENOENT) and the file is opened again, in the
     namespace the thread is in now. `keep` False: opened and closed on each
-    read (past the collector's budget of descriptors)."""
+    read (past the collector's budget of descriptors).
+
+    The namespace's cookie is kept here too: a kept file that still reads
+    proves the namespace it was opened in is alive, and a live namespace's
+    inode is its own, so the cookie read with those files still holds. A
+    namespace deleted and its inode taken by a new one fails those reads
+    first (the kernel unregisters a namespace's sysctl tables before it
+    frees its inode), which drops the cookie with the files."""
 
     def __init__(self, keep: bool = True):
         self.keep = keep
         self._fds: dict[str, int] = {}
         self._absent: dict[str, float] = {}   # file -> when it was found missing
+        self._cookie: int | None = None
 
     def read_int(self, rel: str) -> int | None:
         """/proc/sys/`rel` as an integer; None where the file is absent (a
@@ -160,6 +166,7 @@ class _SysctlFiles:
             except OSError:
                 del self._fds[rel]
                 os.close(fd)
+                self._cookie = None
         missing = self._absent.get(rel)
         if missing is not None and time.monotonic() - missing < ABSENT_TTL_S:
             return None
@@ -180,6 +187,20 @@ class _SysctlFiles:
             os.close(fd)
         return value
 
+    def cookie(self) -> int | None:
+        """The cookie of the namespace the calling thread is in (the one
+        these files belong to); read once while kept files vouch for it.
+        Call it after this snapshot's reads, which are what vouch."""
+        if self._cookie is not None and self._fds:
+            return self._cookie
+        try:
+            cookie = netnsid.cookie_here()
+        except OSError:
+            return None
+        if self.keep:
+            self._cookie = cookie
+        return cookie
+
     def __len__(self) -> int:
         return len(self._fds)
 
@@ -187,6 +208,7 @@ class _SysctlFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._cookie = None
 
 
 def parse_ct_stat(text: str) -> dict[str, int]:
@@ -227,8 +249,8 @@ def _read_here(files: _SysctlFiles) -> dict:
         if v is not None:
             sysctl[key] = v
     # IPVS timeouts are per namespace; None where IPVS is absent
-    return {"ct": ct, "sysctl": sysctl, "tcp_sockets": _tcp_sockets(),
-            "ipvs": read_ipvs_timeouts()}
+    return {"cookie": files.cookie(), "ct": ct, "sysctl": sysctl,
+            "tcp_sockets": _tcp_sockets(), "ipvs": read_ipvs_timeouts()}
 
 
 def _tcp_sockets() -> int:
@@ -298,6 +320,8 @@ class Collector:
         # (inode, name) -> (when, nat); inodes of deleted namespaces are reused
         self._nat: dict[tuple[int, str], tuple[float, bool | None]] = {}
         self.names: dict[int, str] = {}
+        # inode -> cookie of every namespace read in the last snapshot, listed or not
+        self.cookies: dict[int, int | None] = {}
         # inode -> its open /proc/sys files, for as many namespaces as the
         # descriptor budget allows (the rest open and close on each read)
         self._files: dict[int, _SysctlFiles] = {}
@@ -331,6 +355,7 @@ class Collector:
         self.names = {ino: ns.name for ino, ns in namespaces.items()}
         home_ino = os.fstat(self._home).st_ino
         out = []
+        cookies: dict[int, int | None] = {}
         for ino, ns in namespaces.items():
             if self.only is not None and ino not in self.only:
                 continue
@@ -340,7 +365,7 @@ class Collector:
                 continue  # the process went away
             try:
                 if ino != home_ino:
-                    _setns(fd)
+                    netnsid.setns(fd)
                 try:
                     data = _read_here(self._files_for(ino))
                     if self._ipvs_reader is not None:
@@ -348,12 +373,13 @@ class Collector:
                     data["nat"] = self._nat_cached((ino, ns.name))
                 finally:
                     if ino != home_ino:
-                        _setns(self._home)
-            except ContextError:
+                        netnsid.setns(self._home)
+            except OSError:
                 continue
             finally:
                 os.close(fd)
             data.setdefault("ipvs", None)
+            cookies[ino] = data["cookie"]
             ct = data["ct"]
             # a NAT namespace matters even when its table is empty: its
             # timeouts decide which idle flows it forgets
@@ -363,6 +389,7 @@ class Collector:
                 continue
             out.append({"netns": ino, "name": ns.name, **data})
         self._forget_gone(set(namespaces))
+        self.cookies = cookies
         return out
 
     def _nat_cached(self, key: tuple[int, str]) -> bool | None:

@@ -1,9 +1,12 @@
 """Decoding of `struct rst_event` (bpf/rsttrace.h) in batches.
 
-`EVENT_DTYPE` is the one Python mirror of the C layout; a kernel test
-checks it against what bcc compiled (size and every field offset). Raw
-kernel values (state, reason) are decoded with the running kernel's own
-tables (`Decoder`), never with numbers typed here.
+`EVENT_DTYPE` is the one Python mirror of the C layout, made from the
+field catalog (rsttrace.schema.catalog: a unit test parses the header and
+compares, a kernel test compares what bcc compiled: size and every field
+offset). Records are built field by field as the catalog lists them: its
+member, how it is decoded, when it is null. Raw kernel values (state,
+reason) are decoded with the running kernel's own tables (`Decoder`),
+never with numbers typed here.
 """
 
 from __future__ import annotations
@@ -17,32 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Mirrors bpf/rsttrace.h; numpy's aligned layout follows C's rules.
-EVENT_DTYPE = np.dtype([
-    ("ts_ns", "<u8"), ("cookie", "<u8"), ("cgroup", "<u8"),
-    ("netns", "<u4"), ("dev_netns", "<u4"), ("pid", "<u4"), ("reason", "<u4"),
-    ("idle_jiffies", "<u4"), ("ka_time", "<u4"), ("ka_intvl", "<u4"),
-    ("sport", "<u2"), ("dport", "<u2"),
-    ("kind", "u1"), ("dir", "u1"), ("family", "u1"), ("state", "u1"),
-    ("flags", "u1"), ("ka_probes", "u1"), ("trigger_flags", "u1"), ("proto", "u1"),
-    ("saddr", "V16"), ("daddr", "V16"), ("raddr", "V16"),
-    ("rport", "<u2"), ("ipvs_state", "<u2"), ("flags2", "u1"), ("_pad", "V3"),
-    ("comm", "S16"), ("text", "S96"),
-], align=True)
+from rsttrace.schema import catalog as cat
+from rsttrace.schema.catalog import Field
 
-# enum rst_kind / rst_dir / EVF_* in bpf/rsttrace.h (our own ABI, not the kernel's)
-EV_RESET, EV_CT_DROP, EV_CT_FULL, EV_IPVS_EXPIRE, EV_CT_ALLOC_FAIL = 1, 2, 3, 4, 5
-DIR_SENT, DIR_RECV = 1, 2
-EVF_HAS_SOCK, EVF_KEEPALIVE, EVF_KA_PER_SOCK = 0x01, 0x02, 0x04
-EVF_IDLE, EVF_REASON, EVF_TRIGGER, EVF_OWNER, EVF_KA = 0x08, 0x10, 0x20, 0x40, 0x80
-EVF2_SK_CGROUP, EVF2_REASON_DERIVED = 0x01, 0x02
-# the reason a derived netfilter drop has on kernels that name it
-# (docs/EVENTS.md: reason_derived)
-DERIVED_DROP_REASON = "NETFILTER_DROP"
-TCP_SYN_FLAG = 0x02  # RFC 793 header bit, not a kernel value
+# numpy's aligned layout follows C's rules (a unit test holds it to the
+# offsets computed from the header)
+EVENT_DTYPE = np.dtype([(m.name, m.numpy) for m in cat.EVENT], align=True)
 
-KINDS = {EV_RESET: "reset", EV_CT_DROP: "ct_drop", EV_CT_FULL: "ct_full",
-         EV_IPVS_EXPIRE: "ipvs_expire", EV_CT_ALLOC_FAIL: "ct_alloc_fail"}
+#: enum rst_kind value -> the record's kind
+KINDS = {int(k.value): k.name for k in cat.EVENTS}   # type: ignore[arg-type]
 
 
 def take(arr: np.ndarray, idx: np.ndarray, field: str | None = None) -> np.ndarray:
@@ -144,9 +130,11 @@ class Decoder:
         return out[keep].tolist()
 
     def _columns(self, kind: int, a: np.ndarray):
-        build = {EV_RESET: self._reset, EV_CT_DROP: self._ct_drop, EV_CT_FULL: self._ct_full,
-                 EV_IPVS_EXPIRE: self._ipvs, EV_CT_ALLOC_FAIL: self._alloc_fail}.get(kind)
-        return None if build is None else build(a)
+        plan = _PLANS.get(kind)
+        if plan is None:
+            return None
+        g = _Group(self, a)
+        return plan[0], [build(g, f, g.valid(when, f.c)) for build, f, when in plan[1]]
 
     def _kind_dicts(self, kind: int, a: np.ndarray) -> list[dict]:
         built = self._columns(kind, a)
@@ -175,7 +163,6 @@ class Decoder:
         blocks.append(_const_block(const[:-1] + "}\n" if const.endswith(",") else const + "}\n", n))
         return np.concatenate(blocks, axis=1)
 
-    # -- per kind: (keys, columns) -------------------------------------
     def _time(self, a: np.ndarray) -> "Col":
         """Unix time in whole microseconds: "s.uuuuuu" in the text, the
         same number as a float (both exact to the microsecond)."""
@@ -184,95 +171,127 @@ class Decoder:
                    block=lambda: np.concatenate([_digits(us // 1_000_000), _const_block(".", len(us)),
                                                  _digits(us % 1_000_000, pad=6)], axis=1))
 
-    def _reset(self, a: np.ndarray):
-        n = len(a)
-        f = a["flags"]
-        has_sock = (f & EVF_HAS_SOCK) != 0
-        idle = (f & EVF_IDLE) != 0
-        ka = (f & EVF_KA) != 0
-        owner = (f & EVF_OWNER) != 0
-        sk_cg = (a["flags2"] & EVF2_SK_CGROUP) != 0
-        has_cg = owner | sk_cg
-        reason_ok = (f & EVF_REASON) != 0
-        trig_ok = (f & EVF_TRIGGER) != 0
-        fam = a["family"]
-        v6 = fam == socket.AF_INET6
-        st = a["state"]
-        rr = a["reason"]
-        trig = a["trigger_flags"]
-        state_names = Categorical.lookup(st, lambda v: self.tcp_states.get(v, str(v)) if v else "")
-        cols = [
-            Col.const("reset", n), self._time(a),
-            Categorical(np.where(a["dir"] == DIR_SENT, 0, 1), ["sent", "recv"]).col(),
-            Col.ints(a["netns"]),
-            Col.ints(np.where(v6, 6, 4)),
-            _addresses(a["saddr"], v6), Col.ints(a["sport"]),
-            _addresses(a["daddr"], v6), Col.ints(a["dport"]),
-            state_names, Col.ints(st),
-            Categorical.lookup(rr, lambda v: self.rst_reasons.get(v, str(v)), reason_ok),
-            Col.ints(rr, reason_ok),
-            Col.bools(has_sock),
-            Col.ints(a["cookie"], a["cookie"] != 0),
-            Col.bools((trig & TCP_SYN_FLAG) != 0, trig_ok & ~has_sock),
-            Col.ints(trig, trig_ok),
-            Col.ints(a["idle_jiffies"].astype(np.uint64) * 1000 // self.hz, idle),
-            Col.bools((f & EVF_KEEPALIVE) != 0, ka),
-            Col.ints(a["ka_time"] // self.hz, ka),
-            Col.ints(a["ka_intvl"] // self.hz, ka),
-            Col.ints(a["ka_probes"], ka),
-            Col.bools((f & EVF_KA_PER_SOCK) != 0, ka),
-            Col.ints(a["dev_netns"], a["dev_netns"] != 0),
-            Col.ints(a["pid"], owner),
-            Categorical.lookup(a["comm"], lambda b: b.split(b"\0", 1)[0].decode(errors="replace"), owner),
-            Col.ints(a["cgroup"], has_cg),
-            Categorical(np.where(owner, 0, 1), ["owner", "socket"], has_cg).col(),
-            Categorical.lookup(a["cgroup"], self._pod, has_cg),
-        ]
-        return RESET_KEYS, cols
-
     def _pod(self, cgroup: int) -> str | None:
         return self.pod_of(cgroup) if self.pod_of is not None and cgroup else None
 
-    def _ct_drop(self, a: np.ndarray):
-        rr = a["reason"]
-        # before 5.17 the kernel gives no reason: the program derived it
-        # from where the packet was freed, and there is no raw value
-        derived = (a["flags2"] & EVF2_REASON_DERIVED) != 0
-        key = rr.astype(np.uint64) | (derived.astype(np.uint64) << np.uint64(32))
-        return ("kind", "t", "netns", "reason", "reason_raw", "reason_derived", "protocol"), [
-            Col.const("ct_drop", len(a)), self._time(a),
-            Col.ints(a["netns"], a["netns"] != 0),
-            Categorical.lookup(key, lambda v: DERIVED_DROP_REASON if v >> 32
-                               else self.drop_reasons.get(v, str(v))),
-            Col.ints(rr, ~derived), Col.bools(derived), Col.ints(a["sport"])]
 
-    def _ct_full(self, a: np.ndarray):
-        texts = [b.decode(errors="replace").strip() for b in a["text"].tolist()]
-        return ("kind", "t", "netns", "text"), [
-            Col.const("ct_full", len(a)), self._time(a),
-            Col([parse_full_netns(t) for t in texts]), Col(texts)]
+class _Group:
+    """One group of events being decoded (one kind, mostly one shape): the
+    masks of the catalog's `when` conditions and the address family, each
+    computed once for all the fields that need them."""
 
-    def _ipvs(self, a: np.ndarray):
-        v6 = a["family"] == socket.AF_INET6
-        st = a["ipvs_state"]
-        return ("kind", "t", "netns", "protocol", "client", "cport", "vaddr", "vport",
-                "daddr", "dport", "state", "state_raw"), [
-            Col.const("ipvs_expire", len(a)), self._time(a), Col.ints(a["netns"]),
-            Col.ints(a["proto"]), _addresses(a["saddr"], v6), Col.ints(a["sport"]),
-            _addresses(a["daddr"], v6), Col.ints(a["dport"]),
-            _addresses(a["raddr"], v6), Col.ints(a["rport"]),
-            Categorical.lookup(st, lambda v: self.ipvs_states.get(v, str(v))), Col.ints(st)]
+    def __init__(self, dec: Decoder, a: np.ndarray):
+        self.dec, self.a, self.n = dec, a, len(a)
+        self._masks: dict[tuple, np.ndarray] = {}
+        self._v6: np.ndarray | None = None
+        self._texts: list[str] | None = None
 
-    def _alloc_fail(self, a: np.ndarray):
-        return ("kind", "t", "netns", "errno"), [
-            Col.const("ct_alloc_fail", len(a)), self._time(a),
-            Col([None] * len(a)), Col.ints(a["reason"])]
+    def valid(self, when: tuple | None, member: str | None) -> np.ndarray | None:
+        """Where a field has a value (None: everywhere), by its `when`."""
+        if when is None:
+            return None
+        m = self._masks.get((when, member))
+        if m is None:
+            m = self._masks[(when, member)] = self._eval(when, member)
+        return m
+
+    def _eval(self, when: tuple, member: str | None) -> np.ndarray:
+        a = self.a
+        out = None
+        for alt in when:
+            both = None
+            for term in alt:
+                if term[0] == "nonzero":
+                    m = a[member] != 0
+                else:
+                    m = (a[term[1]] & term[2]) != 0
+                if term[-1]:
+                    m = ~m
+                both = m if both is None else both & m
+            out = both if out is None else out | both
+        assert out is not None
+        return out
+
+    @property
+    def v6(self) -> np.ndarray:
+        if self._v6 is None:
+            self._v6 = self.a["family"] == socket.AF_INET6
+        return self._v6
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = [b.decode(errors="replace").strip() for b in self.a["text"].tolist()]
+        return self._texts
 
 
-RESET_KEYS = ("kind", "t", "dir", "netns", "family", "src", "sport", "dst", "dport", "state",
-              "state_raw", "reason", "reason_raw", "has_sock", "cookie", "syn", "trigger_flags",
-              "idle_ms", "keepalive", "ka_time_s", "ka_intvl_s", "ka_probes", "ka_per_socket",
-              "dev_netns", "pid", "comm", "cgroup", "cgroup_of", "pod")
+Valid = np.ndarray | None
+
+
+def _names(g: _Group, f: Field, valid: Valid) -> "Col":
+    d = f.decode
+    table: dict[int, str] = getattr(g.dec, d.arg)
+    zero = d.zero
+    if zero is None:
+        name = lambda v: table.get(v, str(v))          # noqa: E731
+    else:
+        name = lambda v: table.get(v, str(v)) if v else zero   # noqa: E731
+    raw = g.a[f.c]
+    if d.flag is None:
+        return Categorical.lookup(raw, name, valid)
+    # a name the program derived (the kernel has no value for it): the flag
+    # above the 32-bit raw value keys it apart from every kernel value
+    flagged = (g.a[cat.flag_member(d.flag)] & d.flag) != 0
+    key = raw.astype(np.uint64) | (flagged.astype(np.uint64) << np.uint64(32))
+    return Categorical.lookup(key, lambda v: d.yes if v >> 32 else name(v), valid)
+
+
+def _enum(g: _Group, f: Field, valid: Valid) -> "Col":
+    raw, pairs = g.a[f.c], f.decode.arg
+    codes = np.full(len(raw), -1, np.intp)
+    for i, (v, _) in enumerate(pairs):
+        codes[raw == v] = i
+    if (codes < 0).any():   # a value the header does not name: shown as its number
+        names = {int(v): n for v, n in pairs}
+        return Categorical.lookup(raw, lambda v: names.get(v, str(v)), valid)
+    return Categorical(codes, [n for _, n in pairs], valid).col()
+
+
+def _choice(g: _Group, f: Field, valid: Valid) -> "Col":
+    d = f.decode
+    return Categorical(np.where((g.a[f.c] & d.arg) != 0, 0, 1), [d.yes, d.no], valid).col()
+
+
+def _cstring(b: bytes) -> str:
+    # the task's name as the kernel holds it: what follows the NUL is stale
+    return b.split(b"\0", 1)[0].decode(errors="replace")
+
+
+# decode op (rsttrace.schema.catalog.Decode) -> its column
+_BUILD: dict[str, Callable[[_Group, Field, Valid], "Col"]] = {
+    "kind": lambda g, f, v: Col.const(KINDS[int(g.a["kind"][0])], g.n),
+    "time": lambda g, f, v: g.dec._time(g.a),
+    "int": lambda g, f, v: Col.ints(g.a[f.c], v),
+    "jiffies_ms": lambda g, f, v: Col.ints(g.a[f.c].astype(np.uint64) * 1000 // g.dec.hz, v),
+    "jiffies_s": lambda g, f, v: Col.ints(g.a[f.c] // g.dec.hz, v),
+    "bit": lambda g, f, v: Col.bools((g.a[f.c] & f.decode.arg) != 0, v),
+    "names": _names,
+    "enum": _enum,
+    "choice": _choice,
+    "addr": lambda g, f, v: _addresses(g.a[f.c], g.v6),
+    "family": lambda g, f, v: Col.ints(np.where(g.v6, 6, 4)),
+    "cstring": lambda g, f, v: Categorical.lookup(g.a[f.c], _cstring, v),
+    "text": lambda g, f, v: Col(g.texts),
+    "full_netns": lambda g, f, v: Col([parse_full_netns(t) for t in g.texts]),
+    "pod": lambda g, f, v: Categorical.lookup(g.a[f.c], g.dec._pod, v),
+    "null": lambda g, f, v: Col([None] * g.n),
+}
+
+# enum rst_kind value -> (keys, [(builder, field, parsed `when`)]): each
+# kind's record, field by field, as the catalog lists them
+_PLANS = {int(k.value): (k.keys, [(_BUILD[f.decode.op], f,   # type: ignore[union-attr, arg-type]
+                                   cat.parse_when(f.when) if f.when else None) for f in k.fields])
+          for k in cat.EVENTS}
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 

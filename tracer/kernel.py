@@ -33,7 +33,9 @@ def ensure_tracefs() -> tuple[bool, str]:
                        capture_output=True, text=True)
     if r.returncode == 0 and (TRACEFS / "events").is_dir():
         return True, f"tracefs was not mounted: mounted it at {TRACEFS}"
-    return False, f"tracefs not mounted and mount failed: {r.stderr.strip()}"
+    return False, (f"tracefs is not mounted at {TRACEFS} and mounting it failed "
+                   f"({r.stderr.strip() or f'mount exit {r.returncode}'}): mount the host's {TRACEFS} "
+                   "into the container (a hostPath volume), or give it CAP_SYS_ADMIN to mount it")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,10 +22,11 @@ from pathlib import Path
 from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
-from .offsets import (CAST_TYPES, FEXIT_RET, HEADER_CHECKS, IPVS_HEADER, IPVS_HEADER_MEMBERS,
-                      NF_DROP_FUNCS, RAW_TP_ARGS, RDONLY_CAST, KernelLayout, btf_tracepoint_abi,
-                      fexit_ret_index, ipvs_netns, kernel_layout, nf_drop_site_define,
-                      raw_tp_layout, rdonly_cast_ids)
+from .offsets import (ACCEPT_FIELDS, CAST_TYPES, FEXIT_RET, HEADER_CHECKS, IPVS_HEADER,
+                      IPVS_HEADER_MEMBERS, IPVS_NETNS_DIRECT, IPVS_NETNS_WALK, IPVS_OFFSETS,
+                      NF_DROP_FUNCS, RAW_TP_ARGS, RDONLY_CAST, SOCKET_OFFSETS, SOCKET_OPTIONAL,
+                      TASK_OPTIONAL, KernelLayout, btf_tracepoint_abi, fexit_ret_index, ipvs_netns,
+                      kernel_layout, nf_drop_site_define, raw_tp_layout, rdonly_cast_ids)
 from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
@@ -49,10 +51,100 @@ RINGBUF_PAGES = 4096  # 16 MiB: ~77,000 events, 0.5 s of the fastest storm measu
 RESCUE_PAGES = 256
 # filters are compiled in as comparisons with constants
 MAX_FILTER_VALUES = 64
+# the TCP states the programs compare against
+TCP_STATES = ("TCP_SYN_SENT", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
 
 
 class LoadError(Exception):
     pass
+
+
+# ---- the program's configuration: every -D flag, once ---------------------
+
+@dataclass(frozen=True)
+class Define:
+    """A -D flag the loader may pass: a macro, or a family of them (a name
+    with a `*`, whose members are `names`), and what it carries."""
+    name: str
+    doc: str
+    names: tuple[str, ...] = ()
+
+    def matches(self, macro: str) -> bool:
+        return macro in self.names if "*" in self.name else macro == self.name
+
+
+#: Every -D flag build() passes to bpf/rsttrace.bpf.c, and nothing else: the
+#: program's whole configuration. build() refuses a flag missing here, and
+#: the .c's opening comment lists this table as `python -m
+#: rsttrace.tracer.loader` writes it (a unit test compares).
+DEFINES = (
+    Define("OFF_*", "struct member offsets, from the running kernel's BTF (tracer/offsets.py)",
+           tuple(sorted({*SOCKET_OFFSETS, *SOCKET_OPTIONAL, *TASK_OPTIONAL, *ACCEPT_FIELDS, *IPVS_OFFSETS,
+                         *IPVS_NETNS_DIRECT, *IPVS_NETNS_WALK}))),
+    Define("ARG_*", "argument positions of raw tracepoints, and of an fexit program's return value, from "
+           "their BTF prototypes", tuple(sorted({*RAW_TP_ARGS, *FEXIT_RET.values()}))),
+    Define("SOCK_KEEPOPEN_BIT", "enum sock_flags.SOCK_KEEPOPEN, from BTF"),
+    Define("NETFILTER_DROP_REASON", "SKB_DROP_REASON_NETFILTER_DROP of enum skb_drop_reason, from BTF "
+           "(5.17+)"),
+    Define("CT_DROP_DERIVED", "before 5.17 (skb:kfree_skb has no reason): a netfilter drop told by where "
+           "the packet was freed, with NF_DROP_SITE"),
+    Define("NF_DROP_SITE", "NF_DROP_SITE(addr): whether a code address lies in netfilter's drop sites "
+           "(offsets.NF_DROP_FUNCS, their ranges from /proc/kallsyms), compared with constants"),
+    Define("TCP_*_", "the TCP states the programs compare with, from the kernel's own table (tracefs)",
+           tuple(f"{s}_" for s in TCP_STATES)),
+    Define("AF_INET", "the address family values user space uses"),
+    Define("AF_INET6", "(the same)"),
+    Define("IPPROTO_TCP", "(the same)"),
+    Define("TP_BTF", "tracepoints as BTF tracepoints (plain loads), else raw tracepoints"),
+    Define("CALL_SOCKET_COOKIE", "BTF programs may call bpf_get_socket_cookie (5.12+): the owner table "
+           "tells sockets apart by cookie"),
+    Define("CALL_TASK_BTF", "BTF programs may call bpf_get_current_task_btf (5.11+): the task's fields "
+           "as plain loads"),
+    Define("KFUNC_RDONLY_CAST", f"BTF id of {RDONLY_CAST}: tcp_sock and packet headers typed by a cast"),
+    Define("BTF_*", "BTF ids of the structs cast to (with KFUNC_RDONLY_CAST)", tuple(sorted(CAST_TYPES))),
+    Define("HAVE_TP_*", "each tracepoint to attach", tuple(sorted(TRACEPOINT_DEFINES.values()))),
+    Define("HAVE_TP_SEND_RESET_REASON", "tcp:tcp_send_reset carries the reset's reason (6.10+)"),
+    Define("HAVE_FEXIT_ACCEPT", "owners of accepted sockets from an fexit on inet_csk_accept"),
+    Define("HAVE_TP_ACCEPT", "owners of accepted sockets from syscalls:sys_exit_accept4 (record "
+           "--accept-syscalls)"),
+    Define("HAVE_TP_ACCEPT_PLAIN", "and from syscalls:sys_exit_accept"),
+    Define("WANT_KPROBE_SEND_RESET", "kprobes on tcp_v4/v6_send_reset (no-socket resets before 6.10)"),
+    Define("WANT_KPROBE_TCP_RESET", "kprobe on tcp_reset (no tcp:tcp_receive_reset)"),
+    Define("WANT_KPROBE_IPVS_EXPIRE", "kprobe on ip_vs_conn_expire"),
+    Define("WANT_KRETPROBE_CT_ALLOC", "kretprobe on __nf_conntrack_alloc"),
+    Define("NET_NAMESPACE_LIST", "address of net_namespace_list (/proc/kallsyms): an IPVS entry's "
+           "namespace found by walking the list"),
+    Define("USE_PCRING", "per-CPU rings, with PCRING_CPUS and PCRING_SLOTS"),
+    Define("PCRING_CPUS", "(per-CPU rings)"),
+    Define("PCRING_SLOTS", "(per-CPU rings)"),
+    Define("USE_RINGBUF", "the BPF ring buffer, with RINGBUF_PAGES and RESCUE_PAGES (neither: the perf "
+           "buffer)"),
+    Define("RINGBUF_PAGES", "(BPF ring buffer)"),
+    Define("RESCUE_PAGES", "(BPF ring buffer)"),
+    Define("PORT_WANTED", "PORT_WANTED(p): the --port filter, compared with constants (no map lookup)"),
+    Define("NETNS_WANTED", "NETNS_WANTED(ns): the --netns filter, the same way"),
+    Define("BENCH_RETURN_EARLY", "bench/bench_storm.py --floor only"),
+    Define("BENCH_MINIMAL", "(the same)"),
+)
+
+
+def defines_comment() -> str:
+    """DEFINES as the lines of bpf/rsttrace.bpf.c's opening comment."""
+    out = []
+    for d in DEFINES:
+        out += textwrap.wrap(d.doc, 78, initial_indent=f" *   {d.name}  ", subsequent_indent=" *       ",
+                             break_on_hyphens=False)
+    return "\n".join(out) + "\n"
+
+
+def _check_defines(cflags: list[str]) -> None:
+    """Every -D flag is one of DEFINES (a flag added elsewhere without its
+    line there fails here, in every build)."""
+    for flag in cflags:
+        if flag.startswith("-D"):
+            macro = flag[2:].split("=", 1)[0].split("(", 1)[0]
+            if not any(d.matches(macro) for d in DEFINES):
+                raise LoadError(f"-D{macro} is not in tracer/loader.py DEFINES: add it there")
 
 
 def bpf_dir() -> Path:
@@ -141,7 +233,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
     if tp_btf:
         helpers = [d for d, why in caps.btf_helpers.items() if not why]
         defines += [f"-D{d}" for d in sorted(helpers)]
-        if "BTF_COOKIE" in helpers:
+        if "CALL_SOCKET_COOKIE" in helpers:
             # the owner table tells sockets apart by cookie: no program on
             # every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
             tps.discard("tcp:tcp_destroy_sock")
@@ -207,6 +299,7 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         misses_at = btf.field("bpf_prog_info", "recursion_misses")[0]
     except BTFError:
         misses_at = None
+    _check_defines(defines)
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
                    misses_at, btf_ids, abi, transport, percpu, kfuncs)
 
@@ -256,9 +349,6 @@ def percpu_ring_size(ring_pages: int) -> tuple[int, int]:
     each = ring_pages * os.sysconf("SC_PAGE_SIZE") // SLOT_SIZE // cpus
     return cpus, max(PERCPU_MIN_SLOTS, 1 << max(0, each.bit_length() - 1))
 
-
-# the TCP states the programs compare against
-TCP_STATES = ("TCP_SYN_SENT", "TCP_CLOSE", "TCP_TIME_WAIT", "TCP_NEW_SYN_RECV")
 
 
 def tcp_state_defines() -> list[str]:
@@ -455,3 +545,8 @@ def program_fds(b) -> list[int]:
     result): bcc's own and the BTF tracepoints loaded from its bytecode."""
     fds = [fn.fd for fn in b.funcs.values() if fn.fd is not None and fn.fd >= 0]
     return fds + [prog for prog, _link in getattr(b, "rsttrace_btf_tps", [])]
+
+
+if __name__ == "__main__":
+    # python -m rsttrace.tracer.loader: the -D list of the .c's opening comment
+    sys.stdout.write(defines_comment())

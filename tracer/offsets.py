@@ -41,7 +41,6 @@ SOCKET_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_NET_KA_PROBES": ("net", ("ipv4.sysctl_tcp_keepalive_probes",)),
     "OFF_SKB_DEV": ("sk_buff", ("dev",)),
     "OFF_SKB_SK": ("sk_buff", ("sk",)),
-    "OFF_SKB_DATA": ("sk_buff", ("data",)),
     "OFF_SKB_HEAD": ("sk_buff", ("head",)),
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", ("network_header",)),
     "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", ("transport_header",)),

@@ -24,6 +24,8 @@ import re
 import time
 from pathlib import Path
 
+from .fsnames import mountinfo_path, text
+
 POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 LOG_DIR = re.compile(r"^(?P<ns>[^_]+)_(?P<name>.+)_(?P<uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 MAX_DIRS = 200_000   # a bound on one walk of the cgroup tree
@@ -32,14 +34,17 @@ MAX_DIRS = 200_000   # a bound on one walk of the cgroup tree
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
     /sys/fs/cgroup/unified on hybrid hosts)."""
+    # Bytes: a mount point need not be UTF-8 (a namespace named with any
+    # byte is bind-mounted under /run/netns).
     try:
-        lines = Path(mountinfo).read_text().splitlines()
+        lines = Path(mountinfo).read_bytes().splitlines()
     except OSError:
         return None
     for line in lines:
-        left, _, right = line.partition(" - ")
-        if right.split(" ", 1)[0] == "cgroup2":
-            return Path(left.split()[4])
+        left, _, right = line.partition(b" - ")
+        fields = left.split()
+        if right.split(b" ", 1)[0] == b"cgroup2" and len(fields) > 4:
+            return Path(mountinfo_path(fields[4]))
     return None
 
 
@@ -101,7 +106,7 @@ class PodResolver:
                 for d in it:
                     m = LOG_DIR.match(d.name)
                     if m:
-                        names[m["uid"]] = f"{m['ns']}/{m['name']}"
+                        names[m["uid"]] = text(f"{m['ns']}/{m['name']}")
         except OSError:
             pass
         self._names = names

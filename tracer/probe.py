@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernel
@@ -20,8 +20,6 @@ from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
 from .offsets import (ACCEPT_FIELDS, IPVS_HEADER, IPVS_OFFSETS, NF_DROP_FUNCS, KernelLayout,
                       ipvs_netns, unresolved)
-
-SIGNALS = ("reset_sent", "reset_recv", "ct_drop", "ct_full", "ipvs_expire", "owner")
 
 # tracepoints rsttrace can use: (group, name)
 TRACEPOINTS = (
@@ -180,8 +178,8 @@ def _helper_call(helper_id: int, sk_arg: bool) -> bytes:
     return load_sk + bytes([0x85, 0, 0, 0]) + helper_id.to_bytes(4, "little") + RETURN_0
 
 
-BTF_HELPERS = {"BTF_COOKIE": ("get_socket_cookie", True),
-               "BTF_TASK": ("get_current_task_btf", False)}
+BTF_HELPERS = {"CALL_SOCKET_COOKIE": ("get_socket_cookie", True),
+               "CALL_TASK_BTF": ("get_current_task_btf", False)}
 
 
 def _try_btf_helpers(btf, tp_btf: bool) -> dict[str, str]:
@@ -522,7 +520,3 @@ def transport(caps: Capabilities) -> tuple[str, str]:
 def plan_summary(hooks: dict[str, Hook]) -> dict[str, dict]:
     return {name: {"hook": h.hook, "available": h.available, "why": h.why}
             for name, h in hooks.items()}
-
-
-def caps_dict(caps: Capabilities) -> dict:
-    return asdict(caps)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rsttrace.tracer.recording import RecordingError, iter_recording
+from rsttrace.schema.recording import RecordingError, iter_recording
 
 __all__ = ["ReplaySource", "RecordingError"]
 
@@ -47,6 +47,13 @@ class ReplaySource:
         try:
             return next(self._it)
         except StopIteration:
+            return None
+        except RecordingError as e:
+            if self._reader.header is None:
+                raise
+            # The file stopped being readable part way (an I/O error): what
+            # was read stands, the replay ends there and says why.
+            self._reader._notes.append(f"{e}; the replay ends there")
             return None
 
     # -- TraceSession interface -------------------------------------------
@@ -128,8 +135,10 @@ class ReplaySource:
     def stats(self) -> dict[str, int]:
         totals = self._reader.totals or {}
         # Lost events are known from the totals line once the file is read to
-        # its end; a truncated recording has none and reports 0.
-        return {"events": self._events, "lost": int(totals.get("lost") or 0)}
+        # its end; a truncated recording has none and reports 0. `invalid`:
+        # lines skipped so far because they did not validate.
+        return {"events": self._events, "lost": int(totals.get("lost") or 0),
+                "invalid": self._reader.invalid}
 
     @property
     def truncated(self) -> bool:

@@ -5,11 +5,16 @@ record) and hands a `Batch` to the UI about every 100 ms, only once the
 previous batch has been drawn; the UI folds it into `LiveState` and
 refreshes the panels. The UI thread's work per batch is bounded by the
 ring's capacity and the screen size, so keys stay responsive in a storm.
+
+Everything else that may block runs in thread workers too (the config
+audit of new context, the CSV export, applying a fix plan); a worker that
+fails is reported by one handler, `on_worker_state_changed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from datetime import datetime, timezone, tzinfo
@@ -22,8 +27,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer
+from textual.worker import Worker, WorkerState, get_current_worker
 
-from rsttrace.tui.feed import Classifier, Feeder, Recorder, Source
+from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.analysis.config import Finding, audit
+from rsttrace.analysis.fixes import Fix
+from rsttrace.analysis.safe import printable
+from rsttrace.tui.feed import Feeder, Recorder, Source
 from rsttrace.tui.panels import (CausePanel, ConntrackPanel, DetailPane, StatusHeader,
                                  TimeoutsPanel)
 from rsttrace.tui.screens import FilterScreen, FixPlanScreen, HelpScreen
@@ -38,6 +48,16 @@ class BatchReady(Message):
     def __init__(self, batch: Batch) -> None:
         super().__init__()
         self.batch = batch
+
+
+class WorkFailed(Exception):
+    """A worker's failure in words for the user (what to do included)."""
+
+
+# Applies a reset's fixes through the remedy engine (tui/apply.py), given
+# the recording header and each namespace and cookie seen (so it acts on
+# the namespace the fix was computed for, not one that took its inode).
+Applier = Callable[[list[Fix], dict[str, Any], list[dict[str, Any]]], str]
 
 
 class RstApp(App[int]):
@@ -58,7 +78,7 @@ class RstApp(App[int]):
     def __init__(self, source: Source, classifier: Classifier, *, capacity: int = 2000,
                  recorder: Recorder | None = None, tz: tzinfo | None = None,
                  export_dir: str | Path = ".", source_label: str = "live",
-                 apply_fixes: Callable[[list[Any]], str] | None = None,
+                 apply_fixes: Applier | None = None,
                  apply_unavailable: str | None = "no remedy engine",
                  wall: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -78,6 +98,7 @@ class RstApp(App[int]):
         self._source_closed = False
         self.batches = 0  # batches drawn (tests and the benchmark wait on it)
         self.last_export: Path | None = None
+        self.export_job: Worker[None] | None = None   # the latest export (tests wait on it)
 
     # -- layout ------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -106,6 +127,19 @@ class RstApp(App[int]):
         self.w_table.focus()
         self._refresh_panels()
         self._feed_worker()
+        # A service manager's SIGTERM or a dropped ssh session's SIGHUP ends
+        # the screen as `q` does (tracing detached, a recording completed)
+        # instead of killing it mid-write; the exit status says which signal.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, lambda s=sig: self.run_worker(self._quit_on(s)))
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass    # not the main thread (tests run the app elsewhere)
+
+    async def _quit_on(self, sig: int) -> None:
+        await self.stop_source()
+        self.exit(128 + sig)
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)
@@ -116,7 +150,7 @@ class RstApp(App[int]):
         self.set_class(width >= WIDE_MIN_COLS, "-wide")
 
     # -- worker --------------------------------------------------------------
-    @work(thread=True, exclusive=True, name="feed")
+    @work(thread=True, exclusive=True, name="feed", exit_on_error=False)
     def _feed_worker(self) -> None:
         last_post = 0.0
         try:
@@ -125,14 +159,13 @@ class RstApp(App[int]):
             while not self._stop.is_set():
                 try:
                     self.feeder.step(0.05)
-                except Exception as e:  # a broken recording or a failed source: say so, keep the screen
-                    b = self.feeder.take()
-                    b.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                except Exception:
+                    # a broken recording or a failed source: what came before
+                    # it is drawn, the screen stays, the handler says why
                     self.feeder.done = True
                     self._drawn.clear()
-                    self.post_message(BatchReady(b))
-                    self._stop.wait()
-                    break
+                    self.post_message(BatchReady(self.feeder.take()))
+                    raise
                 now = time.monotonic()
                 if self._drawn.is_set() and now - last_post >= BATCH_INTERVAL_S:
                     self._drawn.clear()
@@ -141,6 +174,17 @@ class RstApp(App[int]):
         finally:
             self._close_source()
             self._worker_done.set()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a worker's failure is reported."""
+        if event.state is not WorkerState.ERROR:
+            return
+        err = event.worker.error
+        text = str(err) if isinstance(err, WorkFailed) else f"{type(err).__name__}: {err}".splitlines()[0]
+        if event.worker.name == "feed":
+            self.state.error = text     # kept in the header: the source has stopped
+            self.w_header.refresh()
+        self.tell(f"{event.worker.name} failed: {text}", severity="error", timeout=10)
 
     def _close_source(self) -> None:
         with self._close_lock:
@@ -163,9 +207,21 @@ class RstApp(App[int]):
             self.state.apply(message.batch)
             self.w_table.sync()
             self._refresh_panels()
+            if message.batch.ctx:
+                self._audit(self.state.context())
         finally:
             self.batches += 1
             self._drawn.set()
+
+    @work(thread=True, exclusive=True, group="audit", name="config audit", exit_on_error=False)
+    def _audit(self, namespaces: list[dict[str, Any]]) -> None:
+        findings = audit(namespaces)
+        if not get_current_worker().is_cancelled:   # newer context is being audited
+            self.call_from_thread(self._take_findings, findings)
+
+    def _take_findings(self, findings: list[Finding]) -> None:
+        self.state.findings = findings
+        self.w_timeouts.update_from_state()
 
     def _refresh_panels(self) -> None:
         self.w_header.refresh()
@@ -211,18 +267,24 @@ class RstApp(App[int]):
         verdicts = self.state.retained_verdicts()
         stamp = datetime.fromtimestamp(self._wall(), timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"rsttrace-resets-{stamp}.csv"
-        try:
-            from rsttrace.analysis.report import to_frame, write_csv
-            self.export_dir.mkdir(parents=True, exist_ok=True)
-            write_csv(to_frame(verdicts, self.feeder.names.snapshot()), path)
-        except OSError as e:
-            self.notify(f"export failed: {e.strerror}: {path} (choose another --export-dir)",
-                        severity="error", timeout=8)
-            return
-        self.last_export = path
         older = self.state.total - len(verdicts)
+        self.export_job = self._export(verdicts, self.feeder.names.snapshot(), path, older)
+
+    @work(thread=True, name="export", exit_on_error=False)
+    def _export(self, verdicts: list[Verdict], names: dict[int, str], path: Path, older: int) -> None:
+        from rsttrace.analysis.report import write_verdicts
+        from rsttrace.outfile import OutFile, OutputError
+        try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            with OutFile(path) as out:
+                write_verdicts(verdicts, out, names)
+        except OutputError as e:
+            raise WorkFailed(f"{e} (choose another --export-dir)") from e
+        except OSError as e:
+            raise WorkFailed(f"{e.strerror}: {self.export_dir} (choose another --export-dir)") from e
+        self.last_export = path
         note = f" ({older} older ones are no longer in memory: use --record)" if older > 0 else ""
-        self.notify(f"exported {len(verdicts)} resets to {path}{note}", timeout=8)
+        self.call_from_thread(self.tell, f"exported {len(verdicts)} resets to {path}{note}", timeout=8)
 
     def action_fix_plan(self) -> None:
         row = self.w_table.selected
@@ -232,18 +294,21 @@ class RstApp(App[int]):
 
         def done(result: Any) -> None:
             if result == "apply" and self.apply_fixes is not None:
-                self._apply(list(getattr(row.verdict, "fixes", None) or []))
+                self._apply(row.verdict.fixes, self.state.seen_namespaces())
 
         self.push_screen(FixPlanScreen(row, self.apply_unavailable), done)
 
-    @work(thread=True, name="apply")
-    def _apply(self, fixes: list[Any]) -> None:
+    @work(thread=True, name="apply", exit_on_error=False)
+    def _apply(self, fixes: list[Fix], namespaces: list[dict[str, Any]]) -> None:
         assert self.apply_fixes is not None
-        try:
-            msg = self.apply_fixes(fixes)
-            self.call_from_thread(self.notify, msg, timeout=10)
-        except Exception as e:
-            self.call_from_thread(self.notify, f"apply failed: {e}", severity="error", timeout=10)
+        msg = self.apply_fixes(fixes, self.source.header, namespaces)
+        self.call_from_thread(self.tell, msg, timeout=10)
+
+    def tell(self, text: str, **kw: Any) -> None:
+        """A notification that quotes the host (namespace names, paths):
+        plain text through the one sanitiser, never markup (`[/]` in a
+        name would stop the screen, `[link=...]` would make a link)."""
+        self.notify(printable(text), markup=False, **kw)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -1,6 +1,6 @@
 """The worker side of the live screen: polls a source (TraceSession or
-ReplaySource), feeds the classifier, optionally records, and gathers what
-the screen needs into a `Batch`.
+ReplaySource), pumps its records through the classifier (analysis/pump.py),
+optionally records, and gathers what the screen needs into a `Batch`.
 
 It runs in a thread and never touches widgets; the App takes a batch when
 the previous one has been drawn, so a storm cannot queue up messages: rows
@@ -13,6 +13,8 @@ import time
 from datetime import timezone, tzinfo
 from typing import Any, Callable, Protocol
 
+from rsttrace.analysis.classify import Classifier, Verdict
+from rsttrace.analysis.pump import Pump, clock_of
 from rsttrace.tui.rows import NetnsNames, make_row
 from rsttrace.tui.state import Batch
 
@@ -29,12 +31,6 @@ class Source(Protocol):
     def stop(self) -> None: ...
 
 
-class Classifier(Protocol):
-    def feed(self, record: dict[str, Any]) -> list[Any]: ...
-    def tick(self, now_t: float) -> list[Any]: ...
-    def flush(self) -> list[Any]: ...
-
-
 class Recorder(Protocol):
     def write_many(self, records: Any) -> None: ...
     def close(self, totals: dict[str, Any] | None = None) -> None: ...
@@ -45,7 +41,7 @@ class Feeder:
                  recorder: Recorder | None = None, tz: tzinfo | None = timezone.utc,
                  wall: Callable[[], float] = time.time):
         self.source = source
-        self.classifier = classifier
+        self.pump = Pump(classifier, self._verdicts, clock_of(source, wall))
         self.capacity = capacity
         self.recorder = recorder
         self.tz = tz
@@ -58,15 +54,11 @@ class Feeder:
         self.records = 0
         self._started = wall()
 
-    @property
-    def replay(self) -> bool:
-        return hasattr(self.source, "now") and hasattr(self.source, "done")
-
     def now(self) -> float:
         """The event clock: the recording's for a replay, the wall's live."""
-        return float(self.source.now()) if self.replay else self._wall()  # type: ignore[attr-defined]
+        return float(self.pump.clock())
 
-    def _verdicts(self, verdicts: list[Any]) -> None:
+    def _verdicts(self, verdicts: list[Verdict]) -> None:
         for v in verdicts:
             self._seq += 1
             self._batch.add_row(make_row(self._seq, v, self.names, self.tz))
@@ -80,22 +72,24 @@ class Feeder:
         if recs and self.recorder is not None:
             self.recorder.write_many(recs)
         b = self._batch
-        for i, rec in enumerate(recs):
-            if i and not i % YIELD_EVERY:
+        for i in range(0, len(recs), YIELD_EVERY):
+            if i:
                 # Hand the GIL to the UI thread: without it a storm batch holds
                 # the interpreter for hundreds of ms and key presses wait.
                 time.sleep(0)
-            if rec.get("kind") == "ctx":
-                for ns in rec.get("namespaces") or []:
-                    if isinstance(ns, dict) and ns.get("name") and ns.get("netns") is not None:
-                        self.names.update({ns["netns"]: ns["name"]})
-            b.add_record(rec)
-            self._verdicts(self.classifier.feed(rec))
+            chunk = recs[i:i + YIELD_EVERY]
+            for rec in chunk:
+                if rec.get("kind") == "ctx":
+                    for ns in rec.get("namespaces") or []:
+                        if isinstance(ns, dict) and ns.get("name") and ns.get("netns") is not None:
+                            self.names.update({ns["netns"]: ns["name"]})
+                b.add_record(rec)
+            self.pump.feed(chunk)
         self.records += len(recs)
-        self._verdicts(self.classifier.tick(self.now()))
-        if self.replay and getattr(self.source, "done", False):
+        self.pump.tick()
+        if getattr(self.source, "done", False):
             # The recording ended: resets still waiting for their pair are final now.
-            self._verdicts(self.classifier.flush() or [])
+            self.pump.flush()
             self.done = True
         return len(recs)
 
@@ -104,6 +98,7 @@ class Feeder:
         b, self._batch = self._batch, Batch.empty(self.capacity)
         st = self.source.stats()
         b.events, b.lost = int(st.get("events", 0)), int(st.get("lost", 0))
+        b.invalid = int(st.get("invalid", 0))
         b.now = self.now()
         b.source_done = self.done
         return b

@@ -15,6 +15,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
+from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, Severity
 from rsttrace.tui.rows import NetnsNames, Row, cause_style, detail_text, plain
 from rsttrace.tui.state import LiveState, NsContext
 
@@ -75,6 +76,9 @@ class StatusHeader(Widget):
         line.append(_n(s.events))
         line.append("  lost ", style="dim")
         line.append(_n(s.lost), style="bold red" if s.lost else "green")
+        if s.invalid:   # a replayed recording's lines that did not validate (skipped)
+            line.append("  invalid ", style="dim")
+            line.append(_n(s.invalid), style="bold red")
         line.append("  resets ", style="dim")
         line.append(_n(s.total), style="bold")
         if s.paused:
@@ -193,34 +197,27 @@ class ConntrackPanel(Static):
         self.update(t)
 
 
-TIMEOUT_FINDINGS = ("ordering", "no_margin", "idle_timeout")
-
-
 class TimeoutsPanel(Static):
     """keepalive < IPVS tcp timeout <= conntrack established, per namespace.
-    The analysis' audit decides what is a break; this only shows it."""
+    The analysis' audit (run by a worker, kept in the state) decides what is
+    a break; this only shows it."""
 
     def __init__(self, state: LiveState, **kw) -> None:
         super().__init__(**kw)
         self.state = state
 
     def update_from_state(self) -> None:
-        from rsttrace.analysis.config import audit
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("timeouts s (keepalive < ipvs tcp ≤ ct established)", style="bold underline")
         rows = [ns for ns in self.state.namespaces.values() if ns.raw and (ns.sysctl or ns.ipvs)]
         if not rows:
             t.append("\nno timeout context yet", style="dim")
-        findings = [f for f in (audit([ns.raw for ns in rows]) if rows else [])
-                    if f.key in TIMEOUT_FINDINGS]
-        rank = {"error": 0, "warning": 1}
-        worst = {}
-        for f in findings:
-            worst[f.netns] = min(worst.get(f.netns, 2), rank.get(f.severity, 1))
+        findings = [f for f in self.state.findings if f.key in TIMEOUT_FINDINGS]
+        errors = {f.netns for f in findings if f.severity is Severity.ERROR}
+        warned = {f.netns for f in findings}
         # Broken namespaces first: at 80x24 only the first lines are visible.
-        for ns in sorted(rows, key=lambda n: (worst.get(n.netns, 2), n.name)):
-            mine = [f for f in findings if f.netns == ns.netns]
-            bad = any(f.severity == "error" for f in mine)
+        for ns in sorted(rows, key=lambda n: (n.netns not in errors, n.netns not in warned, n.name)):
+            bad, mine = ns.netns in errors, ns.netns in warned
             style = "bold red" if bad else "yellow" if mine else ""
             ka = ns.sysctl.get("tcp_keepalive_time")
             ct = ns.sysctl.get("nf_conntrack_tcp_timeout_established")
@@ -231,9 +228,8 @@ class TimeoutsPanel(Static):
             t.append("  ✗ broken" if bad else "  ! no margin" if mine else "  ok",
                      style=style or "green")
         for f in findings:
-            if True:
-                t.append("\n")
-                t.append_text(plain(f.message, "red" if f.severity == "error" else "yellow"))
+            t.append("\n")
+            t.append_text(plain(f.message, "red" if f.severity is Severity.ERROR else "yellow"))
         self.update(t)
 
 

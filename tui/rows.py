@@ -10,41 +10,45 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Iterable
+from typing import Any
 
 from rich.text import Text
 
-# Colours for the causes the classifier names; a cause not listed gets a
-# stable colour from its name so new causes still stand apart.
-CAUSE_COLOURS: dict[str, str] = {
-    "conntrack_full": "bold red",
-    "timeout_mismatch": "magenta",
-    "ipvs_idle_expiry": "magenta",
-    "keepalive": "yellow",
-    "idle_timeout": "yellow",
-    "conntrack_invalid": "bright_red",
-    "ipvs_nodest": "bright_magenta",
-    "no_listener": "cyan",
-    "peer_reset": "green",
-    "unknown": "bright_black",
+from rsttrace.analysis.classify import Verdict
+from rsttrace.analysis.fixes import Fix
+from rsttrace.analysis.safe import printable
+from rsttrace.schema.catalog import RESET
+
+# The reset fields the table shows (tui/table.py titles their columns with
+# the catalog's labels): named through the catalog, so a field renamed
+# there fails here at import instead of showing "-" in every row.
+_STATE, _IDLE_MS, _COMM, _PID = (RESET[k].name for k in ("state", "idle_ms", "comm", "pid"))
+assert RESET[_IDLE_MS].unit == "ms"     # fmt_idle takes milliseconds
+from rsttrace.analysis.vocab import Cause
+
+# Colours for the classifier's causes; a cause not listed (one added to
+# analysis/vocab.py without a colour here) gets a stable colour from its name.
+CAUSE_COLOURS: dict[Cause, str] = {
+    Cause.CONNTRACK_FULL: "bold red",
+    Cause.CONNTRACK_INVALID: "bright_red",
+    Cause.TIMEOUT_MISMATCH: "magenta",
+    Cause.KEEPALIVE: "yellow",
+    Cause.NO_LISTENER: "cyan",
+    Cause.PEER_RESET: "green",
+    Cause.UNKNOWN: "bright_black",
 }
 _PALETTE = ("blue", "bright_blue", "bright_cyan", "bright_green", "bright_yellow", "orange3")
 
 
 def cause_style(cause: str) -> str:
-    for key, style in CAUSE_COLOURS.items():
-        if cause == key or cause.startswith(key):
-            return style
-    return _PALETTE[zlib.crc32(cause.encode()) % len(_PALETTE)]
+    style = CAUSE_COLOURS.get(cause)   # type: ignore[call-overload]
+    return style if style is not None else _PALETTE[zlib.crc32(cause.encode()) % len(_PALETTE)]
 
 
 def clean(value: Any) -> str:
     """Host text with control characters made visible (an escape sequence in
-    a process name must not drive the terminal)."""
-    s = "" if value is None else str(value)
-    if s.isprintable():
-        return s
-    return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in s)
+    a process name must not drive the terminal): the one sanitiser."""
+    return "" if value is None else printable(value)
 
 
 def plain(value: Any, style: str = "") -> Text:
@@ -52,20 +56,9 @@ def plain(value: Any, style: str = "") -> Text:
     return Text(clean(value), style=style)
 
 
-def evidence_lines(evidence: Any) -> list[str]:
-    """The classifier's evidence as lines, whatever shape it comes in."""
-    if evidence is None:
-        return []
-    if isinstance(evidence, str):
-        return [ln for ln in evidence.splitlines() if ln.strip()]
-    if isinstance(evidence, dict):
-        return [f"{k}: {v}" for k, v in evidence.items()]
-    if isinstance(evidence, Iterable):
-        out: list[str] = []
-        for item in evidence:
-            out.extend(evidence_lines(item) if not isinstance(item, str) else [item])
-        return out
-    return [str(evidence)]
+def evidence_lines(evidence: str) -> list[str]:
+    """The classifier's evidence, one fact a line."""
+    return [ln for ln in evidence.splitlines() if ln.strip()]
 
 
 def fmt_time(t: float | None, tz: tzinfo | None) -> str:
@@ -109,7 +102,7 @@ class Row:
     drawing a line costs the same however many resets were seen."""
     seq: int
     t: float
-    cause: str
+    cause: Cause
     time: str
     netns: str
     process: str
@@ -117,10 +110,10 @@ class Row:
     state: str
     idle: str
     evidence: str
+    verdict: Verdict = field(compare=False, repr=False)
     ports: frozenset[int] = field(default_factory=frozenset)
     addrs: frozenset[str] = field(default_factory=frozenset)
     netns_keys: frozenset[str] = field(default_factory=frozenset)
-    verdict: Any = field(default=None, compare=False, repr=False)
 
 
 class NetnsNames:
@@ -149,59 +142,47 @@ class NetnsNames:
         return dict(self._names)
 
 
-def make_row(seq: int, v: Any, names: NetnsNames, tz: tzinfo | None = timezone.utc) -> Row:
-    events: list[dict[str, Any]] = list(getattr(v, "events", None) or [])
-    recv_ns = getattr(v, "receiver_netns", None)
-    send_ns = getattr(v, "sender_netns", None)
+def make_row(seq: int, v: Verdict, names: NetnsNames, tz: tzinfo | None = timezone.utc) -> Row:
+    events = v.events
+    recv_ns, send_ns = v.receiver_netns, v.sender_netns
     where = recv_ns if recv_ns is not None else send_ns
-    comm, pid = _pick(events, "comm"), _pick(events, "pid")
+    comm, pid = _pick(events, _COMM), _pick(events, _PID)
     process = f"{comm}[{pid}]" if comm and pid else (comm or (f"pid {pid}" if pid else "-"))
-    src, sport = getattr(v, "src", None), getattr(v, "sport", None)
-    dst, dport = getattr(v, "dst", None), getattr(v, "dport", None)
-    ev = evidence_lines(getattr(v, "evidence", None))
-    cause = str(getattr(v, "cause", "unknown") or "unknown")
+    src, sport, dst, dport = v.src, v.sport, v.dst, v.dport
+    ev = evidence_lines(v.evidence)
     ports = frozenset(p for p in (sport, dport) if isinstance(p, int))
     addrs = frozenset(str(a) for a in (src, dst) if a)
     ns_keys = frozenset(s for n in (recv_ns, send_ns) if n is not None
                         for s in (str(n), names.name(n)))
-    t = getattr(v, "t", None)
     return Row(
-        seq=seq, t=float(t) if isinstance(t, (int, float)) else 0.0, cause=cause,
-        time=fmt_time(t, tz), netns=clean(names.name(where)), process=clean(process),
+        seq=seq, t=v.t, cause=v.cause, time=fmt_time(v.t, tz), netns=clean(names.name(where)), process=clean(process),
         flow=clean(f"{fmt_addr(src, sport)}→{fmt_addr(dst, dport)}"),
-        state=clean(_pick(events, "state") or "-"), idle=fmt_idle(_pick(events, "idle_ms")),
+        state=clean(_pick(events, _STATE) or "-"), idle=fmt_idle(_pick(events, _IDLE_MS)),
         evidence=clean(ev[0] if ev else ""), ports=ports, addrs=addrs, netns_keys=ns_keys, verdict=v,
     )
 
 
-def _fix_text(fix: Any, out: Text) -> None:
-    scope = getattr(fix, "scope", "") or ""
-    ns = getattr(fix, "netns_name", None) or getattr(fix, "netns", None)
-    key = getattr(fix, "key", "") or ""
-    head = f"{key}: {getattr(fix, 'current', None)!s} → {getattr(fix, 'value', None)!s}" if key else "fix"
+def _fix_text(fix: Fix, out: Text) -> None:
+    ns = fix.netns_name or fix.netns
+    head = f"{fix.key}: {fix.current!s} → {fix.value!s}"
     out.append("  • ", style="bold")
     out.append(plain(head, "bold"))
-    out.append(plain(f"  ({scope}{' ' + str(ns) if ns is not None else ''})", "dim"))
+    out.append(plain(f"  ({fix.scope}{' ' + str(ns) if ns is not None else ''})", "dim"))
     out.append("\n")
-    reason = getattr(fix, "reason", None)
-    if reason:
+    if fix.reason:
         out.append("    why: ", style="dim")
-        out.append(plain(reason))
+        out.append(plain(fix.reason))
         out.append("\n")
-    tradeoff = getattr(fix, "tradeoff", None)
-    if tradeoff:
-        # A bool in the analysis' Fix (a change with a cost to weigh); a text elsewhere.
+    if fix.tradeoff:
         out.append("    trade-off: ", style="yellow")
-        out.append(plain("weigh it before applying" if tradeoff is True else tradeoff, "yellow"))
+        out.append(plain("weigh it before applying", "yellow"))
         out.append("\n")
-    cmd = getattr(fix, "command", None)
-    if cmd:
+    if fix.command:
         out.append("    $ ", style="dim")
-        out.append(plain(cmd, "bold green"))
+        out.append(plain(fix.command, "bold green"))
         out.append("\n")
-    snippet = getattr(fix, "snippet", None)
-    if snippet:
-        for ln in str(snippet).splitlines():
+    if fix.snippet:
+        for ln in fix.snippet.splitlines():
             out.append("    │ ", style="dim")
             out.append(plain(ln, "green"))
             out.append("\n")
@@ -216,35 +197,30 @@ def detail_text(row: Row | None, names: NetnsNames) -> Text:
     out = Text()
     out.append(f"{row.time}  ", style="bold")
     out.append(plain(row.cause, cause_style(row.cause) + " bold"))
-    conf = getattr(v, "confidence", None)
-    if conf is not None:
-        out.append(plain(f"  confidence {conf}", "dim"))
+    out.append(plain(f"  confidence {v.confidence}", "dim"))
     out.append("\n")
-    incident = getattr(v, "incident", None)
-    if incident is not None:
-        out.append(plain(f"incident #{incident}", "dim"))
-        out.append("\n")
-    send_ns, recv_ns = getattr(v, "sender_netns", None), getattr(v, "receiver_netns", None)
+    out.append(plain(f"incident #{v.incident}", "dim"))
+    out.append("\n")
+    send_ns, recv_ns = v.sender_netns, v.receiver_netns
     out.append("sent by  ", style="dim")
-    out.append(plain(fmt_addr(getattr(v, "src", None), getattr(v, "sport", None))))
+    out.append(plain(fmt_addr(v.src, v.sport)))
     out.append(plain(f"  in netns {names.name(send_ns)}" if send_ns is not None else "  (remote)", "dim"))
     out.append("\nreset    ", style="dim")
-    out.append(plain(fmt_addr(getattr(v, "dst", None), getattr(v, "dport", None))))
+    out.append(plain(fmt_addr(v.dst, v.dport)))
     out.append(plain(f"  in netns {names.name(recv_ns)}" if recv_ns is not None else "  (remote)", "dim"))
     out.append(plain(f"  {row.process}  state {row.state}  idle {row.idle}", "dim"))
     out.append("\n")
-    ev = evidence_lines(getattr(v, "evidence", None))
+    ev = evidence_lines(v.evidence)
     if ev:
         out.append("evidence\n", style="bold underline")
         for ln in ev:
             out.append("  • ")
             out.append(plain(ln))
             out.append("\n")
-    fixes = list(getattr(v, "fixes", None) or [])
     out.append("fix\n", style="bold underline")
-    if not fixes:
+    if not v.fixes:
         out.append("  no configuration change fixes this cause\n", style="dim")
-    for fx in fixes:
+    for fx in v.fixes:
         _fix_text(fx, out)
     out.rstrip()
     return out

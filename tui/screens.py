@@ -97,8 +97,7 @@ class ConfirmScreen(_Modal):
 
 
 def plan_text(row: Row) -> Text:
-    v = row.verdict
-    fixes = list(getattr(v, "fixes", None) or [])
+    fixes = row.verdict.fixes
     t = Text()
     t.append("fix plan (dry run: nothing is changed) for ", style="bold")
     t.append_text(plain(row.cause, cause_style(row.cause) + " bold"))
@@ -125,7 +124,7 @@ class FixPlanScreen(_Modal):
         self.can_apply = can_apply  # None when applying works, else why not
 
     def compose(self) -> ComposeResult:
-        fixes = list(getattr(self.row.verdict, "fixes", None) or [])
+        fixes = self.row.verdict.fixes
         with Vertical():
             with VerticalScroll():
                 yield Static(plan_text(self.row), id="plan")
@@ -138,7 +137,7 @@ class FixPlanScreen(_Modal):
             yield Static(plain(hint), classes="hint", id="plan-hint")
 
     def action_apply(self) -> None:
-        fixes = list(getattr(self.row.verdict, "fixes", None) or [])
+        fixes = self.row.verdict.fixes
         if not fixes or self.can_apply is not None:
             self.notify("nothing to apply from here: run the commands shown", severity="warning")
             return
@@ -148,7 +147,7 @@ class FixPlanScreen(_Modal):
         q.append("?\n")
         for fx in fixes:
             q.append("  $ ")
-            q.append_text(plain(getattr(fx, "command", "") or getattr(fx, "key", ""), "green"))
+            q.append_text(plain(fx.command or fx.key, "green"))
             q.append("\n")
 
         def done(answer: Any) -> None:

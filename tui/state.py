@@ -13,6 +13,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from rsttrace.analysis.classify import Verdict
+from rsttrace.analysis.config import Finding
 from rsttrace.tui.rows import Row
 
 RATE_WINDOW_S = 300  # the reset-rate chart covers the last five minutes
@@ -140,7 +142,6 @@ class NsContext:
     sysctl: dict[str, Any] = field(default_factory=dict)
     ipvs: dict[str, Any] | None = None
     nat: bool = False
-    ct_drop_events: int = 0  # kfree_skb NETFILTER_DROP seen by BPF
     ct_full_events: int = 0  # "table full" kernel log lines
     raw: dict[str, Any] | None = None  # the ctx entry as recorded (for the config audit)
 
@@ -163,14 +164,13 @@ class Batch:
     event_bins: dict[int, int] = field(default_factory=dict)
     ctx: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest per netns
     ctx_t: float | None = None
-    ct_drop: Counter[int] = field(default_factory=Counter)
     ct_full: Counter[int] = field(default_factory=Counter)
     netns_names: dict[int, str] = field(default_factory=dict)
     now: float = 0.0
     events: int = 0  # source totals at batch time
     lost: int = 0
+    invalid: int = 0  # replay: recorded lines skipped because they did not validate
     source_done: bool = False
-    error: str | None = None
 
     @classmethod
     def empty(cls, capacity: int) -> "Batch":
@@ -202,9 +202,7 @@ class Batch:
             s = int(t)
             self.event_bins[s] = self.event_bins.get(s, 0) + 1
         ns = rec.get("netns")
-        if kind == "ct_drop" and isinstance(ns, int):
-            self.ct_drop[ns] += 1
-        elif kind == "ct_full":
+        if kind == "ct_full":
             self.ct_full[ns if isinstance(ns, int) else -1] += 1
 
 
@@ -224,12 +222,17 @@ class LiveState:
         self.resets = RateHistory()
         self.events_rate = RateHistory(window=5)
         self.namespaces: dict[int, NsContext] = {}
+        # every cookie each namespace inode had in the snapshots: what tells
+        # the namespace a fix is for from a later one that took its inode
+        self.netns_cookies: dict[int, set[int]] = {}
+        self.findings: list[Finding] = []  # the config audit of the latest context (a worker's)
         self.ct_full_unknown = 0  # table-full lines without a netns
         self.now = 0.0
         self.events = 0
         self.lost = 0
+        self.invalid = 0
         self.source_done = False
-        self.error: str | None = None
+        self.error: str | None = None  # why the source stopped (set by the app's worker handler)
         self.version = 0  # bumped when the table's view changes
 
     # -- batches -----------------------------------------------------------
@@ -242,17 +245,13 @@ class LiveState:
         self.now = max(self.now, b.now)
         self.resets.trim(self.now)
         self.events_rate.trim(self.now)
-        self.events, self.lost = b.events, b.lost
+        self.events, self.lost, self.invalid = b.events, b.lost, b.invalid
         self.source_done = b.source_done
-        if b.error:
-            self.error = b.error
         for inode, ns in b.ctx.items():
             self._ctx(inode, ns)
         for inode, name in b.netns_names.items():
             if inode in self.namespaces:
                 self.namespaces[inode].name = name
-        for inode, n in b.ct_drop.items():
-            self._ns(inode, b.netns_names).ct_drop_events += n
         for inode, n in b.ct_full.items():
             if inode == -1:
                 self.ct_full_unknown += n
@@ -281,6 +280,9 @@ class LiveState:
         ns.ipvs = ipvs if isinstance(ipvs, dict) else None
         ns.nat = bool(rec.get("nat"))
         ns.raw = rec
+        cookie = rec.get("cookie")
+        if isinstance(cookie, int):
+            self.netns_cookies.setdefault(inode, set()).add(cookie)
 
     def _add_rows(self, rows: Iterable[Row]) -> int:
         added = 0
@@ -357,7 +359,16 @@ class LiveState:
                 hi = mid - 1
         return None
 
-    def retained_verdicts(self) -> list[Any]:
+    def context(self) -> list[dict[str, Any]]:
+        """The latest ctx entry of each namespace (what the config audit reads)."""
+        return [ns.raw for ns in self.namespaces.values() if ns.raw]
+
+    def seen_namespaces(self) -> list[dict[str, Any]]:
+        """Each (namespace, cookie) seen, as ctx entries: what the remedy
+        engine needs to find the namespace a fix is for."""
+        return [{"netns": ino, "cookie": c} for ino, cs in self.netns_cookies.items() for c in sorted(cs)]
+
+    def retained_verdicts(self) -> list[Verdict]:
         """Verdicts still in memory, oldest first (what `e` exports)."""
         return [r.verdict for r in list(self.ring) + list(self.pending)]
 

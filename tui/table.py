@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+from rsttrace.schema.catalog import RESET
 from rsttrace.tui.rows import Row, cause_style
 from rsttrace.tui.state import LiveState
 
@@ -31,13 +32,21 @@ class Column:
     min_total: int = 0  # shown only when the table is at least this wide
 
 
+def _field(field: str, key: str, width: int, min_total: int = 0) -> Column:
+    """A column that shows one field of the reset: titled with the field
+    catalog's label for it (rsttrace.schema.catalog)."""
+    label = RESET[field].label
+    assert label, f"the catalog gives {field} no label"
+    return Column(key, label, width, min_total)
+
+
 COLUMNS = (
-    Column("time", "TIME", 8),
-    Column("netns", "NETNS", 8),
+    _field("t", "time", 8),
+    _field("netns", "netns", 8),
     Column("process", "PROCESS", 12),
     Column("flow", "FLOW (RST src→dst)", 0),
-    Column("state", "STATE", 11, min_total=90),
-    Column("idle", "IDLE", 5),
+    _field("state", "state", 11, min_total=90),
+    _field("idle_ms", "idle", 5),
     Column("cause", "CAUSE", 14),
     Column("evidence", "EVIDENCE", 0, min_total=120),
 )

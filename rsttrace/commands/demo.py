@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import textwrap
 import time
 from pathlib import Path
 
@@ -87,10 +86,6 @@ def _out_paths(args) -> tuple[Path, Path]:
     return csv, rec
 
 
-def _cell(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text or "-", width) or ["-"]
-
-
 def run(args) -> int:
     from rsttrace.lab import topology
     from rsttrace.lab.netns import LabError
@@ -119,6 +114,7 @@ def run(args) -> int:
     csv, rec = _out_paths(args)
 
     from rsttrace.lab.demo import run_demo
+    from rsttrace.outfile import OutputError
 
     def on_run(run, d) -> None:
         for e in sorted(set(run.errors)):
@@ -135,7 +131,7 @@ def run(args) -> int:
     print(f"rsttrace demo: {len(names)} scenario(s) in a namespace lab")
     try:
         res = run_demo(names, recording=rec, csv=csv, keep=args.keep, on_run=on_run)
-    except LabError as e:
+    except (LabError, OutputError) as e:
         raise CLIError(str(e)) from None
     except Exception as e:  # the tracer's own start-up errors, worded for users
         if type(e).__name__ == "SessionError":

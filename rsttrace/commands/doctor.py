@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from rsttrace.analysis.safe import printable
 from rsttrace.cli import CLIError
 
 EPILOG = """\
@@ -51,9 +52,11 @@ def measure_cost(session, seconds: float) -> dict:
 
 
 def gather(load: bool, cost_s: float | None = None) -> dict:
-    from rsttrace.tracer import kernel, probe
+    from rsttrace.tracer import access, kernel, probe
     from rsttrace.tracer.context import Collector
 
+    # first: it checks the capabilities before anything tries to mount tracefs
+    missing = access.problem()
     caps = probe.probe()
     hooks = probe.plan(caps)
     headers = kernel.find_headers(fix=os.geteuid() == 0)
@@ -61,6 +64,7 @@ def gather(load: bool, cost_s: float | None = None) -> dict:
     report = {
         "kernel": caps.kernel,
         "facts": {
+            "access": missing or "ok: the capabilities, tracefs and BTF tracing needs",
             "tracefs": caps.tracefs_note,
             "btf": "present (/sys/kernel/btf/vmlinux)" if caps.btf else "absent",
             "headers": headers.note,
@@ -114,7 +118,9 @@ def layouts(caps) -> str:
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else str(v)
+    """A value of the host for the terminal: through the one sanitiser
+    (a namespace, a mount path or a kernel note may hold any byte)."""
+    return "-" if v is None else printable(v)
 
 
 def run(args) -> int:
@@ -128,15 +134,15 @@ def run(args) -> int:
         print()
         return 0
     w = sys.stdout.write
-    w(f"rsttrace doctor — kernel {rep['kernel']}\n\nSignals (attach plan)\n")
+    w(f"rsttrace doctor — kernel {_fmt(rep['kernel'])}\n\nSignals (attach plan)\n")
     for name, h in rep["plan"].items():
         mark = "ok " if h["available"] else "-- "
-        w(f"  {mark}{name:<12} {h['hook'] or 'unavailable'}\n")
-        w(f"       {'':<12} {h['why']}\n")
+        w(f"  {mark}{name:<12} {_fmt(h['hook'] or 'unavailable')}\n")
+        w(f"       {'':<12} {_fmt(h['why'])}\n")
     w("\nKernel\n")
     width = max(map(len, rep["facts"]))
     for k, v in rep["facts"].items():
-        w(f"  {k:<{width}} {v}\n")
+        w(f"  {k:<{width}} {_fmt(v)}\n")
     w("\nNamespaces (sockets or conntrack entries)\n")
     w(f"  {'netns':<11} {'name':<18} {'ct count/max':>14} {'drop':>5} {'inval':>5} "
       f"{'ka':>6} {'ct est':>7} {'ipvs':>5}\n")
@@ -144,8 +150,8 @@ def run(args) -> int:
         ct = n.get("ct") or {}
         sc = n.get("sysctl") or {}
         ipvs = (n.get("ipvs") or {}).get("tcp")
-        name = str(n.get("name"))[:18]
-        w(f"  {n['netns']:<11} {name:<18} {_fmt(ct.get('count')) + '/' + _fmt(ct.get('max')):>14} "
+        name = _fmt(n.get("name"))[:18]
+        w(f"  {_fmt(n['netns']):<11} {name:<18} {_fmt(ct.get('count')) + '/' + _fmt(ct.get('max')):>14} "
           f"{_fmt(ct.get('drop')):>5} {_fmt(ct.get('invalid')):>5} "
           f"{_fmt(sc.get('tcp_keepalive_time')):>6} {_fmt(sc.get('nf_conntrack_tcp_timeout_established')):>7} "
           f"{_fmt(ipvs):>5}\n")
@@ -153,7 +159,7 @@ def run(args) -> int:
     if not rep["findings"]:
         w("  no problems found\n")
     for f in rep["findings"]:
-        w(f"  {f['severity']:<8} {f['message']}\n")
+        w(f"  {f['severity']:<8} {_fmt(f['message'])}\n")
     if "cost" in rep:
         write_cost(w, rep["cost"])
     return 0

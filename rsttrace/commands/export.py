@@ -1,10 +1,11 @@
 """`rsttrace export`: a Prometheus exporter of resets by cause, conntrack
 counters, TCP state transitions and the timeouts that matter.
-Ctrl-C or SIGTERM end it cleanly. Metrics: monitoring/README.md."""
+Ctrl-C, SIGTERM or SIGHUP end it cleanly. Metrics: monitoring/README.md."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -34,8 +35,22 @@ def register(sub) -> None:
                                    "transitions counted in the kernel; keepalive and conntrack timeouts; "
                                    "lost events.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="ADDR:PORT",
-                   help=f"where to serve /metrics (default 127.0.0.1:{DEFAULT_PORT}; port 0: any free one)")
+    add_live_args(p, f"127.0.0.1:{DEFAULT_PORT}")
+    p.add_argument("--replay", metavar="FILE.jsonl", help="export a recording instead of the live kernel")
+    p.add_argument("--speed", type=float, default=0.0, metavar="N",
+                   help="with --replay: N times real time (default 0: as fast as possible)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no start-up line")
+    p.set_defaults(run=run)
+
+
+def add_live_args(p, listen: str) -> None:
+    """The options `rsttrace export` and `rsttrace agent` share."""
+    p.add_argument("--listen", default=listen, metavar="ADDR:PORT",
+                   help=f"where to serve /metrics, /healthz and /readyz (default {listen}; "
+                        "port 0: any free one)")
+    p.add_argument("--node", metavar="NAME",
+                   help="the `node` label of every series (default: $NODE_NAME, else the host name; "
+                        "with --replay the recording's host)")
     p.add_argument("--port", type=int, action="append", metavar="P",
                    help="only resets involving TCP port P (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
@@ -49,15 +64,10 @@ def register(sub) -> None:
                    help="how far before a reset counters count for its cause (default 10)")
     p.add_argument("--idle-timeout", action="append", default=[], metavar="NAME=SECONDS",
                    help="idle timeout of a middlebox on the path, e.g. nlb=350 (repeatable)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
-    p.add_argument("--replay", metavar="FILE.jsonl", help="export a recording instead of the live kernel")
-    p.add_argument("--speed", type=float, default=0.0, metavar="N",
-                   help="with --replay: N times real time (default 0: as fast as possible)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no start-up line")
-    p.set_defaults(run=run)
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until a signal)")
 
 
-def _check(args) -> None:
+def check_live_args(args) -> None:
     if args.netns_cap < 1:
         raise CLIError("--netns-cap must be at least 1")
     if args.ctx_period <= 0:
@@ -66,10 +76,37 @@ def _check(args) -> None:
         raise CLIError("--window must be a positive number of seconds")
     if args.duration is not None and args.duration <= 0:
         raise CLIError("--duration must be positive")
+    if args.node is not None and not args.node.strip():
+        raise CLIError("--node must not be empty")
+
+
+def node_name(args) -> str:
+    """--node, else $NODE_NAME (a DaemonSet sets it from spec.nodeName),
+    else the host name."""
+    import socket
+    return args.node or os.environ.get("NODE_NAME", "").strip() or socket.gethostname()
+
+
+def _check(args) -> None:
+    check_live_args(args)
     if args.speed < 0:
         raise CLIError("--speed must be 0 (as fast as possible) or positive")
     if args.replay and (args.port or args.netns):
         raise CLIError("--port and --netns filter the live kernel; a --replay is exported as recorded")
+
+
+def live_session(args, **kw):
+    """The TraceSession of --port, --netns and --ctx-period (not started),
+    after the checks a user can act on."""
+    from rsttrace.commands.record import resolve_filters
+    from rsttrace.tracer.session import SessionError, TraceSession, preflight
+    try:
+        preflight()
+    except SessionError as e:
+        raise CLIError(str(e)) from None
+    ports, netns, names = resolve_filters(args)
+    return TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
+                        netns_names=names, **kw)
 
 
 def _source(args):
@@ -82,45 +119,50 @@ def _source(args):
                            "made by `rsttrace record`") from None
         except (RecordingError, OSError) as e:
             raise CLIError(f"--replay {args.replay}: {e}") from None
-    from rsttrace.commands.record import resolve_filters
     from rsttrace.exporter.server import live_resolver
-    from rsttrace.tracer.session import SessionError, TraceSession, preflight
-    try:
-        preflight()
-    except SessionError as e:
-        raise CLIError(str(e)) from None
-    ports, netns, names = resolve_filters(args)
-    return TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
-                        netns_names=names), live_resolver
+    return live_session(args), live_resolver
 
 
-def run(args) -> int:
+def exporter_options(args) -> dict:
+    """The Exporter's options (besides its source) from the shared
+    arguments, each checked: call it before anything is attached."""
     from rsttrace.commands.report import parse_idle_timeouts
-    from rsttrace.exporter.server import Exporter, ListenError, parse_listen
-
-    _check(args)
+    from rsttrace.exporter.server import ListenError, parse_listen
     try:
         listen = parse_listen(args.listen)
     except ListenError as e:
         raise CLIError(str(e)) from None
-    timeouts = parse_idle_timeouts(args.idle_timeout)
+    return {"listen": listen, "netns_cap": args.netns_cap, "window_s": args.window,
+            "idle_timeouts": parse_idle_timeouts(args.idle_timeout)}
+
+
+def start_exporter(args, exporter) -> None:
+    """exporter.start(), its failures as one line."""
+    from rsttrace.tracer.session import SessionError
+    try:
+        exporter.start()
+    except OSError as e:
+        raise CLIError(f"cannot listen on {args.listen}: {e.strerror}; "
+                       "choose another --listen ADDR:PORT") from None
+    except SessionError as e:
+        raise CLIError(str(e)) from None
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run(args) -> int:
+    from rsttrace.exporter.server import Exporter
+    _check(args)
+    options = exporter_options(args)
     source, resolver = _source(args)
-    exporter = Exporter(source, listen, netns_cap=args.netns_cap, window_s=args.window,
-                        idle_timeouts=timeouts, resolver=resolver)
+    node = None if args.replay and not args.node else node_name(args)
+    exporter = Exporter(source, resolver=resolver, node=node, **options)
 
     stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in STOP_SIGNALS}
     try:
-        try:
-            exporter.start()
-        except OSError as e:
-            raise CLIError(f"cannot listen on {args.listen}: {e.strerror}; "
-                           "choose another --listen ADDR:PORT") from None
-        except Exception as e:
-            from rsttrace.tracer.session import SessionError
-            if isinstance(e, SessionError):
-                raise CLIError(str(e)) from None
-            raise
+        start_exporter(args, exporter)
         if not args.quiet:
             # the URL on stdout (scripts read it when asking for port 0), the rest on stderr
             print(exporter.url, flush=True)
@@ -132,9 +174,11 @@ def run(args) -> int:
                 break
             if exporter.source_done:
                 if not flushed:
-                    exporter.state.flush()   # the recording ended: decide what is still open
+                    exporter.finish()   # the recording ended: decide what is still open
                     flushed = True
-                stop.wait(0.2)               # keep serving the final values
+                    for w in getattr(source, "warnings", ()):   # a replay: cut last line, invalid records
+                        print(f"rsttrace: warning: {w}", file=sys.stderr, flush=True)
+                stop.wait(0.2)          # keep serving the final values
                 continue
             exporter.step(0.2)
     finally:

@@ -20,7 +20,8 @@ examples:
 Applied values persist in /etc/sysctl.d/99-rsttrace.conf (node) and
 /etc/rsttrace/netns.d/NAME.conf (named namespaces, IPVS), re-applied at boot by
 rsttrace-reapply.service (`rsttrace fix --reapply`). The journal of previous
-values is /var/lib/rsttrace/journal.json.
+values is /var/lib/rsttrace/journal.json; one run at a time changes anything
+(the lock /var/lib/rsttrace/lock).
 """
 
 
@@ -75,16 +76,8 @@ def _confirm(n: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsttrace.remedy import keys as K
-    from rsttrace.remedy.apply import ApplyError, apply_plan, reapply, rollback_last
-    from rsttrace.remedy.handover import add_handovers
-    from rsttrace.remedy.model import Proposal
-    from rsttrace.remedy.model import RemedyError
-    from rsttrace.remedy.netns import NetnsError, SystemAccess, resolve, self_target
+    from rsttrace.remedy.lock import LockHeld, fix_lock
     from rsttrace.remedy.paths import Paths
-    from rsttrace.remedy.planner import PlanOptions, make_plan
-    from rsttrace.remedy.render import plan_text
-    from rsttrace.remedy import sources
 
     if not (args.dry_run or args.yes or args.rollback or args.reapply or sys.stdin.isatty()):
         raise CLIError("stdin is not a terminal: pass --yes to apply without asking, "
@@ -93,24 +86,54 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("fixing needs root (it reads and writes sysctls in every "
                        "namespace): run it with sudo")
     paths = Paths.from_env()
+    if args.dry_run and not (args.rollback or args.reapply):
+        return _run(args, paths)
+    # One run at a time may change the node and its journal; taken before
+    # watching or planning, so a second run is turned away at once.
+    try:
+        with fix_lock(paths):
+            return _run(args, paths)
+    except LockHeld as e:
+        raise CLIError(str(e)) from None
+
+
+def _run(args: argparse.Namespace, paths) -> int:
+    from rsttrace.remedy import keys as K
+    from rsttrace.remedy.apply import (ApplyError, JournalError, apply_plan, load_journal,
+                                       reapply, rollback_last)
+    from rsttrace.remedy.handover import add_handovers
+    from rsttrace.remedy.model import Proposal
+    from rsttrace.remedy.model import RemedyError
+    from rsttrace.remedy.netns import NetnsError, SystemAccess, resolve, self_target
+    from rsttrace.remedy.planner import PlanOptions, make_plan
+    from rsttrace.remedy.render import plan_text
+    from rsttrace.remedy import sources
+    from rsttrace.analysis.safe import printable
+    from rsttrace.tracer.fsnames import text
+
     access = SystemAccess()
+    try:
+        if not args.dry_run:
+            load_journal(paths)   # a damaged journal stops the run before anything else
+    except JournalError as e:
+        raise CLIError(str(e)) from None
     if args.rollback:
         try:
             out = rollback_last(access, paths)
         except ApplyError as e:
-            print(f"rsttrace: {e}", file=sys.stderr)
+            print(f"rsttrace: {printable(e)}", file=sys.stderr)
             return 1
         for c in out.changes:
-            print(f"restored {c.key}={c.old} in {c.target.label} (was {c.new})")
+            print(f"restored {c.key}={c.old} in {printable(c.target.label)} (was {c.new})")
         for f in out.files:
-            print(f"restored {f}")
+            print(f"restored {printable(text(f))}")
         return 0
     if args.reapply:
         done, problems = reapply(access, paths)
         for d in done:
-            print(f"set {d}")
+            print(f"set {printable(d)}")
         for p in problems:
-            print(f"rsttrace: {p}", file=sys.stderr)
+            print(f"rsttrace: {printable(p)}", file=sys.stderr)
         return 1 if problems else 0
     if args.observe < 0:
         raise CLIError("--observe must be 0 or more seconds")
@@ -123,12 +146,19 @@ def run(args: argparse.Namespace) -> int:
     ram = access.mem_total()
 
     if args.from_file:
-        from rsttrace.tracer.recording import RecordingError, read_recording
+        # streamed: a recording of any size plans in bounded memory
+        import itertools
+
+        from rsttrace.schema.recording import RecordingError, iter_recording
+        reader, records = iter_recording(args.from_file)
         try:
-            rec = read_recording(args.from_file)
-        except (OSError, RecordingError) as e:
+            first = next(records, None)       # reads the header
+            g = sources.from_records(itertools.chain([first] if first else [], records),
+                                     reader.header or {}, node, ram)
+        except RecordingError as e:
             raise CLIError(f"cannot read {args.from_file}: {e}") from None
-        g = sources.from_records(rec.records, rec.header, node, ram)
+        for w in reader.warnings:
+            print(f"rsttrace: warning: {w}", file=sys.stderr)
         source = f"{g.resets} resets in {args.from_file}"
     elif args.observe > 0 and not sets:
         print(f"Watching for {args.observe:g} s ...", file=sys.stderr)
@@ -148,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if target is not None:
         keep = []
         for p in proposals:
-            if K.spec_for(p.key).scope == "netns" and p.target.inode != target.inode:
+            if K.spec_for(p.key).scope == "netns" and not p.target.same_ns(target):
                 notes.append(f"{p.key}={p.value} in {p.target.label}: not the --netns "
                              f"target {target.label}, left alone")
             else:
@@ -164,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     plan.handovers += g.handovers
     plan.skipped = notes + plan.skipped
+    plan.warnings = g.warnings + plan.warnings
     add_handovers(plan)
     print(plan_text(plan, source))
     if plan.errors:
@@ -171,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
     if not plan.changes:
         if target is not None and not g.resets and not sets:
             # nothing seen is not the same as nothing to fix
-            print(f"\nNo reset seen in {target.label} and its configuration alone asks for no "
-                  "change. If resets happened earlier, plan from their recording "
+            print(f"\nNo reset seen in {printable(target.label)} and its configuration alone "
+                  "asks for no change. If resets happened earlier, plan from their recording "
                   "(--from FILE.jsonl) or watch while they happen (--observe S).")
         else:
             print("\nNothing to do: every value is already what the fixes ask for.")
@@ -186,14 +217,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = apply_plan(plan, access, paths, persist_files=args.persist)
     except ApplyError as e:
-        print(f"rsttrace: not applied: {e}", file=sys.stderr)
+        print(f"rsttrace: not applied: {printable(e)}", file=sys.stderr)
         return 1
     print()
     for c in out.changes:
-        print(f"set {c.key}={c.new} in {c.target.label} (was {c.old}; read back)")
+        print(f"set {c.key}={c.new} in {printable(c.target.label)} (was {c.old}; read back)")
     for f in out.files:
-        print(f"wrote {f}")
+        print(f"wrote {printable(text(f))}")
     for n in out.notes:
-        print(f"note: {n}")
+        print(f"note: {printable(n)}")
     print(f"Undo with: sudo rsttrace fix --rollback   (journal: {paths.journal})")
     return 0

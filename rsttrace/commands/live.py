@@ -44,13 +44,16 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"--keep {args.keep}: keep at least 1 reset in memory")
     if args.speed < 0:
         raise CLIError(f"--speed {args.speed}: use 0 (as fast as possible) or a positive factor")
+    if args.replay == "-":
+        raise CLIError("--replay -: the live screen reads its keys from standard input; "
+                       "give the recording as a file (rsttrace report - reads standard input)")
     if args.replay and (args.record or args.port or args.netns):
         raise CLIError("--replay shows a recording as it was: drop --record/--port/--netns "
                        "(filter on screen with /)")
 
 
 def _replay_source(args: argparse.Namespace):
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.schema.recording import RecordingError
     from rsttrace.tracer.replay import ReplaySource
     try:
         return ReplaySource(args.replay, speed=args.speed)
@@ -91,12 +94,13 @@ def run(args: argparse.Namespace) -> int:
         source = _live_source(args)
         label = "live"
         if args.record:
-            from rsttrace.tracer.recording import RecordingWriter
+            from rsttrace.outfile import OutputError
+            from rsttrace.schema.recording import RecordingWriter
             try:
                 recorder = RecordingWriter(args.record, source.header)
-            except OSError as e:
+            except OutputError as e:
                 source.stop()
-                raise CLIError(f"--record {args.record}: {e.strerror}; choose a writable path") from None
+                raise CLIError(f"--record: {e}; choose another path") from None
             label = f"live, recording {args.record}"
     apply_fn, why_not = remedy_applier() if not args.replay else (None, "replaying a recording")
     classifier = Classifier(netns_names=source.header.get("netns_names") or {})
@@ -104,9 +108,16 @@ def run(args: argparse.Namespace) -> int:
                  tz=timezone.utc if args.utc else None, export_dir=args.export_dir,
                  source_label=label, apply_fixes=apply_fn, apply_unavailable=why_not)
     try:
-        app.run()
+        code = app.run()
     finally:
         app.shutdown()
+    if args.replay:
+        import sys
+        for w in source.warnings:   # cut last line, records that did not validate
+            print(f"rsttrace: warning: {w}", file=sys.stderr)
     if recorder is not None:
-        print(f"rsttrace: recording written to {args.record}")
-    return 0
+        try:
+            print(f"rsttrace: recording written to {args.record}")
+        except OSError:
+            pass    # the terminal went away (SIGHUP): the recording is complete all the same
+    return code if isinstance(code, int) else 0

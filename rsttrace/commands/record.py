@@ -1,5 +1,6 @@
 """`rsttrace record`: every reset and conntrack drop on the host, with
-context, as JSON Lines. Ctrl-C or SIGTERM end it cleanly."""
+context, as JSON Lines. Ctrl-C, SIGTERM or SIGHUP (an ssh hang-up) end it
+cleanly: every event held is written, then the totals line."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ examples:
   sudo rsttrace record -o db.jsonl --port 3306 --duration 600
   sudo rsttrace record -o pod.jsonl --netns 4242         one pod's namespace (PID or name)
   sudo rsttrace record -o x.jsonl --csv x.csv            also write the report when it ends
+
+The recording (and --csv) is created with mode 0600: it holds process and pod
+names and addresses. An existing recording at FILE.jsonl is replaced; any other
+existing file only with --force; a symbolic link is refused. Ctrl-C, SIGTERM
+and SIGHUP end the recording cleanly (held events written, totals line last);
+nohup keeps SIGHUP ignored. A closed stderr only silences the progress lines.
 """
 
 
@@ -26,7 +33,10 @@ def register(sub) -> None:
                        description="Record every TCP reset and conntrack drop on the host, from "
                                    "every network namespace, with the context to explain it later.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output", required=True, metavar="FILE.jsonl", help="recording to write")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.jsonl",
+                   help="recording to write (an existing recording there is replaced)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite FILE.jsonl even if it exists and is not an rsttrace recording")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--port", type=int, action="append", metavar="P",
                    help="only resets involving port P (repeatable)")
@@ -75,8 +85,9 @@ def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int,
 
 
 def run(args) -> int:
-    from rsttrace.tracer.recording import RecordingWriter
-    from rsttrace.tracer.session import SessionError, TraceSession, preflight
+    from rsttrace.outfile import NotReplaceable, OutputError, check_distinct
+    from rsttrace.schema.recording import open_output
+    from rsttrace.tracer.session import SessionError, preflight
 
     if args.dump_bpf:
         return dump_bpf(args)
@@ -87,23 +98,55 @@ def run(args) -> int:
         raise CLIError(str(e)) from None
     ports, netns, names = resolve_filters(args)
     out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+    if not os.path.lexists(args.output) and (not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK)):
         raise CLIError(f"cannot write {args.output}: {out_dir} is not a writable directory")
     if args.duration is not None and args.duration <= 0:
         raise CLIError("--duration must be positive")
-    from rsttrace.tracer.burst import DEFAULT_MAX_MB, HOLD_RATE, BurstWriter
+    from rsttrace.tracer.burst import DEFAULT_MAX_MB, HOLD_RATE
     burst_mb = DEFAULT_MAX_MB if args.burst_buffer is None else args.burst_buffer
     burst_rate = HOLD_RATE if args.burst_rate is None else args.burst_rate
     if burst_mb < 0:
         raise CLIError("--burst-buffer must be 0 (never hold events) or a size in MB")
     if burst_rate <= 0:
         raise CLIError("--burst-rate must be a positive number of events per second")
+    try:
+        check_distinct([], [("-o", args.output), ("--csv", args.csv)])
+        out = open_output(args.output, force=args.force)
+    except NotReplaceable as e:
+        raise CLIError(f"{e}: record to another file, or add --force to overwrite it") from None
+    except OutputError as e:
+        raise CLIError(str(e)) from None
+    if args.csv and not out.regular:
+        out.discard()
+        raise CLIError(f"--csv reads the recording back when it ends: -o {args.output} must be a file")
+    if not out.regular:
+        # a FIFO or /dev/null: held events go to the temporary directory,
+        # not beside a device node
+        import tempfile
+        out_dir = tempfile.gettempdir()
+    try:
+        return _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate)
+    except OutputError as e:
+        raise CLIError(str(e)) from None
 
+
+def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> int:
+    from rsttrace.outfile import Say
+    from rsttrace.tracer.burst import BurstWriter
+    from rsttrace.schema.recording import RecordingWriter
+    from rsttrace.tracer.session import SessionError, TraceSession
+
+    say = Say()
     stop = threading.Event()
 
     def on_signal(signum, frame):
         stop.set()
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP is how an ssh hang-up ends the recorder: as cleanly as Ctrl-C.
+    # One ignored from the start (nohup) stays ignored.
+    stops = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stops.append(signal.SIGHUP)
+    old = {s: signal.signal(s, on_signal) for s in stops}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
                            accept_syscalls=args.accept_syscalls)
@@ -114,16 +157,13 @@ def run(args) -> int:
             session.start()
         except SessionError as e:
             raise CLIError(str(e)) from None
-        try:
-            writer = RecordingWriter(args.output, session.header)
-        except OSError as e:
-            raise CLIError(f"cannot write {args.output}: {e.strerror}") from None
+        writer = RecordingWriter(out, session.header)
         missing = [f"{k} ({h['why']})" for k, h in session.header["plan"].items() if not h["available"]]
         if not args.quiet:
-            print(f"rsttrace: recording to {args.output} (attached in {session.attach_s:.2f} s, "
-                  f"{session.transport}); Ctrl-C to stop", file=sys.stderr)
+            say(f"rsttrace: recording to {args.output} (attached in {session.attach_s:.2f} s, "
+                f"{session.transport}); Ctrl-C to stop")
             for m in missing:
-                print(f"rsttrace: unavailable: {m}", file=sys.stderr)
+                say(f"rsttrace: unavailable: {m}")
         last_print = 0.0
         # the hot path: raw events straight to JSON text (no dicts), or held
         # raw while they come in a burst
@@ -133,16 +173,16 @@ def run(args) -> int:
         def drain(timeout: float) -> None:
             burst.write(*session.poll_raw(timeout))
 
+        progress = not args.quiet and sys.stderr.isatty()
         while not stop.is_set():
             drain(0 if burst.catching_up else 0.1)
             now = time.monotonic()
             if args.duration is not None and now - t0 >= args.duration:
                 break
-            if not args.quiet and sys.stderr.isatty() and now - last_print > 1:
+            if progress and not say.broken and now - last_print > 1:
                 st = session.stats()
                 holding = f", {burst.held} held (burst)" if burst.held else ""
-                print(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ",
-                      end="", file=sys.stderr, flush=True)
+                say(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ", end="")
                 last_print = now
         # last events still in the buffer, then a final context snapshot
         drain(0)
@@ -152,13 +192,14 @@ def run(args) -> int:
             pass
         drain(0)
     finally:
+        if writer is None:
+            out.discard()     # not started: a file made for it goes again
         stats = session.stats() if session.running else {"events": 0, "lost": 0}
         session.stop()
         try:
             if burst is not None:
                 if burst.held and not args.quiet:
-                    print(f"\nrsttrace: writing {burst.held} events held during a burst",
-                          file=sys.stderr)
+                    say(f"\nrsttrace: writing {burst.held} events held during a burst")
                 burst.finish()
         finally:
             if writer is not None:
@@ -166,24 +207,32 @@ def run(args) -> int:
                                                  "burst_peak_mb": round(burst.peak_bytes / 2**20, 1)}
                 if burst is not None and burst.note:
                     held["burst_note"] = burst.note
-                    print(f"\nrsttrace: {burst.note}", file=sys.stderr)
+                    say(f"\nrsttrace: {burst.note}")
                 writer.close({"t": round(time.time(), 6), "lost": stats["lost"],
                               "kernel_events": stats["events"], "rescued": stats.get("rescued", 0),
                               "duration_s": round(time.monotonic() - t0, 3), **held})
         for s, h in old.items():
             signal.signal(s, h)
     if not args.quiet:
-        print(f"\nrsttrace: {writer.count} events, {stats['lost']} lost -> {args.output}",
-              file=sys.stderr)
+        say(f"\nrsttrace: {writer.count} events, {stats['lost']} lost -> {args.output}")
     if args.csv:
-        return write_csv(args.output, args.csv)
+        return write_csv(args.output, args.csv, say)
     return 0
 
 
-def write_csv(recording: str, csv_path: str) -> int:
+def write_csv(recording: str, csv_path: str, say) -> int:
     from rsttrace.analysis.report import write_report
-    rows, _summary = write_report(recording, csv_path)
-    print(f"rsttrace: report -> {csv_path} ({rows} rows)", file=sys.stderr)
+    from rsttrace.outfile import OutFile, OutputClosed, OutputError, exit_on_signals, exit_quietly
+    from rsttrace.schema.recording import RecordingError
+    try:
+        # TERM or HUP now ends the report like Ctrl-C: its temporary file goes
+        with exit_on_signals(), OutFile(csv_path) as out:
+            rows, _summary = write_report(recording, out)
+    except OutputClosed:
+        return exit_quietly()
+    except (OutputError, RecordingError) as e:
+        raise CLIError(f"{e} (the recording {recording} is complete)") from None
+    say(f"rsttrace: report -> {csv_path} ({rows} rows)")
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """\
 examples:
@@ -11,6 +10,13 @@ examples:
   rsttrace report incident.jsonl -o resets.csv       one row per reset, cause, evidence, fix
   rsttrace report incident.jsonl -o r.csv --summary s.csv --cause keepalive
   rsttrace report incident.jsonl --since 2024-05-01T12:00:00Z --idle-timeout nlb=350
+  rsttrace report incident.jsonl -o - | less         the CSV on standard output
+
+outputs: a new file or an existing regular file is written to a temporary
+file beside it (mode 0600) and renamed into place when complete, so an
+error, Ctrl-C, SIGTERM or SIGHUP leaves the old file as it was; a FIFO or a
+character device (/dev/null) is written in place; `-` is standard output;
+a symbolic link, or an output that is the recording itself, is refused.
 """
 
 
@@ -20,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "screen) and write a CSV and a summary.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recording", metavar="FILE.jsonl", help="recording made by `rsttrace record`")
-    p.add_argument("-o", "--output", metavar="FILE.csv", help="write one row per reset here")
-    p.add_argument("--summary", metavar="FILE.csv", help="write the summary as CSV here")
+    p.add_argument("-o", "--output", metavar="FILE.csv",
+                   help="write one row per reset here (`-`: standard output)")
+    p.add_argument("--summary", metavar="FILE.csv", help="write the summary as CSV here (`-`: standard output)")
     p.add_argument("--since", metavar="TIME", help="only resets at or after TIME (ISO 8601 or unix s)")
     p.add_argument("--until", metavar="TIME", help="only resets at or before TIME (ISO 8601 or unix s)")
     p.add_argument("--cause", metavar="CAUSE", help="only resets with this cause")
@@ -48,38 +55,62 @@ def parse_idle_timeouts(items: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsttrace.analysis.classify import CAUSES
-    from rsttrace.analysis.report import parse_time, report_recording, write_csv, write_report
+    from contextlib import ExitStack
+
+    from rsttrace.analysis.vocab import CAUSES
+    from rsttrace.analysis.report import parse_time, summarize_recording, write_report, write_summary
+    from rsttrace.analysis.summary import TimeRangeError
     from rsttrace.cli import CLIError
-    from rsttrace.tracer.recording import RecordingError
+    from rsttrace.outfile import (OutFile, OutputClosed, OutputError, Say, check_distinct,
+                                  exit_on_signals, exit_quietly, write_stdout)
+    from rsttrace.schema.recording import RecordingError
 
     if args.cause is not None and args.cause not in CAUSES:
         raise CLIError(f"--cause {args.cause!r}: use one of {', '.join(CAUSES)}")
     if args.window <= 0:
         raise CLIError("--window must be a positive number of seconds")
-    try:
-        since, until = parse_time(args.since), parse_time(args.until)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    times = []
+    for opt, text in (("--since", args.since), ("--until", args.until)):
+        try:
+            times.append(parse_time(text))
+        except ValueError as e:
+            raise CLIError(f"{opt}: {e}") from None
+    since, until = times
     if since is not None and until is not None and until < since:
         raise CLIError("--until is before --since: swap them")
     timeouts = parse_idle_timeouts(args.idle_timeout)
     opts = dict(window_s=args.window, idle_timeouts=timeouts, since=since, until=until, cause=args.cause)
+    say = Say()
     try:
+        check_distinct([("the recording", args.recording)],
+                       [("-o", args.output), ("--summary", args.summary)])
+        # TERM and HUP (an ssh hang-up) end it like Ctrl-C: the outputs'
+        # temporary files go, the old files stay; status 128 + the signal.
+        with exit_on_signals(), ExitStack() as outputs:
+            # opened first: a refusal comes before the work, and a FIFO's
+            # reader is waited for before it
+            csv_out = outputs.enter_context(OutFile(args.output)) if args.output else None
+            summary_out = outputs.enter_context(OutFile(args.summary)) if args.summary else None
+            if csv_out is not None:
+                n, summary = write_report(args.recording, csv_out, **opts)
+            else:
+                summary = summarize_recording(args.recording, **opts)
+            if summary_out is not None:
+                write_summary(summary, summary_out)
+        for w in summary.warnings:
+            say(f"rsttrace: warning: {w}")
         if args.output:
-            n, summary = write_report(args.recording, args.output, **opts)
-        else:
-            df, summary = report_recording(args.recording, **opts)
-        if args.summary:
-            write_csv(summary.frame, args.summary)
+            say(f"{n} resets -> {'standard output' if args.output == '-' else args.output}")
+        elif args.summary != "-":
+            write_stdout(summary.text)
     except RecordingError as e:
         raise CLIError(str(e)) from None
-    except OSError as e:
-        raise CLIError(f"cannot write {e.filename}: {e.strerror}; choose a writable path") from None
-    for w in summary.warnings:
-        print(f"rsttrace: warning: {w}", file=sys.stderr)
-    if args.output:
-        print(f"{n} resets -> {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(summary.text)
+    except OutputClosed:
+        return exit_quietly()
+    except OutputError as e:
+        raise CLIError(str(e)) from None
+    except TimeRangeError as e:
+        raise CLIError(f"{args.recording}: {e}") from None
+    except OSError as e:     # every output error is an OutputError: this is the reading
+        raise CLIError(f"cannot read {args.recording}: {e.strerror or e}") from None
     return 0

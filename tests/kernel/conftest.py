@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+from resetloop import CONNECT_MANY
 
 pytestmark = pytest.mark.kernel
 
@@ -95,19 +96,6 @@ table ip lab {
 }"""
 
 
-CONNECT_MANY = textwrap.dedent("""
-    import socket, sys, time
-    n, deadline, done = int(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
-    while done < n and time.monotonic() < deadline:
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", 9))
-        except ConnectionRefusedError:
-            pass
-        s.close()
-        done += 1
-    print(done)
-""")
 
 
 class Netns:

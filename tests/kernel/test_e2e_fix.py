@@ -25,7 +25,7 @@ from rsttrace.lab import netns
 from rsttrace.lab.scenarios import (POOL_CT_ESTABLISHED_S, POOL_IDLE_PAUSE_S, ScenarioRun,
                                     run_scenario)
 from rsttrace.lab.topology import CLIENT, VIP, Lab
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 from e2e_record import record_scenario
 
@@ -45,12 +45,6 @@ def lab():
                     "mount -t tracefs nodev /sys/kernel/tracing"], check=False)
     with Lab(lock_wait_s=LAB_WAIT_S) as lab:
         yield lab
-
-
-@pytest.fixture
-def env(tmp_path):
-    return {f"RSTTRACE_{k}_DIR": str(tmp_path / k.lower())
-            for k in ("STATE", "SYSCTL", "ETC", "MODPROBE", "SYSTEMD")}
 
 
 @pytest.fixture
@@ -116,29 +110,29 @@ def assert_plan_is_client_keepalive(lab: Lab, stdout: str) -> int:
     return value
 
 
-def test_fix_from_the_recording_removes_the_keepalive_reset(lab, env, client_keepalive, tmp_path):
+def test_fix_from_the_recording_removes_the_keepalive_reset(lab, fix_env, client_keepalive, tmp_path):
     assert client_keepalive[KA_TIME] == "7200"
     run, rows, rec = record_scenario(lab, SCENARIO, tmp_path, "before")
     assert_reset_diagnosed(lab, run, rows)
 
-    r = rsttrace(["--fix", "--yes", "--netns", lab.cli, "--from", str(rec)], env)
+    r = rsttrace(["--fix", "--yes", "--netns", lab.cli, "--from", str(rec)], fix_env)
     assert r.returncode == 0, r.stdout + r.stderr
     value = assert_plan_is_client_keepalive(lab, r.stdout)
     assert f"set {KA_TIME}={value} in {lab.cli} (was 7200; read back)" in r.stdout
-    persisted = Path(env["RSTTRACE_ETC_DIR"]) / "netns.d" / f"{lab.cli}.conf"
+    persisted = Path(fix_env["RSTTRACE_ETC_DIR"]) / "netns.d" / f"{lab.cli}.conf"
     assert f"{KA_TIME} = {value}" in persisted.read_text()
 
     # The same scenario, the client namespace as the fix left it.
     assert_fixed_run_is_clean(lab, tmp_path, "after")
 
-    r = rsttrace(["fix", "--rollback"], env)
+    r = rsttrace(["fix", "--rollback"], fix_env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"restored {KA_TIME}=7200 in {lab.cli}" in r.stdout
     assert netns.get_sysctl(lab.cli, KA_TIME) == "7200"
     assert not persisted.exists()
 
 
-def test_live_fix_watching_the_scenario_removes_the_reset(lab, env, client_keepalive, tmp_path):
+def test_live_fix_watching_the_scenario_removes_the_reset(lab, fix_env, client_keepalive, tmp_path):
     """`rsttrace --fix --yes --netns <client>` with no recording: it watches
     live while the scenario resets its pool, then plans from what it saw."""
     assert client_keepalive[KA_TIME] == "7200"
@@ -150,7 +144,7 @@ def test_live_fix_watching_the_scenario_removes_the_reset(lab, env, client_keepa
         # first context snapshot already holds it; watch past the reset.
         time.sleep(1.0)
         r = rsttrace(["--fix", "--yes", "--netns", lab.cli,
-                      "--observe", f"{POOL_IDLE_PAUSE_S + 3:g}"], env)
+                      "--observe", f"{POOL_IDLE_PAUSE_S + 3:g}"], fix_env)
     finally:
         t.join(60)
     assert box["run"].errors, "the scenario did not reproduce"
@@ -159,6 +153,6 @@ def test_live_fix_watching_the_scenario_removes_the_reset(lab, env, client_keepa
     assert_plan_is_client_keepalive(lab, r.stdout)
 
     assert_fixed_run_is_clean(lab, tmp_path, "after-live")
-    r = rsttrace(["fix", "--rollback"], env)
+    r = rsttrace(["fix", "--rollback"], fix_env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert netns.get_sysctl(lab.cli, KA_TIME) == "7200"

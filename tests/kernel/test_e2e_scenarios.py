@@ -12,7 +12,7 @@ import pytest
 
 from rsttrace.lab.scenarios import SCENARIOS, ScenarioRun
 from rsttrace.lab.topology import BACKEND, CLIENT, VIP, Lab
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 
 from e2e_record import record_scenario
 

@@ -49,10 +49,17 @@ def conntrack_expiry(lab, pause: float = 3.0) -> tuple[str, str]:
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """{(name, labels but node): value}; every series names this host as
+    its node (checked)."""
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+    out = {}
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            labels = dict(s.labels)
+            assert labels.pop("node") == socket.gethostname(), s
+            out[(s.name, tuple(sorted(labels.items())))] = s.value
+    return out
 
 
 def resets_of(samples: dict, prefix: str) -> dict[tuple[str, str, str], float]:
@@ -218,7 +225,10 @@ def test_prometheus_scrapes_the_exporter_during_a_reset_scenario(lab):
         def alert():
             res = promql(base, 'ALERTS{alertname="RsttraceNodeCausedResets", cause="keepalive"}')
             return bool(res["data"]["result"]), res["data"]["result"]
-        assert wait_until(alert, timeout=20)
+        fired = wait_until(alert, timeout=20)
+        assert fired
+        # ... naming the node
+        assert {r["metric"].get("node") for r in fired} == {socket.gethostname()}
         # every dashboard query is valid PromQL against the real server
         for q in dashboard_queries():
             res = promql(base, q)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
 def test_record_holds_a_burst_raw_and_writes_every_event(tmp_path, netns):
     """Events held raw while they come fast are all written, in time order,
     with the context records that came meanwhile, when the recording ends."""
-    from rsttrace.tracer.recording import read_recording
+    from rsttrace.schema.recording import read_recording
     ns = netns.add("b")
     out = tmp_path / "burst.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(out), "-q",

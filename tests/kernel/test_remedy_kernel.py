@@ -53,12 +53,10 @@ def ns():
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    e = {f"RSTTRACE_{k}_DIR": str(tmp_path / k.lower())
-         for k in ("STATE", "SYSCTL", "ETC", "MODPROBE", "SYSTEMD")}
-    for k, v in e.items():
+def env(fix_env, monkeypatch):
+    for k, v in fix_env.items():
         monkeypatch.setenv(k, v)
-    return e
+    return fix_env
 
 
 @pytest.fixture
@@ -192,3 +190,54 @@ def test_from_recording_plans_the_analysis_fix(ns, env, tmp_path):
 def test_ipvs_absent_here_is_said(ns, env):
     r = cli(["fix", "--dry-run", "--netns", ns, "--set", "ipvs.tcp=900"], env)
     assert r.returncode == 1 and "IPVS is not in this kernel" in r.stdout
+
+
+def test_a_second_fix_is_turned_away_while_one_runs(ns, env):
+    """The first run waits at its prompt, holding the lock: a second run
+    that would change something exits 2 with one line saying who holds it;
+    a dry run goes ahead."""
+    import pty
+    import select
+    import time
+    master, slave = pty.openpty()
+    first = subprocess.Popen([sys.executable, "-m", "rsttrace", "fix", "--netns", ns, "--set",
+                              "net.ipv4.tcp_keepalive_time=120"], env={**os.environ, **env},
+                             stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        seen, deadline = b"", time.monotonic() + 60
+        while b"[y/N]" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 4096)
+        assert b"[y/N]" in seen, seen
+        for args in (["--yes"], ["--rollback"], ["--reapply"]):
+            r = cli(["fix", *args, "--netns", ns, "--set", "net.ipv4.tcp_keepalive_time=60"], env)
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+                f"rsttrace: another rsttrace fix is running: pid {first.pid} ("), r.stderr
+        dry = cli(["fix", "--dry-run", "--netns", ns, "--set", "net.ipv4.tcp_keepalive_time=60"], env)
+        assert dry.returncode == 0 and "Dry run" in dry.stdout, dry.stdout + dry.stderr
+        assert ns_read(ns, K.KEEPALIVE_TIME) == 7200
+        os.write(master, b"n\n")
+        assert first.wait(timeout=30) == 1
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        os.close(master)
+    assert ns_read(ns, K.KEEPALIVE_TIME) == 7200
+
+
+def test_a_damaged_journal_stops_fix_with_one_line(ns, env, paths):
+    r = cli(["fix", "--yes", "--netns", ns, "--set", "net.ipv4.tcp_keepalive_time=120"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    journal = json.loads(paths.journal.read_text())
+    journal["version"] = 99
+    paths.journal.write_text(json.dumps(journal))
+    for args in (["--rollback"], ["--yes", "--netns", ns, "--set", "net.ipv4.tcp_keepalive_intvl=30"]):
+        r = cli(["fix", *args], env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr == (f"rsttrace: the journal {paths.journal} is damaged: version 99, this "
+                            "rsttrace reads version 1; nothing was changed: move it aside to go on "
+                            "(what it records can then no longer be rolled back)\n")
+    assert ns_read(ns, K.KEEPALIVE_TIME) == 120 and ns_read(ns, K.KEEPALIVE_INTVL) == 75

@@ -347,7 +347,7 @@ def test_record_cli_ends_cleanly_on_sigterm(tmp_path):
     time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=15) == 0, p.stderr.read()
-    from rsttrace.tracer.recording import read_recording
+    from rsttrace.schema.recording import read_recording
     rec = read_recording(out)
     assert not rec.truncated and rec.totals is not None
     assert rec.totals["lost"] == 0 and "events" in rec.totals

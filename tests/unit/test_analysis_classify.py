@@ -208,6 +208,40 @@ def test_pending_is_bounded():
     assert len(out + c.flush()) == 50
 
 
+def test_a_tuple_reused_within_the_pair_window_is_a_new_incident():
+    # a storm's client comes round to the same ephemeral port within a
+    # second: each refused connect is its own reset, its own incident
+    out = run([sent(1.0, syn=True), recv(1.0001, state="SYN_SENT"),
+               sent(1.2, syn=True), recv(1.2001, state="SYN_SENT"),
+               sent(1.4, syn=True), recv(1.4001, state="SYN_SENT")])
+    assert len(out) == 3
+    assert [[e["dir"] for e in v.events] for v in out] == [["sent", "recv"]] * 3
+    assert [v.t for v in out] == [T0 + 1.0, T0 + 1.2, T0 + 1.4]
+    assert all(v.cause == "no_listener" for v in out)
+
+
+def test_one_reset_seen_in_two_namespaces_stays_one_incident():
+    # the same tuple sent from two namespaces (two hops) is one reset
+    v = run([sent(1.0, netns=SRV, has_sock=True, reason="TCP_ABORT_ON_CLOSE"), sent(1.0001),
+             recv(1.0002)])
+    assert len(v) == 1 and len(v[0].events) == 3
+
+
+def test_events_held_stay_bounded_when_tuples_come_round():
+    # 40,000 resets over 8 s on 500 tuples: what waits for its pair
+    # window is one second's resets at most, however many come on a tuple
+    c = Classifier(pair_window_s=1.0)
+    decided, held = 0, 0
+    for i in range(40_000):
+        t = i * 0.0002
+        decided += len(c.feed(sent(t, syn=True, dport=20000 + i % 500)))
+        decided += len(c.feed(recv(t + 0.00005, state="SYN_SENT", dport=20000 + i % 500)))
+        held = max(held, sum(len(x.sent) + len(x.recv) for x in c._pending.values()))
+    decided += len(c.flush())
+    assert decided == 40_000
+    assert held <= 2 * 500
+
+
 def test_context_history_is_trimmed():
     c = Classifier(window_s=10.0)
     for i in range(1000):

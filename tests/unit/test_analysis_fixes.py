@@ -7,14 +7,47 @@ from hypothesis import given, strategies as st
 
 from rsttrace.analysis.config import audit
 from rsttrace.analysis.fixes import (BYTES_PER_ENTRY, Where, conntrack_full_fixes, invalid_fixes,
-                                     keepalive_fixes, keepalive_target, ordering_ok, timeout_mismatch_fixes)
+                                     keepalive_fixes, keepalive_target, ordering_breaks, ordering_ok,
+                                     timeout_mismatch_fixes)
+from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, FindingKey, Severity, Timeout
 
 
-@pytest.mark.parametrize("ka,ipvs,est,ok", [
-    (600, 900, 86400, True), (7200, 7200, 7200, False), (900, 900, None, False),
-    (None, 900, 600, False), (300, None, 432000, True), (1000, 900, 86400, False)])
-def test_ordering(ka, ipvs, est, ok):
-    assert ordering_ok(ka, ipvs, est) is ok
+KA, VS, CT = Timeout.KEEPALIVE, Timeout.IPVS_TCP, Timeout.CT_ESTABLISHED
+
+# keepalive, IPVS tcp, conntrack established -> the pairs out of order as
+# (lower, upper, no margin); the one table the rule, the audit and the
+# planner are held to
+ORDER_CASES = [
+    (600, 900, 86400, []),
+    (300, None, 432000, []),
+    (None, 900, 900, []),                                      # IPVS may equal conntrack
+    (None, None, None, []),
+    (7200, 7200, 7200, [(KA, VS, True), (KA, CT, True)]),      # the seed: no margin anywhere
+    (900, 900, None, [(KA, VS, True)]),
+    (None, 900, 600, [(VS, CT, False)]),
+    (1000, 900, 86400, [(KA, VS, False)]),
+    (7200, 900, 600, [(VS, CT, False), (KA, VS, False), (KA, CT, False)]),
+    (7200, None, 600, [(KA, CT, False)]),
+    (600, None, 600, [(KA, CT, True)]),
+]
+
+
+@pytest.mark.parametrize("ka,ipvs,est,breaks", ORDER_CASES)
+def test_ordering_rule(ka, ipvs, est, breaks):
+    got = ordering_breaks(ka, ipvs, est)
+    assert [(b.lower, b.upper, b.no_margin) for b in got] == breaks
+    assert ordering_ok(ka, ipvs, est) is (not breaks)
+
+
+@pytest.mark.parametrize("ka,ipvs,est,breaks", ORDER_CASES)
+def test_audit_applies_the_rule(ka, ipvs, est, breaks):
+    ns = {"netns": 1, "name": "lb", "ipvs": None if ipvs is None else {"tcp": ipvs},
+          "sysctl": {k: v for k, v in (("tcp_keepalive_time", ka),
+                                        ("nf_conntrack_tcp_timeout_established", est)) if v is not None}}
+    found = [f for f in audit([ns]) if f.key in TIMEOUT_FINDINGS]
+    assert [(*f.pair, f.key == FindingKey.NO_MARGIN) for f in found] == breaks
+    assert all(f.severity == (Severity.WARNING if f.key == FindingKey.NO_MARGIN else Severity.ERROR)
+               for f in found)
 
 
 @pytest.mark.parametrize("timeout,target", [(900, 450), (350, 175), (240, 120), (7200, 600), (4, 2), (1, None)])

@@ -104,10 +104,12 @@ def test_replay_served_over_http(name):
                 break
             time.sleep(0.1)
         assert got == dict(want)
-        from rsttrace.tracer.recording import read_recording
+        from rsttrace.schema.recording import read_recording
         h = read_recording(FIX / name).header
-        assert ("rsttrace_build_info", (("kernel", h["kernel"]), ("transport", "replay"),
-                                        ("version", h["tool"]))) in samples
+        # every series names the recording's host as its node
+        assert ("rsttrace_build_info", (("kernel", h["kernel"]), ("node", h["host"]),
+                                        ("transport", "replay"), ("version", h["tool"]))) in samples
+        assert all(dict(k[1]).get("node") == h["host"] for k in samples)
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0       # SIGTERM ends it cleanly

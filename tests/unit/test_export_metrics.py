@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rsttrace.analysis.classify import CAUSES
+from rsttrace.analysis.vocab import CAUSES
 from rsttrace.exporter.catalog import BY_NAME, METRICS, OTHER_NETNS, series_names
 from rsttrace.exporter.collector import RsttraceCollector, build_families
 from rsttrace.exporter.netns import NetnsLabels
 from rsttrace.exporter.state import ExportState, View
-from rsttrace.tracer.recording import read_recording
+from rsttrace.schema.recording import read_recording
 from rsttrace.tracer.replay import ReplaySource
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -27,14 +27,17 @@ EXPECTED = json.loads((FIX / "expected.json").read_text())
 
 def scrape(state: ExportState, source=None) -> dict[tuple[str, tuple], float]:
     """Exposition text -> {(sample name, sorted labels): value}, parsed by
-    prometheus-client's own parser."""
+    prometheus-client's own parser. Every series carries the state's node
+    label (checked here, then left out of the keys)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RsttraceCollector(state, source))
     text = generate_latest(reg).decode()
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            key = (s.name, tuple(sorted(s.labels.items())))
+            labels = dict(s.labels)
+            assert labels.pop("node") == state.node, s
+            key = (s.name, tuple(sorted(labels.items())))
             assert key not in out, f"duplicate series {key}"
             out[key] = s.value
     return out
@@ -178,7 +181,7 @@ def test_every_catalog_metric_is_produced_and_named_by_convention():
                                                "nf_conntrack_tcp_timeout_established": 4,
                                                "nf_conntrack_tcp_be_liberal": 0}})],
                 omitted=0, ctx_t=1.0, header={"plan": {"reset_sent": {"available": True}}})
-    fams = build_families(view, {"events": 1, "lost": 0}, {("CLOSE", "SYN_SENT"): 1})
+    fams = build_families(view, {"events": 1, "lost": 0, "backlog": 0}, {("CLOSE", "SYN_SENT"): 1})
     produced = {s.name for f in fams for s in f.samples}
     assert produced == series_names()
     for m in METRICS:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rsttrace.analysis.vocab import CAUSES
 from rsttrace.exporter.catalog import METRICS, series_names
 
 MON = Path(__file__).resolve().parents[2] / "monitoring"
@@ -91,6 +92,16 @@ def test_required_alerts_exist():
     assert "rsttrace_tcp_keepalive_time_seconds" in exprs["RsttraceKeepaliveNotBelowIdleTimeout"]
 
 
+def test_every_aggregation_and_match_keeps_the_node_label():
+    # the node label says where to look; a `by (...)` or `on (...)` that
+    # leaves it out loses it from the alert
+    for r in rules():
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", r["expr"]):
+            assert "node" in [c.strip() for c in clause.split(",")], (r.get("alert") or r.get("record"), clause)
+        if "alert" in r:
+            assert "{{ $labels.node }}" in r["annotations"]["summary"], r["alert"]
+
+
 def test_rules_and_dashboard_use_only_exported_metrics():
     known = series_names() | recorded()
     used = set()
@@ -133,3 +144,31 @@ def test_readme_documents_every_metric():
     for r in rules():
         if "alert" in r:
             assert r["alert"] in text
+
+
+# a cause in a label matcher (cause="x", cause=~"x|y") or a label set
+# (cause: x) of the rules, their tests and the dashboard
+CAUSE_RE = re.compile(r"""\bcause\s*(?:=~?|!~?)\s*\\?["']([^"'\\]+)|[{,]\s*cause:\s*([a-z_]+)""")
+
+
+def causes_named(text: str) -> set[str]:
+    out: set[str] = set()
+    for m in CAUSE_RE.finditer(text):
+        out |= set((m.group(1) or m.group(2)).split("|"))
+    return out
+
+
+def test_rules_and_dashboard_name_only_causes_the_classifier_has():
+    texts = {p.name: p.read_text() for p in (RULES, MON / "rsttrace.rules.test.yml", DASH)}
+    named = {name: causes_named(t) for name, t in texts.items()}
+    # the matcher finds what is there (the node-caused alert, the alert tests)
+    assert {"conntrack_full", "keepalive"} <= named[RULES.name]
+    assert "no_listener" in named["rsttrace.rules.test.yml"]
+    for name, causes in named.items():
+        assert causes <= set(CAUSES), (name, causes - set(CAUSES))
+
+
+def test_readme_lists_every_cause():
+    text = (MON / "README.md").read_text()
+    line = next(ln for ln in text.split("\n- ") if ln.startswith("`cause`:"))
+    assert re.findall(r"`([a-z_]+)`", line.split("(", 1)[0])[1:] == list(CAUSES)

@@ -69,3 +69,14 @@ def test_label_of_a_slot_does_not_change_and_resolver_is_asked_once():
 def test_cap_must_be_positive():
     with pytest.raises(ValueError):
         NetnsLabels(cap=0)
+
+
+def test_names_that_are_not_utf8_become_text_labels():
+    """However a name with a lone surrogate (a byte that is not UTF-8, as
+    Python reads file names) arrives, its label is valid UTF-8."""
+    odd = "rt\udcff"
+    lab = NetnsLabels(cap=5, names={1: odd}, resolver=lambda ino: odd)
+    lab.observe([ns(2, odd)], t=0)
+    assert (lab.for_event(1, 0), lab.for_event(2, 0), lab.for_event(3, 0)) == ("rt\\xff",) * 3
+    for label in lab.labelled().values():
+        label.encode("utf-8")

@@ -1,14 +1,16 @@
 import json
+import os
 
 import pytest
 
 from rsttrace.remedy import keys as K
-from rsttrace.remedy.apply import ApplyError, apply_plan, load_journal, rollback_last
+from rsttrace.remedy.apply import (ApplyError, JournalError, apply_plan, load_journal, reapply,
+                                   rollback_last)
 from rsttrace.remedy.model import Proposal
 from rsttrace.remedy.paths import Paths
 from rsttrace.remedy.planner import make_plan
 
-from test_remedy_fakes import FakeAccess, file_target
+from test_remedy_fakes import COOKIES, FakeAccess, file_target, files_as_namespaces  # noqa: F401
 
 
 @pytest.fixture
@@ -141,6 +143,129 @@ def test_namespace_gone_before_the_first_write_is_an_apply_error(tmp_path, paths
 
 
 def test_every_error_callers_see_is_a_remedy_error():
+    from rsttrace.remedy.lock import LockHeld
     from rsttrace.remedy.model import RemedyError
     from rsttrace.remedy.netns import AccessError, NetnsError
-    assert all(issubclass(c, RemedyError) for c in (ApplyError, NetnsError, AccessError))
+    assert all(issubclass(c, RemedyError)
+               for c in (ApplyError, JournalError, NetnsError, AccessError, LockHeld))
+
+
+def _applied(tmp_path, paths):
+    """A real journal entry to damage, and the fake node it came from."""
+    acc = FakeAccess()
+    cli = acc.add(file_target(tmp_path, "cli"))
+    apply_plan(make_plan([Proposal(cli, K.KEEPALIVE_TIME, 120, "")], acc, acc.node), acc, paths)
+    return acc, cli, json.loads(paths.journal.read_text())
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda j: j.update(version=7), "version 7, this rsttrace reads version 1"),
+    (lambda j: j.pop("version"), "version None"),
+    (lambda j: j.update(entries={}), "'entries' is not a list"),
+    (lambda j: j["entries"].append("x"), "entry 2 is not an object"),
+    (lambda j: j["entries"][0].pop("changes"), "entry 1: 'changes' is not a list"),
+    (lambda j: j["entries"][0].update(state="maybe"),
+     "entry 1 lacks an id, a time or a known state"),
+    (lambda j: j["entries"][0]["changes"][0].update(new="120"),
+     "entry 1, change 1: its old or new value is not an integer"),
+    (lambda j: j["entries"][0]["changes"][0].update(key="kernel.core_pattern"),
+     "entry 1, change 1: key 'kernel.core_pattern' is not one rsttrace sets"),
+    (lambda j: j["entries"][0]["changes"][0]["target"].update(inode=None),
+     "entry 1, change 1: target inode is not a positive integer"),
+    (lambda j: j["entries"][0]["changes"][0]["target"].update(kind="file"),
+     "entry 1, change 1: target kind 'file' is not one of self, name, pid"),
+    (lambda j: j["entries"][0]["files"].append({"path": "/etc/shadow", "content": "x"}),
+     "entry 1, file 4: '/etc/shadow' is not a file rsttrace writes"),
+    (lambda j: j["entries"][0]["files"][0].update(mode=0o100000),
+     "entry 1, file 1: its mode is not a file mode"),
+    (lambda j: j["entries"][0]["files"][0].update(content=["a"]),
+     "entry 1, file 1: its content is not a string"),
+])
+def test_a_damaged_journal_is_named_and_nothing_is_done(tmp_path, paths, damage, what):
+    acc, cli, journal = _applied(tmp_path, paths)
+    damage(journal)
+    paths.journal.write_text(json.dumps(journal))
+    writes = len(acc.writes)
+    for run in (lambda: rollback_last(acc, paths),
+                lambda: apply_plan(make_plan([Proposal(cli, K.KEEPALIVE_INTVL, 30, "")], acc,
+                                             acc.node), acc, paths)):
+        with pytest.raises(JournalError) as e:
+            run()
+        assert str(e.value).startswith(f"the journal {paths.journal} is damaged: {what}")
+        assert "\n" not in str(e.value)
+    assert len(acc.writes) == writes and acc.values[cli.inode][K.KEEPALIVE_TIME] == 120
+    assert json.loads(paths.journal.read_text()) == journal
+
+
+def test_a_journal_that_is_not_a_regular_file_is_refused(paths):
+    paths.state_dir.mkdir(parents=True)
+    os.mkfifo(paths.journal)
+    with pytest.raises(JournalError, match="not a regular file"):
+        rollback_last(FakeAccess(), paths)
+
+
+def test_reapply_never_reads_a_persisted_name_as_a_process_or_the_node(paths, monkeypatch,
+                                                                       tmp_path):
+    """netns.d/1.conf is /run/netns/1, not pid 1 (whose namespace is the
+    node's); host, root likewise; init.conf is the node's by design."""
+    from rsttrace.remedy import netns
+    monkeypatch.setattr(netns, "RUN_NETNS", str(tmp_path / "none"))
+    acc = FakeAccess()
+    paths.netns_dir.mkdir(parents=True)
+    for name in ("1", "host", "root", "init"):
+        (paths.netns_dir / f"{name}.conf").write_text(f"{K.KEEPALIVE_PROBES} = 4\n")
+    done, problems = reapply(acc, paths)
+    assert done == [f"{K.KEEPALIVE_PROBES}=4 in {acc.node.label}"]   # init.conf alone
+    assert acc.writes == [(acc.node.label, K.KEEPALIVE_PROBES, 4)]
+    assert sorted(p.split(" (")[0] for p in problems) == [
+        f"no namespace {tmp_path}/none/{n}" for n in ("1", "host", "root")]
+
+
+def test_rollback_restores_a_files_mode(tmp_path, paths):
+    acc = FakeAccess()
+    paths.sysctl_conf.parent.mkdir(parents=True)
+    paths.sysctl_conf.write_text("# mine\n")
+    os.chmod(paths.sysctl_conf, 0o600)
+    plan, _ = _plan(acc, tmp_path)
+    apply_plan(plan, acc, paths)
+    assert os.stat(paths.sysctl_conf).st_mode & 0o777 == 0o600   # kept while rsttrace's
+    os.chmod(paths.sysctl_conf, 0o640)
+    rollback_last(acc, paths)
+    assert paths.sysctl_conf.read_text() == "# mine\n"
+    assert os.stat(paths.sysctl_conf).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_rollback_restores_a_files_owner(tmp_path, paths):
+    acc = FakeAccess()
+    paths.sysctl_conf.parent.mkdir(parents=True)
+    paths.sysctl_conf.write_text("# theirs\n")
+    os.chown(paths.sysctl_conf, 4321, 4322)
+    plan, _ = _plan(acc, tmp_path)
+    apply_plan(plan, acc, paths)
+    os.chown(paths.sysctl_conf, 0, 0)
+    rollback_last(acc, paths)
+    st = os.stat(paths.sysctl_conf)
+    assert (st.st_uid, st.st_gid) == (4321, 4322)
+
+
+def test_a_persisted_file_that_is_not_regular_stops_the_apply(tmp_path, paths):
+    """A FIFO where a file goes would block the snapshot's read forever."""
+    acc = FakeAccess()
+    paths.sysctl_conf.parent.mkdir(parents=True)
+    os.mkfifo(paths.sysctl_conf)
+    plan, cli = _plan(acc, tmp_path)
+    with pytest.raises(ApplyError, match="not a regular file; move it aside; nothing was changed"):
+        apply_plan(plan, acc, paths)
+    assert acc.writes == [] and not paths.journal.exists()
+
+
+def test_a_namespace_replaced_after_planning_is_not_written(tmp_path, paths):
+    """Deleted and its inode (and path) taken by a new namespace between
+    the plan and the apply: nothing is written, anywhere."""
+    acc = FakeAccess()
+    plan, cli = _plan(acc, tmp_path)
+    COOKIES[cli.path] += 1
+    with pytest.raises(ApplyError, match="no longer exists.*; nothing was changed"):
+        apply_plan(plan, acc, paths)
+    assert acc.writes == [] and not paths.journal.exists()

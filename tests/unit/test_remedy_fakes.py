@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from rsttrace.remedy import keys as K
 from rsttrace.remedy.model import Target
 from rsttrace.remedy.netns import AccessError, self_target
@@ -15,12 +17,35 @@ NODE_ONLY = {K.CT_MAX: 262144, K.CT_BUCKETS: 262144}
 IPVS = {K.IPVS_TCP: 900, K.IPVS_TCPFIN: 120, K.IPVS_UDP: 300}
 
 
+# path -> cookie of the fake namespace a plain file stands for
+COOKIES: dict[str, int] = {}
+
+
 def file_target(tmp_path, name: str) -> Target:
-    """A "named namespace" whose path is a plain file: still_same() checks
-    only that the path's inode is unchanged, which a file gives us."""
+    """A "named namespace" whose path is a plain file: its inode is the
+    file's, its cookie the one COOKIES gives its path (see `files_as_namespaces`)."""
     p = tmp_path / name
     p.write_text("")
-    return Target("name", name, os.stat(p).st_ino, str(p), name)
+    COOKIES[str(p)] = cookie = 7_000_000 + len(COOKIES)
+    return Target("name", name, os.stat(p).st_ino, str(p), name, cookie)
+
+
+@pytest.fixture(autouse=True)
+def files_as_namespaces(monkeypatch):
+    """Imported by a test module: netnsid.identify() answers for plain files
+    with their inode and their COOKIES entry (no cookie: None), as it would
+    for a namespace; a test "replaces" a namespace by changing its cookie."""
+    from rsttrace.tracer import netnsid
+    real = netnsid.identify
+    COOKIES.clear()
+
+    def identify(path):
+        if str(path).startswith("/proc/"):   # nsfs files look regular too
+            return real(path)
+        return os.stat(path).st_ino, COOKIES.get(str(path))
+    monkeypatch.setattr(netnsid, "identify", identify)
+    yield COOKIES
+    COOKIES.clear()
 
 
 class FakeAccess:

@@ -45,7 +45,7 @@ def test_render_merges_with_what_rsttrace_persisted_before(tmp_path):
 def test_reapply_reads_back_what_render_wrote(tmp_path):
     paths = _paths(tmp_path)
     atomic_write(paths.netns_dir / "cli.conf", persist.render_conf({"tcp_keepalive_time": "120"}))
-    assert persist.read_netns_confs(paths) == {"cli": {K.KEEPALIVE_TIME: 120}}
+    assert persist.read_netns_confs(paths) == ({"cli": {K.KEEPALIVE_TIME: 120}}, [])
 
 
 def test_atomic_write_leaves_no_temp_file(tmp_path):

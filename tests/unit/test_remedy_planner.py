@@ -3,9 +3,11 @@ import pytest
 from rsttrace.remedy import keys as K
 from rsttrace.remedy.handover import add_handovers, kube_proxy_flags, pod_sysctls
 from rsttrace.remedy.model import Proposal
-from rsttrace.remedy.planner import MEM_PER_ENTRY, PlanOptions, make_plan
+from rsttrace.analysis.fixes import ordering_breaks
+from rsttrace.remedy.planner import MEM_PER_ENTRY, NAMES, PlanOptions, make_plan
 
-from test_remedy_fakes import FakeAccess, file_target
+from test_analysis_fixes import ORDER_CASES
+from test_remedy_fakes import FakeAccess, file_target, files_as_namespaces  # noqa: F401 (autouse)
 
 
 @pytest.fixture
@@ -85,6 +87,25 @@ def test_ordering_broken_after_the_change_is_refused(tmp_path, over, ask, needle
     assert needle in plan.errors[0] and "keepalive < IPVS tcp timeout <= conntrack" in plan.errors[0]
 
 
+@pytest.mark.parametrize("ka,ipvs,est,breaks", ORDER_CASES)
+def test_planner_applies_the_rule(tmp_path, ka, ipvs, est, breaks):
+    """The analysis's ordering rule, on the values a plan would leave."""
+    acc = FakeAccess(ipvs=ipvs is not None)
+    ns = acc.add(file_target(tmp_path, "lb"))
+    after = {K.KEEPALIVE_TIME: ka, K.IPVS_TCP: ipvs, K.CT_ESTABLISHED: est}
+    acc.values[ns.inode] = {k: v for k, v in after.items() if v is not None}
+    key = next((k for k, v in after.items() if v is not None), None)
+    if key is None:
+        return
+    acc.values[ns.inode][key] += 1      # the plan changes it back to the case's value
+    plan = make_plan([P(ns, key, after[key], manual=True)], acc, acc.node)
+    assert [(c.key, c.new) for c in plan.changes] == [(key, after[key])]
+    assert plan.ok is (not breaks), plan.errors
+    for lower, upper, _ in breaks:
+        b = next(b for b in ordering_breaks(ka, ipvs, est) if (b.lower, b.upper) == (lower, upper))
+        assert b.text(NAMES) in plan.errors[0]
+
+
 def test_ordering_that_holds_is_accepted(tmp_path):
     acc = FakeAccess(ipvs=True)
     ns = acc.add(file_target(tmp_path, "lb"))
@@ -151,3 +172,14 @@ def test_plan_text_fits_80_columns(acc, tmp_path):
     text = plan_text(plan, "test")
     assert max(len(line) for line in text.splitlines()) <= 80
     assert K.CT_ESTABLISHED in text and "Refused, nothing was changed" in text
+
+
+def test_plan_names_a_long_namespace_in_full(acc, tmp_path):
+    """The WHERE column is 15 wide; a longer name is what a printed command
+    and the user's `ip netns` use, so it is shown whole, never cut."""
+    from rsttrace.remedy.render import plan_text
+    name = "payments-db-clients-7f9c"
+    cli = acc.add(file_target(tmp_path, name))
+    text = plan_text(make_plan([P(cli, K.KEEPALIVE_TIME, 120, "x")], acc, acc.node))
+    assert f"\n  {name}\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -1,14 +1,14 @@
 from rsttrace.analysis.fixes import Fix, Where, keepalive_fixes
 from rsttrace.remedy import keys as K
 from rsttrace.remedy.model import Target
-from rsttrace.remedy.netns import self_target
+from rsttrace.remedy.netns import Located, self_target
 from rsttrace.remedy.sources import Gathered, add_fixes, fixes_from_ctx, from_records
 
 CLI = Target("name", "cli", 4026532999, "/run/netns/cli", "cli")
 
 
-def _find(inode, name):
-    return CLI if inode == CLI.inode else None
+def _find(inode, name, cookie):
+    return Located(CLI) if inode == CLI.inode else Located(None, f"namespace {name} is gone")
 
 
 def test_analysis_fixes_become_proposals_and_handovers():
@@ -16,7 +16,7 @@ def test_analysis_fixes_become_proposals_and_handovers():
     g = Gathered()
     fixes = keepalive_fixes(Where(CLI.inode, "cli"), 7200, 900, "IPVS tcp timeout")
     fixes.append(Fix("conntrack_full", "node", None, None, K.CT_MAX, 262144, 524288, "", None, "full"))
-    add_fixes(g, fixes, node, _find)
+    add_fixes(g, fixes, node, find=_find)
     props = {(p.target.label, p.key): p.value for p in g.proposals}
     assert props == {("cli", K.KEEPALIVE_TIME): 450, (node.label, K.CT_MAX): 524288}
     assert {h.scope for h in g.handovers} == {"pod", "pool"}
@@ -27,7 +27,7 @@ def test_gone_namespace_and_foreign_keys():
     add_fixes(g, [Fix("keepalive", "netns", 123, None, K.KEEPALIVE_TIME, 7200, 60, "", None, "x"),
                   Fix("conntrack_invalid", "netns", CLI.inode, "cli", "nft.ct_state_invalid_drop",
                       None, "drop", "nft add rule ...", None, "y", True)],
-              self_target(), _find)
+              self_target(), find=_find)
     assert g.proposals == [] and "gone" in g.notes[0]
     assert g.handovers[0].scope == "command" and g.handovers[0].text == "nft add rule ..."
 

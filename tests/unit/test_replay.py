@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsttrace.tracer.recording import RecordingError
+from rsttrace.schema.recording import RecordingError
 from rsttrace.tracer.replay import ReplaySource
 from test_tui_fixtures import T0, incident_records, storm_records, write
 

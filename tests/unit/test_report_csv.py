@@ -1,4 +1,6 @@
-"""CSV layout, escaping, atomic writes, and stream == frame output."""
+"""CSV layout, escaping, atomic writes; the writer process and the
+in-process writer give the same bytes (tests/unit/test_csv_golden.py holds
+every path to the golden files)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,20 @@ import csv
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from rsttrace.analysis.report import CSV_COLUMNS, report_recording, write_csv, write_report
+from rsttrace.analysis import csvout, report
+from rsttrace.analysis.report import COLUMNS, report_recording
+from rsttrace.outfile import OutFile
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 FIRST = ("time,direction,netns,pod,pid,comm,src,sport,dst,dport,state,kernel_reason,idle_s,keepalive_s,"
          "cause,confidence,evidence,fix").split(",")
+
+
+def write_report(rec, path, writer_process=None):
+    with OutFile(path) as out:
+        return report.write_report(rec, out, writer_process=writer_process)
 
 
 def read(path):
@@ -22,16 +30,14 @@ def read(path):
 
 
 def test_columns_exact_order(tmp_path):
-    assert CSV_COLUMNS == FIRST
-    df, _ = report_recording(FIX / "keepalive_lab.jsonl")
-    write_csv(df, tmp_path / "r.csv")
+    assert COLUMNS[:18] == FIRST
+    write_report(FIX / "keepalive_lab.jsonl", tmp_path / "r.csv")
     header = (tmp_path / "r.csv").read_text().split("\n")[0].split(",")
     assert header[:18] == FIRST and "incident" in header[18:]
 
 
 def test_rows_direction_and_cells(tmp_path):
-    df, _ = report_recording(FIX / "keepalive_lab.jsonl")
-    write_csv(df, tmp_path / "r.csv")
+    write_report(FIX / "keepalive_lab.jsonl", tmp_path / "r.csv")
     sent, rcv = read(tmp_path / "r.csv")
     assert sent["time"] == "2023-11-14T22:13:27.100Z"
     for row in (sent, rcv):   # src -> dst is the reset's own direction in both rows
@@ -45,45 +51,36 @@ def test_rows_direction_and_cells(tmp_path):
 
 
 def test_formula_cells_neutralised(tmp_path):
-    df, _ = report_recording(FIX / "full_table.jsonl")
-    write_csv(df, tmp_path / "r.csv")
+    write_report(FIX / "full_table.jsonl", tmp_path / "r.csv")
     rows = read(tmp_path / "r.csv")
     assert rows[-1]["comm"] == "'=HYPERLINK(\"x\")"
-    df2 = pd.DataFrame({"a": ["=1+1", "+x", "-2", "@SUM(A1)", "\tq", "\rz", "ok", None, "a\x1b[31mb"]})
-    write_csv(df2, tmp_path / "n.csv")
+    with OutFile(tmp_path / "n.csv") as out:
+        csvout.write_table(["a"], [[v] for v in ["=1+1", "+x", "-2", "@SUM(A1)", "\tq", "\rz", "ok", None,
+                                                 "a\x1b[31mb", 'q"uote,d', ""]], out)
     got = [r["a"] for r in read(tmp_path / "n.csv")]
-    assert got == ["'=1+1", "'+x", "'-2", "'@SUM(A1)", "'\\x09q", "'\\x0dz", "ok", "", "a\\x1b[31mb"]
+    assert got == ["'=1+1", "'+x", "'-2", "'@SUM(A1)", "'\\x09q", "'\\x0dz", "ok", "", "a\\x1b[31mb", 'q"uote,d', ""]
 
 
-@pytest.mark.parametrize("name", ["keepalive_lab.jsonl", "full_table.jsonl", "ipvs_mismatch_truncated.jsonl"])
-def test_stream_equals_frame(tmp_path, name):
-    df, _ = report_recording(FIX / name)
-    write_csv(df, tmp_path / "frame.csv")
-    n, _ = write_report(FIX / name, tmp_path / "stream.csv")
-    assert n == len(df)
-    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
-
-
-def test_write_is_atomic(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer_process", [True, False])
+def test_write_is_atomic(tmp_path, monkeypatch, writer_process):
     out = tmp_path / "r.csv"
     out.write_text("old\n")
-    df = pd.DataFrame({"a": [1]})
 
     def boom(self, *a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    monkeypatch.setattr(csvout.RowWriter, "close", boom)
     with pytest.raises(OSError):
-        write_csv(df, out)
+        write_report(FIX / "keepalive_lab.jsonl", out, writer_process)
     assert out.read_text() == "old\n" and os.listdir(tmp_path) == ["r.csv"]
 
 
 def test_stream_failure_leaves_nothing(tmp_path):
+    # a header that does not validate fails the report once the CSV is open
     bad = tmp_path / "bad.jsonl"
-    lines = (FIX / "keepalive_lab.jsonl").read_text().splitlines()
-    bad.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+    bad.write_text('{"kind":"header","schema":1,"hz":"fast"}\n')
     with pytest.raises(Exception) as e:
         write_report(bad, tmp_path / "r.csv")
-    assert ":4:" in str(e.value)
+    assert ":1:" in str(e.value)
     assert os.listdir(tmp_path) == ["bad.jsonl"]
 
 
@@ -98,14 +95,14 @@ def _bench_recording(tmp_path, n):
     return p
 
 
-def test_stream_equals_frame_on_many_resets(tmp_path):
+def test_writer_process_and_inline_agree_on_many_resets(tmp_path):
     rec = _bench_recording(tmp_path, 3000)
     df, summary = report_recording(rec)
-    write_csv(df, tmp_path / "frame.csv")
-    n, summary2 = write_report(rec, tmp_path / "stream.csv")
-    assert n == len(df) == 3000
-    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
-    assert summary.text == summary2.text
+    n, summary2 = write_report(rec, tmp_path / "forked.csv", True)
+    n3, summary3 = write_report(rec, tmp_path / "inline.csv", False)
+    assert n == n3 == len(df) == 3000
+    assert (tmp_path / "forked.csv").read_bytes() == (tmp_path / "inline.csv").read_bytes()
+    assert summary.text == summary2.text == summary3.text and summary.rows == summary2.rows
 
 
 def test_summary_counts_match_the_rows(tmp_path):
@@ -123,3 +120,12 @@ def test_summary_counts_match_the_rows(tmp_path):
     bins = df["time"].dt.floor(f"{step}s").value_counts().sort_index()
     assert [int(v) for v in s[s["section"] == "time"]["value"]] == [int(v) for v in bins.values]
     assert f"3000 resets in {df['incident'].nunique()} incidents" in summary.text
+
+
+@pytest.mark.parametrize("writer_process", [True, False])
+def test_the_writer_process_is_used_where_asked(tmp_path, writer_process):
+    with OutFile(tmp_path / "r.csv") as out:
+        stream = report.CsvStream(out, writer_process=writer_process)
+        assert stream._writer.forked is writer_process
+        stream.close()
+    assert (tmp_path / "r.csv").read_text() == ",".join(COLUMNS) + "\n"

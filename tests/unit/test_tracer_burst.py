@@ -4,9 +4,10 @@ import os
 
 import numpy as np
 
+from rsttrace.schema import catalog as cat
 from rsttrace.tracer import events as ev
 from rsttrace.tracer.burst import CATCHUP_EVENTS, WINDOW_S, BurstWriter
-from rsttrace.tracer.recording import RecordingWriter, read_recording
+from rsttrace.schema.recording import RecordingWriter, read_recording
 
 HEADER = {"host": "h", "kernel": "k", "plan": {}}
 
@@ -21,10 +22,10 @@ class Clock:
 
 def batch(start: int, n: int) -> np.ndarray:
     a = np.zeros(n, dtype=ev.EVENT_DTYPE)
-    a["kind"], a["dir"] = ev.EV_RESET, ev.DIR_SENT
+    a["kind"], a["dir"] = cat.EV_RESET, cat.DIR_SENT
     a["ts_ns"] = np.arange(start, start + n) * 1000
     a["sport"] = np.arange(start, start + n) % 65536
-    a["kind"][::7] = ev.EV_CT_DROP
+    a["kind"][::7] = cat.EV_CT_DROP
     return a
 
 

@@ -5,6 +5,7 @@ import socket
 import numpy as np
 import pytest
 
+from rsttrace.schema import catalog as cat
 from rsttrace.tracer import events as ev
 from rsttrace.tracer.events import EVENT_DTYPE, Decoder, parse_full_netns
 
@@ -25,9 +26,9 @@ def test_layout_size_matches_header_comment():
 
 
 def test_received_reset_on_a_socket():
-    a = raw(ts_ns=2_500_000_000, kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET,
+    a = raw(ts_ns=2_500_000_000, kind=cat.EV_RESET, dir=cat.DIR_RECV, family=socket.AF_INET,
             netns=4026532000, sport=3306, dport=40000, state=1,
-            flags=ev.EVF_HAS_SOCK | ev.EVF_IDLE | ev.EVF_KA | ev.EVF_KEEPALIVE | ev.EVF_OWNER,
+            flags=cat.EVF_HAS_SOCK | cat.EVF_IDLE | cat.EVF_KA | cat.EVF_KEEPALIVE | cat.EVF_OWNER,
             idle_jiffies=1750, ka_time=250 * 30, ka_intvl=250 * 5, ka_probes=3,
             pid=42, comm=b"mysql", cookie=99,
             saddr=np.void(bytes([10, 96, 0, 10]) + bytes(12)),
@@ -43,7 +44,7 @@ def test_received_reset_on_a_socket():
 
 def test_comm_ends_at_its_nul():
     # the task's name as the kernel holds it: what follows the NUL is stale
-    a = raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, flags=ev.EVF_HAS_SOCK | ev.EVF_OWNER,
+    a = raw(kind=cat.EV_RESET, dir=cat.DIR_RECV, flags=cat.EVF_HAS_SOCK | cat.EVF_OWNER,
             pid=7, comm=b"sh\0ysqld-worker")
     (r,) = DEC.decode(a.tobytes())
     assert r["comm"] == "sh"
@@ -51,8 +52,8 @@ def test_comm_ends_at_its_nul():
 
 def test_sent_no_socket_reset_answering_a_syn_ipv6():
     src = socket.inet_pton(socket.AF_INET6, "fd00::1")
-    a = raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET6, netns=7, dev_netns=7,
-            reason=1, flags=ev.EVF_REASON | ev.EVF_TRIGGER, trigger_flags=0x02,
+    a = raw(kind=cat.EV_RESET, dir=cat.DIR_SENT, family=socket.AF_INET6, netns=7, dev_netns=7,
+            reason=1, flags=cat.EVF_REASON | cat.EVF_TRIGGER, trigger_flags=0x02,
             saddr=np.void(src), daddr=np.void(socket.inet_pton(socket.AF_INET6, "fd00::2")))
     (r,) = DEC.decode(a.tobytes())
     assert r["family"] == 6 and r["src"] == "fd00::1" and r["dst"] == "fd00::2"
@@ -62,15 +63,15 @@ def test_sent_no_socket_reset_answering_a_syn_ipv6():
 
 
 def test_unknown_reason_keeps_raw_value():
-    a = raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET, reason=77, flags=ev.EVF_REASON)
+    a = raw(kind=cat.EV_RESET, dir=cat.DIR_SENT, family=socket.AF_INET, reason=77, flags=cat.EVF_REASON)
     (r,) = DEC.decode(a.tobytes())
     assert r["reason"] == "77" and r["reason_raw"] == 77
 
 
 def test_drop_full_and_batch():
     a = np.concatenate([
-        raw(kind=ev.EV_CT_DROP, netns=5, reason=12, sport=0x0800),
-        raw(kind=ev.EV_CT_FULL, text=b"nf_conntrack: nf_conntrack: table full in netns 4026532247, dropping packet"),
+        raw(kind=cat.EV_CT_DROP, netns=5, reason=12, sport=0x0800),
+        raw(kind=cat.EV_CT_FULL, text=b"nf_conntrack: nf_conntrack: table full in netns 4026532247, dropping packet"),
     ])
     d, f = DEC.decode(a.tobytes())
     assert d == {"kind": "ct_drop", "t": 1000.0, "netns": 5, "reason": "NETFILTER_DROP",
@@ -82,8 +83,8 @@ def test_derived_drop_has_the_same_fields_without_a_raw_reason():
     # before 5.17: no reason from the kernel, none in the table either (the
     # tracepoint has no reason field); the program derived it from the site
     dec = Decoder(hz=250, mono_to_unix=1000.0)
-    a = np.concatenate([raw(kind=ev.EV_CT_DROP, netns=5, sport=0x86dd, flags2=ev.EVF2_REASON_DERIVED),
-                        raw(kind=ev.EV_CT_DROP, netns=6, reason=12)])
+    a = np.concatenate([raw(kind=cat.EV_CT_DROP, netns=5, sport=0x86dd, flags2=cat.EVF2_REASON_DERIVED),
+                        raw(kind=cat.EV_CT_DROP, netns=6, reason=12)])
     d, n = dec.decode(a.tobytes())
     assert d == {"kind": "ct_drop", "t": 1000.0, "netns": 5, "reason": "NETFILTER_DROP",
                  "reason_raw": None, "reason_derived": True, "protocol": 0x86dd}
@@ -100,15 +101,15 @@ def test_jsonl_text_equals_the_records():
     dict records say, for every kind and odd strings (quotes in a comm)."""
     import json
     a = np.concatenate([
-        raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET, state=1, ts_ns=10**9,
-            flags=ev.EVF_HAS_SOCK | ev.EVF_IDLE | ev.EVF_KA | ev.EVF_OWNER, comm=b'a"b\\c',
+        raw(kind=cat.EV_RESET, dir=cat.DIR_RECV, family=socket.AF_INET, state=1, ts_ns=10**9,
+            flags=cat.EVF_HAS_SOCK | cat.EVF_IDLE | cat.EVF_KA | cat.EVF_OWNER, comm=b'a"b\\c',
             idle_jiffies=3, pid=7, saddr=np.void(bytes([1, 2, 3, 4]) + bytes(12))),
-        raw(kind=ev.EV_CT_DROP, netns=5, reason=12, ts_ns=2 * 10**9),
-        raw(kind=ev.EV_CT_DROP, netns=5, ts_ns=3 * 10**9, flags2=ev.EVF2_REASON_DERIVED),
-        raw(kind=ev.EV_RESET, dir=ev.DIR_SENT, family=socket.AF_INET6, reason=1,
-            flags=ev.EVF_REASON | ev.EVF_TRIGGER, trigger_flags=0x14,
+        raw(kind=cat.EV_CT_DROP, netns=5, reason=12, ts_ns=2 * 10**9),
+        raw(kind=cat.EV_CT_DROP, netns=5, ts_ns=3 * 10**9, flags2=cat.EVF2_REASON_DERIVED),
+        raw(kind=cat.EV_RESET, dir=cat.DIR_SENT, family=socket.AF_INET6, reason=1,
+            flags=cat.EVF_REASON | cat.EVF_TRIGGER, trigger_flags=0x14,
             saddr=np.void(socket.inet_pton(socket.AF_INET6, "fd00::9"))),
-        raw(kind=ev.EV_CT_FULL, text=b"nf_conntrack: table full in netns 9, dropping packet"),
+        raw(kind=cat.EV_CT_FULL, text=b"nf_conntrack: table full in netns 9, dropping packet"),
     ])
     records = DEC.decode_array(a)
     data = DEC.encode_jsonl(a)
@@ -126,8 +127,8 @@ def _random_batch(seed: int, n: int) -> np.ndarray:
     one kind differ in which fields are valid) and values."""
     rng = np.random.default_rng(seed)
     a = np.zeros(n, dtype=EVENT_DTYPE)
-    a["kind"] = rng.choice([ev.EV_RESET] * 6 + [ev.EV_CT_DROP, ev.EV_CT_FULL, ev.EV_IPVS_EXPIRE,
-                                                 ev.EV_CT_ALLOC_FAIL], n)
+    a["kind"] = rng.choice([cat.EV_RESET] * 6 + [cat.EV_CT_DROP, cat.EV_CT_FULL, cat.EV_IPVS_EXPIRE,
+                                                 cat.EV_CT_ALLOC_FAIL], n)
     a["dir"] = rng.integers(1, 3, n)
     a["flags"] = rng.integers(0, 256, n)
     a["flags2"] = rng.integers(0, 4, n)
@@ -155,8 +156,8 @@ def test_jsonl_text_equals_the_records_for_mixed_batches():
         assert [r["t"] for r in records] == [(1000 * 10**6 + t // 1000) / 1e6 for t in a["ts_ns"].tolist()]
     # one group only, and a group of one row
     a = _random_batch(1, 40)
-    a["kind"], a["dir"], a["flags"], a["flags2"] = ev.EV_RESET, ev.DIR_SENT, ev.EVF_REASON, 0
-    a[7]["flags"] = ev.EVF_HAS_SOCK
+    a["kind"], a["dir"], a["flags"], a["flags2"] = cat.EV_RESET, cat.DIR_SENT, cat.EVF_REASON, 0
+    a[7]["flags"] = cat.EVF_HAS_SOCK
     for batch in (a[:7], a):
         assert [json.loads(x) for x in DEC.encode_jsonl(batch).decode().split("\n")[:-1]] == DEC.decode_array(batch)
 
@@ -177,8 +178,8 @@ def test_columns_of_one_value_and_of_many_decode_alike():
     """A column that is the same in every row of a batch skips the sort of
     distinct values: it must name each row as a mixed column does."""
     import json
-    one = np.concatenate([raw(kind=ev.EV_RESET, dir=ev.DIR_RECV, family=socket.AF_INET, state=2,
-                              flags=ev.EVF_HAS_SOCK | ev.EVF_OWNER, pid=9, comm=b"mysqld",
+    one = np.concatenate([raw(kind=cat.EV_RESET, dir=cat.DIR_RECV, family=socket.AF_INET, state=2,
+                              flags=cat.EVF_HAS_SOCK | cat.EVF_OWNER, pid=9, comm=b"mysqld",
                               saddr=np.void(bytes([10, 0, 0, 7]) + bytes(12)), sport=p)
                           for p in range(40000, 40005)])
     mixed = one.copy()

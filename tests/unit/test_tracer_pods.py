@@ -4,10 +4,12 @@ drivers."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
-from rsttrace.tracer.events import EVENT_DTYPE, EV_RESET, EVF_HAS_SOCK, EVF_OWNER, Decoder
+from rsttrace.schema.catalog import EV_RESET, EVF_HAS_SOCK, EVF_OWNER
+from rsttrace.tracer.events import EVENT_DTYPE, Decoder
 from rsttrace.tracer.pods import PodResolver, cgroup2_root, pod_uid
 
 UID = "3f1c2a9e-8b7d-4e21-9a0f-5c6d7e8f9a0b"
@@ -79,3 +81,33 @@ def test_decoder_adds_the_pod_of_the_owner(tmp_path):
     assert [r["pod"] for r in recs] == ["payments/mysql-client-7d9f", None, None]
     import json
     assert [json.loads(line) for line in d.encode_jsonl(a).decode().split("\n")[:-1]] == recs
+
+
+def test_mountinfo_with_bytes_that_are_not_utf8(tmp_path):
+    # `ip netns add $'rt\xff'` bind-mounts /run/netns/rt\xff: its line holds
+    # the raw byte; a space in a path is written \040 by the kernel.
+    mi = tmp_path / "mountinfo"
+    mi.write_bytes(b"40 25 0:4 net:[4026532174] /run/netns/rt\xff rw shared:5 - nsfs nsfs rw\n"
+                   b"41 25 0:33 / /mnt/a\\040b\xfe rw - ext4 /dev/sda1 rw\n"
+                   b"42 25 0:27 / /sys/fs/cgroup/uni\\040fied rw - cgroup2 cgroup2 rw\n")
+    assert cgroup2_root(str(mi)) == Path("/sys/fs/cgroup/uni fied")
+    mi.write_bytes(b"42 25 0:27 / /sys/fs/cg\xff rw - cgroup2 cgroup2 rw\n")
+    assert os.fsencode(cgroup2_root(str(mi))) == b"/sys/fs/cg\xff"
+
+
+def test_pod_name_with_bytes_that_are_not_utf8_is_text(tmp_path):
+    root, logs, systemd, *_ = tree(tmp_path)
+    os.rename(logs / f"payments_mysql-client-7d9f_{UID}",
+              os.path.join(os.fsencode(logs), b"pay\xffments_db_" + UID.encode()))
+    pod = PodResolver(root=root, pods_log=logs)(os.stat(systemd).st_ino)
+    assert pod == "pay\\xffments/db"
+    pod.encode("utf-8")
+
+
+def test_cgroup2_root_past_a_mount_point_that_is_not_utf8(tmp_path):
+    # a namespace named with any bytes in /run/netns is a mount point too,
+    # and the DaemonSet mounts the host's /run/netns into the container
+    mi = tmp_path / "mountinfo"
+    mi.write_bytes(b"47 46 0:4 net:[4026532174] /run/netns/rt\xff rw shared:2 - nsfs nsfs rw\n"
+                   b"35 24 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    assert str(cgroup2_root(str(mi))) == "/sys/fs/cgroup/unified"

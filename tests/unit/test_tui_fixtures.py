@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rsttrace.tracer.recording import RecordingWriter
+from rsttrace.schema.recording import RecordingWriter
 
 T0 = 1_700_000_000.0
 CLI, LB, SRV = 4026532001, 4026532002, 4026532003

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from rsttrace.analysis.classify import Verdict
+from rsttrace.analysis.vocab import Cause, Confidence
 from rsttrace.tui.rows import NetnsNames, detail_text, make_row
 from rsttrace.tui.state import Batch, FilterError, FilterSpec, LiveState
 from test_tui_fixtures import CLI, EVIL_COMM, LB, T0, VIP, reset_pair
 
 
-@dataclass
-class V:  # the Verdict's shape (analysis.classify.Verdict); a plain record here
-    incident: int
-    t: float
-    cause: str
-    events: list[dict[str, Any]]
-    confidence: str = "high"
-    evidence: str = "idle 7 s >= conntrack established timeout 4 s"
-    fixes: list = field(default_factory=list)
-    sender_netns: int | None = LB
-    receiver_netns: int | None = CLI
-    src: str = VIP
-    sport: int = 3306
-    dst: str = "10.0.1.2"
-    dport: int = 40001
+def V(incident: int, t: float, cause: str, events: list[dict[str, Any]], dport: int = 40001) -> Verdict:
+    return Verdict(incident, t, Cause(cause), Confidence.HIGH, "idle 7 s >= conntrack established timeout 4 s",
+                   [], events, LB, CLI, VIP, 3306, "10.0.1.2", dport)
 
 
 NAMES = NetnsNames({str(CLI): "cli", str(LB): "lb"})
@@ -108,4 +97,15 @@ def test_host_text_is_never_markup():
     txt = detail_text(r, NAMES)
     assert EVIL_COMM in txt.plain  # parsed as markup it would read "x"
     ctrl = row(2, comm="a\x1b[2Jb")
-    assert "\x1b" not in ctrl.process and "\N{REPLACEMENT CHARACTER}" in ctrl.process
+    assert "\x1b" not in ctrl.process and "a\\x1b[2Jb" in ctrl.process
+
+
+def test_every_namespace_cookie_seen_is_kept_for_the_apply_path():
+    st = LiveState()
+    for t, cookie in ((T0, 7), (T0 + 1, 7), (T0 + 2, 9)):   # 9: the inode was taken again
+        b = Batch.empty(10)
+        b.add_record({"kind": "ctx", "t": t, "namespaces": [
+            {"netns": CLI, "name": "cli", "cookie": cookie}, {"netns": LB, "name": "lb"}]})
+        st.apply(b)
+    assert st.seen_namespaces() == [{"netns": CLI, "cookie": 7}, {"netns": CLI, "cookie": 9}]
+    assert [n["netns"] for n in st.context()] == [CLI, LB]

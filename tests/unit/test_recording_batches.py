@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rsttrace.analysis.batches import iter_batches
-from rsttrace.tracer.recording import RecordingError, iter_recording
+from rsttrace.schema.recording import RecordingError, iter_batches, iter_recording
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -29,24 +28,29 @@ def test_fixtures_read_the_same(name):
         (ref_reader.header, ref_reader.totals, ref_reader.truncated, ref_reader.warnings)
 
 
-def test_many_batches_and_lines_orjson_refuses(tmp_path, monkeypatch):
-    import rsttrace.analysis.batches as b
-    monkeypatch.setattr(b, "BLOCK_BYTES", 200)     # many small blocks
+def test_many_blocks_and_lines_that_do_not_validate(tmp_path, monkeypatch):
+    import rsttrace.schema.recording as r
+    monkeypatch.setattr(r, "BLOCK_BYTES", 200)     # many small blocks
     p = tmp_path / "r.jsonl"
     lines = ['{"kind":"header","schema":1,"t":1}']
     lines += [f'{{"kind":"reset","t":{i},"sport":{i}}}' for i in range(50)]
     lines += ['{"kind":"ctx","t":60,"x":NaN}', "", '{"kind":"header","schema":1,"t":2}',
+              '{"kind":"reset","t":61,"sport":"x"}', '{"kind":"ctx","t":62,"namespaces":[]}',
               '{"kind":"totals","events":50}']
     p.write_text("\n".join(lines) + "\n")
     ref, ref_reader, got, reader = both(p)
-    assert got == ref and len(got) == 52 and reader.totals == {"kind": "totals", "events": 50}
+    assert got == ref and len(got) == 51 and reader.totals == {"kind": "totals", "events": 50}
+    assert reader.invalid == ref_reader.invalid == 3 and reader.first_invalid == "line 52: not valid JSON " \
+        "(malformed: invalid character (byte 25))"
 
 
 @pytest.mark.parametrize("text,msg", [
     ("", "empty file"),
+    ("\n\n", "empty file"),
     ('{"kind":"reset","t":1}\n', "missing header"),
-    ('{"kind":"header","schema":1}\n{not json\n{"kind":"reset","t":1}\n', ":2: malformed line"),
-    ('{"kind":"header","schema":1}\n[1, 2]\n{"kind":"reset","t":1}\n', ":2: malformed line"),
+    ('{not json\n{"kind":"reset","t":1}\n', ":1: missing header"),
+    ('{"kind":"header","schema":"1"}\n', "unknown schema version '1'"),
+    ('{"kind":"header","schema":1,"t":"now"}\n', ":1: header: t: expected `float`, got `str`"),
 ])
 def test_errors_are_the_recording_readers(tmp_path, text, msg):
     p = tmp_path / "r.jsonl"
