@@ -405,7 +405,7 @@ CT_DROP = Kind("ct_drop", "a packet dropped by netfilter", value=EV_CT_DROP, fie
     Field("reason_raw", U32 | None, "the kernel's value of `reason`; null where it was derived (the kernel "
           "has no value for it)", c="reason", decode=INT, when="!EVF2_REASON_DERIVED"),
     Field("reason_derived", bool, "true where the kernel gives no reason (before 5.17): the packet was freed "
-          "inside netfilter's verdict handling (`nf_hook_slow`, `nf_reinject`: their code ranges in the "
+          "inside netfilter's verdict handling (`nf_hook_slow`, `nf_reinject`, `nft_do_chain`: their code ranges in the "
           "running kernel, from `/proc/kallsyms`), which later kernels report as `NETFILTER_DROP`",
           c="flags2", decode=bit(EVF2_REASON_DERIVED), later=True),
     Field("protocol", U16 | None, "L3 ethertype of the packet", c="sport", decode=INT),

@@ -178,14 +178,14 @@ def find_headers(release: str | None = None, fix: bool = True) -> Headers:
                    "apt-get install linux-headers-amd64")
 
 
-def exact_headers(release: str | None = None) -> Path | None:
+def exact_headers(release: str | None = None, modules: Path = Path("/lib/modules")) -> Path | None:
     """The headers of exactly the running kernel, where bcc compiles
     (/lib/modules/<release>/build), or None. Only those describe its
     structs as it was built: they count only when their generated
     utsrelease.h names this release (find_headers links another version's
     headers there when this kernel has none of its own)."""
     release = release or os.uname().release
-    build = Path("/lib/modules") / release / "build"
+    build = modules / release / "build"
     try:
         text = (build / "include" / "generated" / "utsrelease.h").read_text()
     except OSError:
@@ -194,11 +194,11 @@ def exact_headers(release: str | None = None) -> Path | None:
     return build.resolve() if m and m.group(1) == release else None
 
 
-def header_file(name: str, release: str | None = None) -> Path | None:
+def header_file(name: str, release: str | None = None, modules: Path = Path("/lib/modules")) -> Path | None:
     """include/<name> of the headers bcc compiles against for `release`:
     in /lib/modules/<release>/build or, as Debian splits its headers, in
     the -common tree its `source` link names."""
-    moddir = Path("/lib/modules") / (release or os.uname().release)
+    moddir = modules / (release or os.uname().release)
     for tree in ("build", "source"):
         if (moddir / tree / "include" / name).is_file():
             return (moddir / tree / "include" / name).resolve()

@@ -120,10 +120,20 @@ def layout_constants(req: dict) -> dict[str, int]:
     out = {}
     for fn in req["functions"]:
         code = b.dump_func(fn)
-        if len(code) != 16 or code[0] != MOV64_IMM or code[1] & 0x0F != 0 or code[8] != EXIT:
+        value = returned_constant(code)
+        if value is None:
             raise LoadError(f"{fn}: not a constant in the compiled headers ({code.hex()})")
-        out[fn] = int.from_bytes(code[4:8], "little", signed=True)
+        out[fn] = value
     return out
+
+
+def returned_constant(code: bytes) -> int | None:
+    """N of a program that is exactly `r0 = N; exit` (two 8-byte BPF
+    instructions: opcode, registers dst:src in the low:high nibbles, a
+    16-bit offset, a 32-bit immediate), else None."""
+    if len(code) != 16 or code[0] != MOV64_IMM or code[1] & 0x0F != 0 or code[8] != EXIT:
+        return None
+    return int.from_bytes(code[4:8], "little", signed=True)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,60 @@ def test_nf_drop_sites_become_comparisons_with_constants():
     site = eval("lambda x: " + d.split("=", 1)[1].replace("ULL", "").replace("&&", " and ")
                 .replace("||", " or "))
     assert [site(x) for x in (0xf, 0x10, 0x1f, 0x20, 0x35, 0x40)] == [False, True, True, False, True, False]
+
+
+def _headers_tree(root, release, uts):
+    build = root / release / "build"
+    (build / "include" / "generated").mkdir(parents=True)
+    (build / "include" / "generated" / "utsrelease.h").write_text(f'#define UTS_RELEASE "{uts}"\n')
+    return build
+
+
+def test_exact_headers_only_where_they_name_the_release(tmp_path):
+    from rsttrace.tracer.kernel import exact_headers, header_file
+    rel = "5.10.0-46-amd64"
+    build = _headers_tree(tmp_path, rel, rel)
+    assert exact_headers(rel, tmp_path) == build.resolve()
+    # another version's headers linked there (find_headers does so where a
+    # kernel has none of its own): not this kernel's layout
+    _headers_tree(tmp_path, "6.18.44-fc", "6.1.0-57-amd64")
+    assert exact_headers("6.18.44-fc", tmp_path) is None
+    assert exact_headers("5.4.0-1-amd64", tmp_path) is None
+    # Debian splits its headers: arch part in build, the rest in source
+    src = tmp_path / rel / "source" / "include" / "net"
+    src.mkdir(parents=True)
+    (src / "ip_vs.h").write_text("struct ip_vs_conn;\n")
+    assert header_file("net/ip_vs.h", rel, tmp_path) == (src / "ip_vs.h").resolve()
+    assert header_file("net/none.h", rel, tmp_path) is None
+
+
+def test_a_layout_function_is_read_only_when_it_returns_a_constant():
+    from rsttrace.tracer.loader_child import returned_constant
+    # r0 = 72; exit  (what `return __builtin_offsetof(...)` compiles to)
+    ret72 = bytes([0xb7, 0x00, 0, 0]) + (72).to_bytes(4, "little") + bytes([0x95]) + bytes(7)
+    assert returned_constant(ret72) == 72
+    assert returned_constant(ret72[:8]) is None                                   # no exit
+    assert returned_constant(bytes([0xb7, 0x01]) + ret72[2:]) is None             # into r1
+    assert returned_constant(bytes([0xbf]) + ret72[1:]) is None                   # r0 = a register
+    assert returned_constant(ret72 + ret72) is None                               # more than that
+
+
+def test_doctor_names_where_each_layout_comes_from():
+    from rsttrace.commands.doctor import layouts
+    c = caps_61(kprobes=True)
+    c.ipvs_layout_note = "struct ip_vs_conn from BTF (module ip_vs)"
+    assert layouts(c) == ("kernel structs from BTF (/sys/kernel/btf/vmlinux); IPVS: struct ip_vs_conn "
+                          "from BTF (module ip_vs)")
+    hdr = ("struct ip_vs_conn and struct netns_ipvs from this kernel's own headers (/usr/src/linux-"
+           "headers-5.10.0-46-amd64; no BTF for ip_vs (module BTF came with 5.11))")
+    assert layouts(caps_510(ipvs_layout_note=hdr)).endswith("IPVS: " + hdr)
+    none = ("struct ip_vs_conn layout unknown: no BTF for ip_vs (module BTF came with 5.11), and no "
+            "headers of exactly 5.10.0-46-amd64 in /lib/modules/5.10.0-46-amd64/build (install "
+            "linux-headers-5.10.0-46-amd64)")
+    assert layouts(caps_510(ipvs_layout_note=none)).endswith("IPVS: " + none)
+    # IPVS not loaded, or no kprobes: not read, and why
+    c = caps_61(kprobes=False)
+    c.ipvs, c.ipvs_note = False, "IPVS built (m) but not loaded (modprobe ip_vs)"
+    assert layouts(c).endswith("IPVS: not read (IPVS built (m) but not loaded (modprobe ip_vs))")
+    c.btf = False
+    assert layouts(c).startswith("kernel structs from nowhere: no BTF")

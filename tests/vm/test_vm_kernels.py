@@ -31,6 +31,8 @@ TCG_SLOW = {
     "test_accepted_sockets_name_their_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_owner_in_a_pod_cgroup_gets_its_pod": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_fallbacks_record_the_same": "compiles the programs five times more (minutes under TCG); the host runs it",
+    "test_derived_netfilter_drops_are_the_kernels_own": "starts a second session (a minute under TCG); "
+                                                        "5.10's own session derives, the host compares",
     "test_full_percpu_ring_counts_lost": "compiles the programs once more (a minute under TCG); the host runs it",
     "test_fallback_hooks_compile": "compiles the programs four times more (minutes under TCG) to check "
                                    "what the guests' sessions attach for real; the host runs it",
