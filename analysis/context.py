@@ -104,6 +104,13 @@ class ContextStore:
         self._ns: dict[int, _Ns] = {}
         self._full: deque = deque()     # (t, netns|None)
         self._drops: dict[Any, deque] = {}   # netns -> times of ct_drop records
+        # ct_drop records that carry the dropped packet's flow, in arrival
+        # order, and the same by each of its two ends (addr, port): what
+        # ties a reset to the packet a firewall rule rejected. Records
+        # without the flow (older kernels and recordings): (t, netns).
+        self._flow_drops: deque = deque()
+        self._drops_by_end: dict[tuple, deque] = {}
+        self._bare_drops: deque = deque()
         self.names: dict[int, str] = {}
         for k, v in (netns_names or {}).items():
             try:
@@ -137,6 +144,7 @@ class ContextStore:
         elif kind == "ct_drop":
             ns = rec.get("netns")
             self._drops.setdefault(ns, deque()).append(t)
+            self._add_drop_flow(t, ns, rec)
             if isinstance(ns, int):
                 self._tot(ns).ct_drops += 1
                 ep = self._episode(ns, t)
@@ -243,8 +251,40 @@ class ContextStore:
         if ep is not None:
             ep.log_lines += 1
 
+    def _add_drop_flow(self, t: float, ns: Any, rec: dict[str, Any]) -> None:
+        src, dst = rec.get("src"), rec.get("dst")
+        if not (isinstance(src, str) and isinstance(dst, str)):
+            self._bare_drops.append((t, ns))
+            return
+        entry = (t, ns, rec)
+        self._flow_drops.append(entry)
+        for end in ((src, rec.get("sport")), (dst, rec.get("dport"))):
+            self._drops_by_end.setdefault(end, deque()).append(entry)
+
+    def _trim_drop_flows(self, horizon: float) -> None:
+        q, by_end = self._flow_drops, self._drops_by_end
+        while q and q[0][0] < horizon:
+            entry = q.popleft()
+            rec = entry[2]
+            for end in ((rec.get("src"), rec.get("sport")), (rec.get("dst"), rec.get("dport"))):
+                dq = by_end.get(end)
+                if dq is None:
+                    continue
+                if dq and dq[0] is entry:
+                    dq.popleft()
+                else:       # came out of time order: rare
+                    try:
+                        dq.remove(entry)
+                    except ValueError:
+                        pass
+                if not dq:
+                    del by_end[end]
+        while self._bare_drops and self._bare_drops[0][0] < horizon:
+            self._bare_drops.popleft()
+
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s - 2 * self.slack_s
+        self._trim_drop_flows(horizon)
         for slot in self._ns.values():
             # keep the newest snapshot at or before the horizon as the baseline
             k = bisect_right(slot.times, horizon) - 1
@@ -386,6 +426,24 @@ class ContextStore:
             if q and q[-1] >= lo:
                 n += sum(1 for ts in q if lo <= ts <= upto)
         return n
+
+    def drops_at(self, addr: Any, port: Any, t: float, within: float) -> list[tuple[float, Any, dict]]:
+        """Netfilter drops of a packet with the end (addr, port), either
+        side, within `within` s of t: (time, netns, record)."""
+        dq = self._drops_by_end.get((addr, port))
+        if not dq:
+            return []
+        return [e for e in dq if abs(e[0] - t) <= within]
+
+    def bare_drops_at(self, t: float, within: float) -> list[tuple[float, Any]]:
+        """Drops recorded without their packet's flow within `within` s of t."""
+        out = []
+        for e in reversed(self._bare_drops):
+            if e[0] < t - within:
+                break
+            if e[0] <= t + within:
+                out.append(e)
+        return out
 
     def peak_count(self, ns: int) -> int:
         tot = self.totals.get(ns)

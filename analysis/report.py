@@ -25,7 +25,7 @@ from rsttrace.schema.recording import iter_batches
 from .classify import Classifier, Verdict
 from .config import audit
 from .csvout import COLUMNS, ROW_FIELDS, SPECS, VERDICT_CELLS, RowWriter, rows_of, write_table
-from .fixes import Fix
+from .fixes import Fix, merge_fixes
 from .summary import SUMMARY_COLUMNS, TIME_MAX, TIME_MIN, Summary, Tally, TimeRangeError, summarize
 from .pump import Pump
 
@@ -180,14 +180,6 @@ def write_verdicts(verdicts: Iterable[Verdict], out: TextIO, names: dict[int, st
 
 # ---- batch ---------------------------------------------------------------
 
-def _unique_fixes(fix_lists: Iterable[list[Fix]]) -> list[Fix]:
-    seen: dict[tuple, Fix] = {}
-    for fl in fix_lists:
-        for f in fl:
-            seen.setdefault((f.cause, f.scope, f.netns, f.key, str(f.value)), f)
-    return list(seen.values())
-
-
 def parse_time(text: str | float | None) -> float | None:
     """Unix seconds, or ISO 8601 (UTC unless it says otherwise), between
     1970 and 9999; ValueError says what is wrong."""
@@ -224,8 +216,10 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
             names[int(k)] = str(v)
         except (TypeError, ValueError):
             continue
+    # A report can look ahead: the first resets of an idle-timeout pattern
+    # get the label of the later ones (analysis/classify.py).
     clf = Classifier(window_s=window_s, idle_timeouts=idle_timeouts, pair_window_s=pair_window_s,
-                     netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"))
+                     netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"), look_ahead=True)
     sink.names = clf.context.names
     fix_lists: dict[int, list[Fix]] = {}
     timed = since is not None or until is not None
@@ -257,7 +251,8 @@ def _finish(tally: Tally, clf: Classifier, reader: Any, fix_lists: dict[int, lis
         warnings.append(f"{reader.path}: no totals line (recording did not end cleanly)")
     if reader.totals and reader.totals.get("lost"):
         warnings.append(f"{reader.totals['lost']} events were lost in the kernel while recording")
-    return summarize(tally, clf.context, findings, _unique_fixes(fix_lists.values()), warnings,
+    fixes = merge_fixes(f for fl in fix_lists.values() for f in fl)
+    return summarize(tally, clf.context, findings, fixes, warnings,
                      ram_bytes=clf.ram_bytes, invalid=(reader.invalid, reader.first_invalid))
 
 

@@ -189,6 +189,11 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
             if f.snippet:
                 lines += [f"      {printable(x)}" for x in f.snippet.rstrip("\n").split("\n")]
             rows.append(("fix", f.key, f.value, printable(f.command or f.snippet or "")))
+            if len(f.covers) > 1:
+                lines.append("      covers:")
+                for c in f.covers:
+                    lines.append(f"        {printable(c)}")
+                    rows.append(("fix_covers", f.key, f.value, printable(c)))
     for w in warnings or ():
         rows.append(("warning", "", "", printable(w)))
     return Summary("\n".join(lines) + "\n", rows, list(warnings or ()))

@@ -18,7 +18,9 @@ from enum import StrEnum
 class Cause(StrEnum):
     """Why a connection was reset, in order of precedence."""
     CONNTRACK_FULL = "conntrack_full"
+    FIREWALL_REJECT = "firewall_reject"
     CONNTRACK_INVALID = "conntrack_invalid"
+    PEER_CLOSED = "peer_closed"
     TIMEOUT_MISMATCH = "timeout_mismatch"
     KEEPALIVE = "keepalive"
     NO_LISTENER = "no_listener"

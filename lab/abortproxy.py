@@ -1,9 +1,13 @@
-"""A database proxy that aborts idle client connections (the `peer_reset` cause).
+"""A database proxy in front of the lab's MariaDB (the `proxy_idle` and
+`peer_reset` scenarios).
 
-Runs in the backend namespace in front of the real MariaDB, like ProxySQL or
-HAProxy with `option nolinger`: it relays bytes both ways and, once a client
-connection has been idle for `--idle-abort` seconds, closes it with
-SO_LINGER 0, so the kernel sends a reset instead of a FIN.
+Runs in the backend namespace and relays bytes both ways. Like PgBouncer's
+`client_idle_timeout`, it closes a client connection idle for IDLE_S
+seconds with a plain close (a FIN): a pool that keeps the connection and
+writes to it later meets the proxy's kernel, which answers from the closed
+socket with a reset. A query containing KILL_MARKER is refused the way a
+proxy's query rule can refuse one: the connection is aborted on the spot
+with SO_LINGER 0, so the kernel sends a reset instead of a FIN.
 
 `python -m rsttrace.lab.abortproxy LISTEN_ADDR:PORT UPSTREAM_ADDR:PORT IDLE_S`
 """
@@ -18,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 MAX_PAIRS = 256  # bounded: the lab opens a handful
+KILL_MARKER = b"rsttrace_refused"
 
 
 @dataclass
@@ -71,13 +76,16 @@ def serve(listen: tuple[str, int], upstream: tuple[str, int], idle_abort_s: floa
                 continue
             if s is p.client:
                 p.last_client = time.monotonic()
+                if KILL_MARKER in data:
+                    _drop(sel, pairs, p, reset=True)
+                    continue
                 p.upstream.sendall(data)
             else:
                 p.client.sendall(data)
         now = time.monotonic()
         for p in {id(p): p for p in pairs.values()}.values():
             if now - p.last_client >= idle_abort_s:
-                _drop(sel, pairs, p, reset=True)
+                _drop(sel, pairs, p, reset=False)
 
 
 def _drop(sel: selectors.BaseSelector, pairs: dict[socket.socket, Pair], p: Pair, reset: bool) -> None:

@@ -9,6 +9,7 @@ driver's error, verbatim. Every wait is bounded by the spec's numbers.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import sys
 import time
@@ -40,6 +41,9 @@ class ConnResult:
     t_last_recv: float | None = None  # end of the last successful query
     t_error: float | None = None
     keepalive: bool | None = None
+    t_write: float | None = None      # when the last query was sent
+    t_fin: float | None = None        # when the server's FIN was seen (the socket turned readable idle)
+    evicted: bool = False             # closed by the pool for idling (max_idle_s)
 
 
 @dataclass
@@ -82,13 +86,20 @@ def _socket(host: str, port: int, timeout: float,
     return s
 
 
+WATCH_STEP_S = 0.02
+
+
 class Pool:
     """A minimal connection pool: connections wait idle between borrowings,
-    which is exactly what lets a middlebox forget them."""
+    which is exactly what lets a middlebox forget them. With `max_idle_s`
+    it closes a connection idle that long in the background (Go's
+    SetConnMaxIdleTime, HikariCP's idleTimeout) and opens a new one when
+    borrowed."""
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
         self.idle: list[tuple[pymysql.connections.Connection, ConnResult]] = []
+        self.max_idle_s: float | None = spec.get("max_idle_s")
 
     def open(self, n: int) -> list[ConnResult]:
         out = []
@@ -112,17 +123,68 @@ class Pool:
         return out
 
     def query_all(self, sql: str = "SELECT 1") -> None:
-        alive = []
+        self.idle = [(conn, r) for conn, r in self.idle if self._query(conn, r, sql)]
+
+    def _query(self, conn: pymysql.connections.Connection, r: ConnResult, sql: str = "SELECT 1") -> bool:
+        try:
+            r.t_write = time.time()
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                cur.fetchall()
+            r.t_last_recv = time.time()
+            return True
+        except Exception as e:  # noqa: BLE001
+            _err(r, e)
+            return False
+
+    def query_each_after(self, pauses: list[float]) -> None:
+        """Connection i is used again `pauses[i]` s after its last query."""
+        due = sorted(((r.t_last_recv or time.time()) + p, i) for i, ((_, r), p) in
+                     enumerate(zip(self.idle, pauses)))
+        failed = set()
+        for t, i in due:
+            self.wait_idle(max(0.0, t - time.time()))
+            conn, r = self.idle[i]
+            if not self._query(conn, r):
+                failed.add(i)
+        self.idle = [x for i, x in enumerate(self.idle) if i not in failed]
+
+    def wait_idle(self, seconds: float) -> None:
+        """Idle `seconds`, noting when a server's FIN arrives on an idle
+        connection (its socket turns readable with nothing asked) and
+        evicting connections idle past `max_idle_s`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            watch = {conn._sock: r for conn, r in self.idle  # noqa: SLF001 - the driver's socket
+                     if r.t_fin is None and conn._sock is not None}  # noqa: SLF001
+            if watch:
+                ready, _, _ = select.select(list(watch), [], [], min(left, WATCH_STEP_S))
+                for sock in ready:
+                    watch[sock].t_fin = time.time()
+            else:
+                time.sleep(min(left, WATCH_STEP_S))
+            if self.max_idle_s is not None:
+                self._evict(time.time())
+
+    def _evict(self, now: float) -> None:
+        keep = []
         for conn, r in self.idle:
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    cur.fetchall()
-                r.t_last_recv = time.time()
-                alive.append((conn, r))
-            except Exception as e:  # noqa: BLE001
-                _err(r, e)
-        self.idle = alive
+            if now - (r.t_last_recv or now) >= self.max_idle_s:  # type: ignore[operator]
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - reported below if the server had gone
+                    pass
+                r.evicted = True
+            else:
+                keep.append((conn, r))
+        self.idle = keep
+
+    def refill(self, n: int) -> list[ConnResult]:
+        """Open connections until `n` are idle (after evictions)."""
+        return self.open(max(0, n - len(self.idle)))
 
     def close(self) -> None:
         for conn, _ in self.idle:
@@ -136,10 +198,22 @@ class Pool:
 def idle_pool(spec: dict[str, Any], rep: ClientReport) -> None:
     """Borrow, return, idle `pause_s`, borrow again: the pool's life."""
     pool = Pool(spec)
-    rep.conns = pool.open(spec.get("pool", 2))
+    n = spec.get("pool", 2)
+    rep.conns = pool.open(n)
     pool.query_all()
-    time.sleep(spec["pause_s"])
+    pool.wait_idle(spec["pause_s"])
+    rep.conns += pool.refill(n)
+    pool.query_all(spec.get("then_sql", "SELECT 1"))
+    pool.close()
+
+
+def idle_each(spec: dict[str, Any], rep: ClientReport) -> None:
+    """One connection per entry of `pauses`, each used again after its own
+    idle time (pools idle their connections unevenly)."""
+    pool = Pool(spec)
+    rep.conns = pool.open(len(spec["pauses"]))
     pool.query_all()
+    pool.query_each_after(spec["pauses"])
     pool.close()
 
 
@@ -173,6 +247,7 @@ def connect_once(spec: dict[str, Any], rep: ClientReport) -> None:
     try:
         conn = pymysql.connect(host=spec["host"], port=spec["port"], user=USER, password=PASSWORD,
                                database=DATABASE, connect_timeout=spec.get("connect_timeout", 2))
+        r.laddr, r.lport = conn._sock.getsockname()[:2]  # noqa: SLF001 - the tuple only
         conn.close()
     except Exception as e:  # noqa: BLE001
         _err(r, e)
@@ -220,7 +295,7 @@ def inject_invalid(spec: dict[str, Any], rep: ClientReport) -> None:
     pool.close()
 
 
-ACTIONS = {"idle_pool": idle_pool, "connect_many": connect_many,
+ACTIONS = {"idle_pool": idle_pool, "idle_each": idle_each, "connect_many": connect_many,
            "connect_once": connect_once, "inject_invalid": inject_invalid}
 
 

@@ -20,8 +20,11 @@ from rsttrace.lab.scenarios import SCENARIOS, ScenarioRun, run_scenario
 from rsttrace.lab.topology import Lab
 
 # After a scenario: the classifier pairs a flow's resets within 1 s and wants
-# a context snapshot taken after them.
+# a context snapshot taken after them. A control expects no reset: a reset
+# it did cause is in the records by the time its short settle is over, and
+# the diagnosis decides it anyway.
 SETTLE_S = 1.3
+CONTROL_SETTLE_S = 0.3
 CTX_PERIOD_S = 0.5
 
 Say = Callable[[str], None]
@@ -93,7 +96,7 @@ def run_demo(names: list[str], *, recording: Path, csv: Path | None, keep: bool,
                 say(f"> {name}: {sc.title}")
                 session.snapshot()
                 run = run_scenario(lab, name)
-                time.sleep(SETTLE_S)
+                time.sleep(SETTLE_S if sc.expect.cause else CONTROL_SETTLE_S)
                 session.snapshot()
                 time.sleep(0.2)
                 d = diagnose(run, window(col.snapshot(), run.t_start, time.time()), label)

@@ -60,7 +60,8 @@ def diagnose(run: ScenarioRun, records: list[dict[str, Any]], netns_label: dict[
     from rsttrace.analysis.findings import conntrack_episodes
     from rsttrace.analysis.pump import Pump
 
-    c = Classifier(netns_names=netns_label)
+    # the scenario's records are all there: look ahead, as a report does
+    c = Classifier(netns_names=netns_label, look_ahead=True)
     verdicts: list[Any] = []
     Pump(c, verdicts.extend).run([records])
     mine = [v for v in verdicts if scenario_flow(v, run.expect.service_port)]

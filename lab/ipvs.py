@@ -49,7 +49,8 @@ class IPVSLab(Lab):
         self.cli = f"{PREFIX}{self.run_id}-cli"
         self.node = f"{PREFIX}{self.run_id}-node"
         self.db = f"{PREFIX}{self.run_id}-db"
-        self.state = LabState(self.run_id, self.state.pid, [self.cli, self.node, self.db],
+        self.gw = f"{PREFIX}{self.run_id}-gw"
+        self.state = LabState(self.run_id, self.state.pid, [self.cli, self.node, self.db, self.gw],
                               self.state.workdir)
         self.mariadb = MariaDB(self.db, BACKEND, MYSQL_PORT, self.workdir)
 

@@ -25,7 +25,7 @@ DATABASE = "mysql"
 @dataclass
 class MariaDB:
     ns: str
-    addr: str
+    addr: str        # the address to listen on, or several separated by commas
     port: int
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
@@ -84,6 +84,24 @@ class MariaDB:
             return False
         finally:
             s.close()
+
+    def query(self, sql: str) -> tuple:
+        """Run one statement as root over the server's unix socket (the
+        lab process is outside the server's namespace, but shares its file
+        system); returns the rows."""
+        import pymysql
+        conn = pymysql.connect(unix_socket=str(self.workdir / "mysqld.sock"), user="root",
+                               connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def global_variable(self, name: str) -> str:
+        rows = self.query(f"SHOW GLOBAL VARIABLES LIKE '{name}'")
+        return str(rows[0][1])
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is None:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsttrace.lab.topology import (CLIENT, CLOSED_PORT, MYSQL_PORT, PROXY_IDLE_ABORT_S,
-                                   PROXY_PORT, VIP, Lab)
+from rsttrace.lab.abortproxy import KILL_MARKER
+from rsttrace.lab.topology import (BACKEND, CLIENT, CLOSED_PORT, FW_TABLE, GATEWAY_IDLE_S, MYSQL_PORT,
+                                   PROXY_IDLE_CLOSE_S, PROXY_PORT, REMOTE_DB, VIP, Lab)
 
 CT_ESTABLISHED_S = 2     # the node forgets an idle flow after this
 IDLE_PAUSE_S = 4.0       # the pool's idle time, above that timeout
@@ -29,6 +30,23 @@ POOL_CT_ESTABLISHED_S = 6
 POOL_IDLE_PAUSE_S = 8.0
 CT_MAX_FULL = 6          # global nf_conntrack_max while the table is "full"
 FULL_CONNECTS = 12
+# server_idle: MariaDB closes sessions idle past wait_timeout (whole seconds,
+# at least 1); the pool uses its connections after a longer pause. The
+# control's pool closes connections idle past POOL_MAX_IDLE_S first.
+SERVER_WAIT_TIMEOUT_S = 1
+SERVER_IDLE_PAUSE_S = 1.5
+POOL_MAX_IDLE_S = 0.5
+# peer_reset: the proxy refuses a query carrying its KILL_MARKER by aborting
+# the connection, used again this soon (not idle)
+PEER_RESET_PAUSE_S = 0.2
+# firewall_reject: a rule on the node (table FW_TABLE) rejects the client's
+# connects to the backend with a reset while MariaDB listens.
+# gateway_idle: three connections through the gateway (GATEWAY_IDLE_S),
+# each used again after its own pause, all above the gateway's timeout
+# (three, so that the analysis can infer it); the control's keepalive
+# probes every second, below it.
+GATEWAY_PAUSES = (2.2, 2.4, 2.6)
+GATEWAY_KEEPALIVE = {"idle": 1, "intvl": 1, "cnt": 3}
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class Expect:
     idle_s: float | None = None    # the client's silence before the reset
     keepalive: bool | None = None  # SO_KEEPALIVE on the reset client socket
     fix_hint: str = ""
+    server: str = VIP              # the address the client connects to
 
 
 @dataclass
@@ -123,10 +142,59 @@ def _no_listener(lab: Lab) -> tuple[dict[str, Any], list[str]]:
         f"service port {CLOSED_PORT}: the backend has no listener"]
 
 
-def _peer_reset(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+def _proxy_idle(lab: Lab) -> tuple[dict[str, Any], list[str]]:
     rep = lab.client({"action": "idle_pool", "pool": 1, "port": PROXY_PORT,
-                      "pause_s": PROXY_IDLE_ABORT_S + 1.0})
-    return rep, [f"database proxy aborts connections idle {PROXY_IDLE_ABORT_S:g} s (SO_LINGER 0)"]
+                      "pause_s": PROXY_IDLE_CLOSE_S + 0.5})
+    return rep, [f"database proxy closes connections idle {PROXY_IDLE_CLOSE_S:g} s (a FIN)"]
+
+
+def _peer_reset(lab: Lab) -> tuple[dict[str, Any], list[str]]:
+    rep = lab.client({"action": "idle_pool", "pool": 1, "port": PROXY_PORT, "pause_s": PEER_RESET_PAUSE_S,
+                      "then_sql": f"SELECT '{KILL_MARKER.decode()}'"})
+    return rep, ["database proxy aborts the connection of a query it refuses (SO_LINGER 0)"]
+
+
+def _server_idle(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
+    """MariaDB's global wait_timeout, short for the scenario's sessions
+    (each takes the global value as it connects) and put back after."""
+    old = lab.mariadb.global_variable("wait_timeout")
+    lab.mariadb.query(f"SET GLOBAL wait_timeout = {SERVER_WAIT_TIMEOUT_S}")
+    try:
+        spec: dict[str, Any] = {"action": "idle_pool", "pool": 2, "pause_s": SERVER_IDLE_PAUSE_S}
+        if fixed:
+            spec["max_idle_s"] = POOL_MAX_IDLE_S
+        rep = lab.client(spec)
+    finally:
+        lab.mariadb.query(f"SET GLOBAL wait_timeout = {int(old)}")
+    return rep, [f"MariaDB wait_timeout {SERVER_WAIT_TIMEOUT_S} s, pool idle {SERVER_IDLE_PAUSE_S:g} s"
+                 + (f", the pool closes connections idle {POOL_MAX_IDLE_S:g} s" if fixed else "")]
+
+
+def _firewall(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
+    if not fixed:
+        lab.node_nft(f"""
+table ip {FW_TABLE} {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ip saddr {CLIENT} ip daddr {BACKEND} tcp dport {MYSQL_PORT} counter reject with tcp reset
+  }}
+}}
+""")
+    # The rule stays until the next scenario starts (Lab.node_defaults), so
+    # the snapshots taken after the reset still show it, as on a real node.
+    rep = lab.client({"action": "connect_once", "port": MYSQL_PORT})
+    return rep, ["MariaDB listens; " + ("the node rejects the client's connects with a reset "
+                                        f"(nft table {FW_TABLE})" if not fixed else "no reject rule")]
+
+
+def _gateway(lab: Lab, fixed: bool) -> tuple[dict[str, Any], list[str]]:
+    spec: dict[str, Any] = {"action": "idle_each", "host": REMOTE_DB, "pauses": list(GATEWAY_PAUSES)}
+    if fixed:
+        spec["keepalive"] = GATEWAY_KEEPALIVE
+    pauses = ", ".join(f"{p:g}" for p in GATEWAY_PAUSES)
+    return lab.client(spec), [f"a gateway beyond the node forgets flows idle {GATEWAY_IDLE_S:g} s; "
+                              f"connections idle {pauses} s"
+                              + (", SO_KEEPALIVE probing every second" if fixed else "")]
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -145,9 +213,24 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              Expect(None), lambda lab: _invalid(lab, fixed=True)),
     Scenario("no_listener", "connect to a service port nobody listens on",
              Expect("no_listener", sender="db", service_port=CLOSED_PORT), _no_listener),
-    Scenario("peer_reset", "a database proxy aborts idle connections",
+    Scenario("proxy_idle", "a database proxy closes idle connections; the pool writes later",
+             Expect("peer_closed", sender="db", service_port=PROXY_PORT, keepalive=False), _proxy_idle),
+    Scenario("peer_reset", "a database proxy aborts a connection on a query it refuses",
              Expect("peer_reset", sender="db", service_port=PROXY_PORT,
-                    idle_s=PROXY_IDLE_ABORT_S, keepalive=False), _peer_reset),
+                    idle_s=PEER_RESET_PAUSE_S, keepalive=False), _peer_reset),
+    Scenario("server_idle", "the database closes idle sessions (wait_timeout); the pool writes later",
+             Expect("peer_closed", sender="db"), lambda lab: _server_idle(lab, fixed=False)),
+    Scenario("server_idle_fixed", "the same pool closing connections idle below wait_timeout",
+             Expect(None), lambda lab: _server_idle(lab, fixed=True)),
+    Scenario("firewall_reject", "a firewall rule on the node rejects connects while the database listens",
+             Expect("firewall_reject", sender="node"), lambda lab: _firewall(lab, fixed=False)),
+    Scenario("firewall_reject_fixed", "the same connect without the rule",
+             Expect(None), lambda lab: _firewall(lab, fixed=True)),
+    Scenario("gateway_idle", "a gateway beyond the node forgets idle flows and resets them",
+             Expect("keepalive", idle_s=GATEWAY_PAUSES[0], keepalive=False, server=REMOTE_DB),
+             lambda lab: _gateway(lab, fixed=False)),
+    Scenario("gateway_idle_fixed", "the same with SO_KEEPALIVE probing below the gateway's timeout",
+             Expect(None, server=REMOTE_DB), lambda lab: _gateway(lab, fixed=True)),
     # Last: its drops stay in the classifier's look-back window (10 s) and
     # would colour the resets of a scenario that followed it in one recording.
     Scenario("conntrack_full", "new connections while the conntrack table is full",

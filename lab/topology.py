@@ -1,4 +1,4 @@
-"""The lab: a Kubernetes-shaped network built from three network namespaces.
+"""The lab: a Kubernetes-shaped network built from four network namespaces.
 
     client "pod"            "node" (kube-proxy's job)             backend "pod"
    rtlab-ID-cli            rtlab-ID-node                         rtlab-ID-db
@@ -7,8 +7,22 @@
   | 10.251.0.2   |-------| eth0 10.251.0.1             |-------| abort proxy    |
   +--------------+ veth  | eth1 10.251.1.1             | veth  |   :3308        |
                          | nft: VIP:3306-3308 -> DNAT  |       | 10.251.1.2     |
-                         |      masquerade, conntrack  |       +----------------+
-                         +-----------------------------+
+                         |      masquerade, conntrack  |       |                |
+                         | eth2 10.251.2.1             |       | eth1 10.251.3.2|
+                         +--------------|--------------+       +-------|--------+
+                                        | veth   +----------------+    | veth
+                                        +--------| eth0 10.251.2.2|----+
+                                                 | eth1 10.251.3.1|
+                                                 | user-space     |
+                                                 | gateway        |
+                                                 +----------------+
+                                                  rtlab-ID-gw (a box beyond the node)
+
+The gateway forwards the route to the backend's second address
+(10.251.3.0/24) in user space and forgets flows idle longer than
+GATEWAY_IDLE_S, answering their next packet with a reset it makes itself
+(lab/gateway.py): a cloud NAT gateway or load balancer. The tracer is not
+pointed at its namespace (it is not on the node).
 
 No interface of the lab lives in the root namespace and no namespace has a
 route out, so lab traffic cannot leave it. One lab at a time per machine: a
@@ -48,7 +62,14 @@ BACKEND = "10.251.1.2"
 MYSQL_PORT = 3306
 CLOSED_PORT = 3307   # a service port whose backend has no listener
 PROXY_PORT = 3308    # through the proxy that aborts idle connections
-PROXY_IDLE_ABORT_S = 1.0
+PROXY_IDLE_CLOSE_S = 0.5
+NODE_GW = "10.251.2.1"      # node side of the link to the gateway
+GW_IN = "10.251.2.2"
+GW_OUT = "10.251.3.1"
+REMOTE_DB = "10.251.3.2"    # the backend's second address, reached through the gateway
+GATEWAY_IDLE_S = 2.0
+GW_TABLE = 100              # the backend's routing table for replies from REMOTE_DB
+FW_TABLE = "rtlab_fw"       # the node's nft table of a scenario's reject rule
 LOCK_POLL_S = 0.5
 
 Progress = Callable[[str], None]
@@ -175,12 +196,14 @@ class Lab:
         self.cli = f"{PREFIX}{self.run_id}-cli"
         self.node = f"{PREFIX}{self.run_id}-node"
         self.db = f"{PREFIX}{self.run_id}-db"
+        self.gw = f"{PREFIX}{self.run_id}-gw"
         self.workdir = STATE_DIR / self.run_id
         self.progress = progress or (lambda _m: None)
-        self.state = LabState(self.run_id, os.getpid(), [self.cli, self.node, self.db],
+        self.state = LabState(self.run_id, os.getpid(), [self.cli, self.node, self.db, self.gw],
                               str(self.workdir))
-        self.mariadb = MariaDB(self.db, BACKEND, MYSQL_PORT, self.workdir)
+        self.mariadb = MariaDB(self.db, f"{BACKEND},{REMOTE_DB}", MYSQL_PORT, self.workdir)
         self.proxy: subprocess.Popen[bytes] | None = None
+        self.gateway: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._kept = False
         self._old_term: Any = None
@@ -206,19 +229,11 @@ class Lab:
         return self
 
     def _build(self) -> None:
-        self.progress(f"lab {self.run_id}: namespaces {self.cli}, {self.node}, {self.db}")
-        for ns in (self.cli, self.node, self.db):
+        self.progress(f"lab {self.run_id}: namespaces {self.cli}, {self.node}, {self.db}, {self.gw}")
+        for ns in (self.cli, self.node, self.db, self.gw):
             netns.add(ns)
-        # veth pairs are created inside the namespaces: no end ever exists in
-        # the root namespace.
-        netns.run(["ip", "-n", self.cli, "link", "add", "eth0", "type", "veth",
-                   "peer", "name", "eth0", "netns", self.node])
-        netns.run(["ip", "-n", self.db, "link", "add", "eth0", "type", "veth",
-                   "peer", "name", "eth1", "netns", self.node])
-        for ns, dev, addr in ((self.cli, "eth0", f"{CLIENT}/24"), (self.node, "eth0", f"{NODE_CLI}/24"),
-                              (self.node, "eth1", f"{NODE_DB}/24"), (self.db, "eth0", f"{BACKEND}/24")):
-            netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
-            netns.run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _veth((self.cli, "eth0", CLIENT), (self.node, "eth0", NODE_CLI))
+        _veth((self.db, "eth0", BACKEND), (self.node, "eth1", NODE_DB))
         netns.run(["ip", "-n", self.node, "addr", "add", f"{VIP}/32", "dev", "lo"])
         netns.run(["ip", "-n", self.cli, "route", "add", "default", "via", NODE_CLI])
         netns.run(["ip", "-n", self.db, "route", "add", "default", "via", NODE_DB])
@@ -237,6 +252,7 @@ table ip rtlab {{
   }}
 }}
 """)
+        self._build_gateway()
         self.node_defaults()
         self.progress("MariaDB: initialising a data directory")
         self.mariadb.install()
@@ -244,12 +260,30 @@ table ip rtlab {{
         self.state.pids.append(self.mariadb.proc.pid)  # type: ignore[union-attr]
         self.proxy = subprocess.Popen(
             ["ip", "netns", "exec", self.db, sys.executable, "-m", "rsttrace.lab.abortproxy",
-             f"{BACKEND}:{PROXY_PORT}", f"{BACKEND}:{MYSQL_PORT}", str(PROXY_IDLE_ABORT_S)],
+             f"{BACKEND}:{PROXY_PORT}", f"{BACKEND}:{MYSQL_PORT}", str(PROXY_IDLE_CLOSE_S)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.state.pids.append(self.proxy.pid)
+        self.gateway = subprocess.Popen(
+            ["ip", "netns", "exec", self.gw, sys.executable, "-m", "rsttrace.lab.gateway",
+             "--idle", str(GATEWAY_IDLE_S), f"eth0={_mac(self.node, 'eth2')}", f"eth1={_mac(self.db, 'eth1')}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.state.pids.append(self.gateway.pid)
         _write_state(self.state)
         self.progress(f"MariaDB {self.mariadb_version()} ready at {BACKEND}:{MYSQL_PORT}, "
                       f"service VIP {VIP}:{MYSQL_PORT}")
+
+    def _build_gateway(self) -> None:
+        """The gateway beyond the node, on the path to the backend's second
+        address: node eth2 -- gw eth0 | gw eth1 -- db eth1."""
+        _veth((self.node, "eth2", NODE_GW), (self.gw, "eth0", GW_IN))
+        _veth((self.db, "eth1", REMOTE_DB), (self.gw, "eth1", GW_OUT))
+        # The gateway's kernel forwards nothing (and so sends no ICMP for
+        # what it does not forward): its user-space process does.
+        netns.set_sysctl(self.gw, "net.ipv4.ip_forward", 0)
+        netns.run(["ip", "-n", self.node, "route", "add", f"{REMOTE_DB.rsplit('.', 1)[0]}.0/24", "via", GW_IN])
+        # Replies from the second address go back through the gateway.
+        netns.run(["ip", "-n", self.db, "route", "add", "default", "via", GW_OUT, "table", str(GW_TABLE)])
+        netns.run(["ip", "-n", self.db, "rule", "add", "from", REMOTE_DB, "table", str(GW_TABLE)])
 
     def node_defaults(self) -> None:
         """The node's conntrack as a scenario starts: strict (no mid-stream
@@ -258,7 +292,13 @@ table ip rtlab {{
                             ("net.netfilter.nf_conntrack_tcp_be_liberal", 0),
                             ("net.netfilter.nf_conntrack_tcp_timeout_established", 432000)):
             netns.set_sysctl(self.node, name, value)
+        # a scenario's own rules, if one was stopped before removing them
+        netns.ns_exec(self.node, ["nft", "delete", "table", "ip", FW_TABLE], check=False)
         netns.ns_exec(self.node, ["conntrack", "-F"], check=False)
+
+    def node_nft(self, script: str) -> None:
+        """nftables commands in the node (a scenario's extra rules)."""
+        netns.ns_exec(self.node, ["nft", "-f", "-"], input=script)
 
     def keep(self) -> None:
         """Leave the lab up when this process ends (`rsttrace demo --keep`)."""
@@ -271,12 +311,13 @@ table ip rtlab {{
         if self._kept:
             self._release_lock()
             return
-        if self.proxy is not None and self.proxy.poll() is None:
-            self.proxy.terminate()
-            try:
-                self.proxy.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proxy.kill()
+        for proc in (self.proxy, self.gateway):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         self.mariadb.stop()
         _remove(self.state, prefix_sweep=False)
         self._release_lock()
@@ -302,6 +343,8 @@ table ip rtlab {{
 
     # -- driving it ----------------------------------------------------------
     def inodes(self) -> dict[str, int]:
+        """The namespaces of the node and its pods: what the tracer watches
+        (the gateway's is beyond the node)."""
         return {ns: netns.inode(ns) for ns in (self.cli, self.node, self.db)}
 
     def set_node_sysctl(self, name: str, value: int) -> None:
@@ -339,6 +382,21 @@ table ip rtlab {{
         p = netns.run(["/usr/sbin/mariadbd", "--version"], check=False)
         parts = p.stdout.split()
         return parts[2] if len(parts) > 2 else "?"
+
+
+def _veth(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    """A veth pair between two lab namespaces, each end (namespace, device,
+    address in a /24) up. Created inside the first namespace: no end ever
+    exists in the root namespace."""
+    netns.run(["ip", "-n", a[0], "link", "add", a[1], "type", "veth", "peer", "name", b[1], "netns", b[0]])
+    for ns, dev, addr in (a, b):
+        netns.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+        netns.run(["ip", "-n", ns, "link", "set", dev, "up"])
+
+
+def _mac(ns: str, dev: str) -> str:
+    p = netns.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev])
+    return json.loads(p.stdout)[0]["address"]
 
 
 class Terminated(Exception):

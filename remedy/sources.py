@@ -19,7 +19,7 @@ from rsttrace.remedy import netns
 from rsttrace.remedy.model import Handover, Proposal, Target
 from rsttrace.tracer import netnsid
 
-HANDOVER_SCOPES = ("pod", "pool", "kube-proxy")
+HANDOVER_SCOPES = ("pod", "pool", "kube-proxy", "server")
 
 
 @dataclass
@@ -105,11 +105,17 @@ def _once(lines: list[str], line: str) -> None:
         lines.append(line)
 
 
+def _why(f: Any) -> str:
+    """A fix's reason; for one merged over incidents, what it covers."""
+    covers = getattr(f, "covers", ())
+    return f.reason + (" (one value for: " + "; ".join(covers) + ")" if len(covers) > 1 else "")
+
+
 def _hand_over(g: Gathered, seen_text: set[tuple[str, str]], f: Any) -> None:
     text = (f.snippet or f.command or "").strip()
     if text and ("command", text) not in seen_text:
         seen_text.add(("command", text))
-        g.handovers.append(Handover("command", f.key, text, f.reason))
+        g.handovers.append(Handover("command", f.key, text, _why(f)))
 
 
 def add_fixes(g: Gathered, fixes: Iterable[Any], node: Target, seen: SeenNetns | None = None,
@@ -121,7 +127,7 @@ def add_fixes(g: Gathered, fixes: Iterable[Any], node: Target, seen: SeenNetns |
             text = (f.snippet or f.command or "").strip()
             if text and (f.scope, text) not in seen_text:
                 seen_text.add((f.scope, text))
-                g.handovers.append(Handover(f.scope, f.key, text, f.reason))
+                g.handovers.append(Handover(f.scope, f.key, text, _why(f)))
             continue
         value = _int(f.value)
         try:
@@ -149,7 +155,7 @@ def add_fixes(g: Gathered, fixes: Iterable[Any], node: Target, seen: SeenNetns |
         if not known:
             _hand_over(g, seen_text, f)   # not a value rsttrace sets (e.g. an nftables rule)
             continue
-        g.proposals.append(Proposal(where.target, K.canonical(f.key), value, f.reason, f.cause))
+        g.proposals.append(Proposal(where.target, K.canonical(f.key), value, _why(f), f.cause))
 
 
 def fixes_from_ctx(ctx: dict[str, Any], ram_bytes: int | None) -> list[Any]:
@@ -196,20 +202,21 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
 
     g = g or Gathered()
     names = {int(k): v for k, v in (header.get("netns_names") or {}).items() if str(k).isdigit()}
-    clf = Classifier(netns_names=names, ram_bytes=ram_bytes)
+    # a recording is read whole: look ahead, as a report does
+    clf = Classifier(netns_names=names, ram_bytes=ram_bytes, look_ahead=True)
     seen = SeenNetns()
     seen.add_header(header)
     last_ctx = None
     # Verdicts are taken as they are decided (memory stays bounded for a
-    # recording of any size); incidents with the same cause in the same
-    # place share one list of fixes, kept once. Their namespaces are looked
-    # up at the end, when every snapshot's cookies are known.
-    added: dict[int, list[Any]] = {}
+    # recording of any size): their fixes go into one book, one value per
+    # setting for every incident. Their namespaces are looked up at the
+    # end, when every snapshot's cookies are known.
+    book = F.FixBook()
 
     def take(verdicts: list[Any]) -> None:
         for v in verdicts:
             g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
-            added.setdefault(id(v.fixes), v.fixes)     # kept: its id is not reused meanwhile
+            book.add(v.fixes)
 
     def observed() -> Iterator[dict[str, Any]]:
         nonlocal last_ctx
@@ -223,8 +230,7 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
             yield rec
 
     Pump(clf, take).run(batches_of(observed()))
-    for fixes in added.values():
-        add_fixes(g, fixes, node, seen, find)
+    add_fixes(g, book.merged(), node, seen, find)
     if last_ctx is not None:
         add_fixes(g, fixes_from_ctx(last_ctx, ram_bytes), node, seen, find)
     return g

@@ -449,6 +449,10 @@ EVENTS = (RESET, CT_DROP, CT_FULL, IPVS_EXPIRE, CT_ALLOC_FAIL)
 
 # ---- records that do not come from struct rst_event --------------------------
 
+# a firewall rule that answers with a reset (tracer/rules.py)
+_RULE = obj("Rule", {"source": Literal["nft", "iptables"], "family": str, "table": str, "chain": str,
+                     "handle": U64 | None, "text": str, "packets": U64 | None})
+
 NAMESPACE = (
     Field("netns", U32, "inode (the kernel reuses it once the namespace is gone)"),
     Field("name", str | None, "name in `/run/netns`, `init` for the root namespace, `pid:N` otherwise "
@@ -462,10 +466,17 @@ NAMESPACE = (
     Field("nat", bool | None, "true when the namespace has NAT rules (an nftables chain of type nat, or a "
           "legacy iptables nat table); null when unknown"),
     Field("tcp_sockets", U64 | None, "TCP sockets in the namespace (a namespace is listed when it has sockets, "
-          "conntrack activity or NAT rules)"),
+          "conntrack activity, NAT rules or reject rules read)"),
     Field("cookie", U64 | None, "the namespace's cookie (`SO_NETNS_COOKIE`, read from a socket made inside it): "
           "never reused while the host runs, so it tells this namespace from a later one with the same inode; "
           "null on kernels before 5.14"),
+    Field("rules", list[_RULE] | None, "only in a namespace where netfilter dropped a packet in the last minute: "   # type: ignore[valid-type]
+          "its firewall rules that answer with a TCP reset, in ruleset order (at most 64), each `{source: "
+          "\"nft\"/\"iptables\", family, table, chain, handle (nft; null for iptables), text, packets (the "
+          "rule's counter; null without one)}`; `[]` when it has none, null when the rules could not be read. "
+          "Read at once after the namespace's first drop (a snapshot is taken then), then at most every 30 s "
+          "while drops go on (tracer/rules.py: `nft -j list ruleset`, iptables-save for iptables-nft REJECT "
+          "targets, iptables-legacy-save for legacy tables)"),
 )
 
 CTX = Kind("ctx", "context snapshot, on a period and on demand", fields=(

@@ -30,6 +30,7 @@ from pathlib import Path
 from . import netnsid
 from .fsnames import text
 from .ipvs import read_timeouts as read_ipvs_timeouts
+from .rules import read_reset_rules
 
 SYSCTLS = {
     "nf_conntrack_tcp_timeout_established": "net/netfilter/nf_conntrack_tcp_timeout_established",
@@ -304,6 +305,13 @@ def detect_nat() -> bool | None:
 
 
 NAT_TTL_S = 30.0
+# Firewall rules that answer with a reset are read only in a namespace
+# where netfilter dropped a packet (a reject drops the packet it answers),
+# at once after the first drop, then at most every RULES_TTL_S while drops
+# go on (a node's ruleset can be large), and recorded until RULES_KEEP_S
+# after the last drop.
+RULES_TTL_S = 30.0
+RULES_KEEP_S = 60.0
 
 
 class Collector:
@@ -320,6 +328,11 @@ class Collector:
         # (inode, name) -> (when, nat); inodes of deleted namespaces are reused
         self._nat: dict[tuple[int, str], tuple[float, bool | None]] = {}
         self.names: dict[int, str] = {}
+        # inode -> monotonic time of its last netfilter drop (note_drops),
+        # and -> (read at, rules that reset) once read
+        self._drop_seen: dict[int, float] = {}
+        self._rules: dict[int, tuple[float, list | None]] = {}
+        self._rules_lock = threading.Lock()
         # inode -> cookie of every namespace read in the last snapshot, listed or not
         self.cookies: dict[int, int | None] = {}
         # inode -> its open /proc/sys files, for as many namespaces as the
@@ -349,6 +362,38 @@ class Collector:
         """Close the files of namespaces no longer on the host."""
         for ino in [i for i in self._files if i not in present]:
             self._files.pop(ino).close()
+        with self._rules_lock:
+            for d in (self._drop_seen, self._rules):
+                for ino in [i for i in d if i not in present]:
+                    del d[ino]
+
+    def note_drops(self, inodes) -> bool:
+        """Netfilter dropped packets in these namespaces (the tracer saw
+        it): their reject rules go into the next snapshots. True when one
+        of them is due a reading (then take a snapshot soon)."""
+        now = time.monotonic()
+        due = False
+        with self._rules_lock:
+            for ino in inodes:
+                self._drop_seen[ino] = now
+                hit = self._rules.get(ino)
+                if hit is None or now - hit[0] >= RULES_TTL_S:
+                    due = True
+        return due
+
+    def _rules_here(self, ino: int) -> tuple[bool, list | None]:
+        """(listed, rules) for the namespace the thread is in now."""
+        now = time.monotonic()
+        with self._rules_lock:
+            seen = self._drop_seen.get(ino)
+            hit = self._rules.get(ino)
+        if seen is None or now - seen > RULES_KEEP_S:
+            return False, None
+        if hit is None or (hit[0] < seen and now - hit[0] >= RULES_TTL_S):
+            hit = (now, read_reset_rules())
+            with self._rules_lock:
+                self._rules[ino] = hit
+        return True, hit[1]
 
     def _sample_all(self) -> list[dict]:
         namespaces = list_namespaces()
@@ -371,6 +416,9 @@ class Collector:
                     if self._ipvs_reader is not None:
                         data["ipvs"] = self._ipvs_reader()
                     data["nat"] = self._nat_cached((ino, ns.name))
+                    listed, rules = self._rules_here(ino)
+                    if listed:
+                        data["rules"] = rules
                 finally:
                     if ino != home_ino:
                         netnsid.setns(self._home)
@@ -383,7 +431,7 @@ class Collector:
             ct = data["ct"]
             # a NAT namespace matters even when its table is empty: its
             # timeouts decide which idle flows it forgets
-            interesting = (data["tcp_sockets"] > 0 or data.get("nat") or (ct and (
+            interesting = (data["tcp_sockets"] > 0 or data.get("nat") or "rules" in data or (ct and (
                 ct["count"] or ct.get("drop") or ct.get("invalid") or ct.get("early_drop"))))
             if self.only is None and not interesting:
                 continue
@@ -429,13 +477,23 @@ class PeriodicSampler:
     def __init__(self, collector: Collector, period: float, sink):
         self.collector, self.period, self.sink = collector, period, sink
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rsttrace-sampler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Take the next snapshot now rather than at the end of the period
+        (a reject's rule must be read while its reset's verdict waits)."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while True:
+            self._wake.wait(self.period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.sink(self.collector.snapshot())
             except Exception:  # a namespace vanishing mid-read must not kill sampling
@@ -443,5 +501,6 @@ class PeriodicSampler:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)

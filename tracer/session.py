@@ -23,6 +23,7 @@ import numpy as np
 
 from rsttrace import __version__
 from rsttrace.schema import SCHEMA_VERSION
+from rsttrace.schema import catalog as cat
 
 from . import access, kernel, probe
 from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
@@ -340,9 +341,22 @@ class TraceSession:
             self._last_drain = time.monotonic()
             arr = self._drain_kernel()
             self._behind = len(arr) >= MAX_BATCH
+            if len(arr):
+                self._note_drops(arr)
             ctx = self._drain_ctx()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx
+
+    def _note_drops(self, arr: np.ndarray) -> None:
+        """Namespaces where netfilter dropped a packet: the collector reads
+        their reject rules, in a snapshot taken now when one is due."""
+        if self._collector is None:
+            return
+        drops = arr["kind"] == cat.EV_CT_DROP
+        if not drops.any():
+            return
+        if self._collector.note_drops(np.unique(arr["netns"][drops]).tolist()) and self._sampler:
+            self._sampler.wake()
 
     @contextlib.contextmanager
     def discarding(self) -> Iterator[None]:

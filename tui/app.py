@@ -292,11 +292,13 @@ class RstApp(App[int]):
             self.notify("select a reset first (↑/↓)", severity="warning")
             return
 
+        fixes = self.state.fix_plan(row)
+
         def done(result: Any) -> None:
             if result == "apply" and self.apply_fixes is not None:
-                self._apply(row.verdict.fixes, self.state.seen_namespaces())
+                self._apply(fixes, self.state.seen_namespaces())
 
-        self.push_screen(FixPlanScreen(row, self.apply_unavailable), done)
+        self.push_screen(FixPlanScreen(row, self.apply_unavailable, fixes), done)
 
     @work(thread=True, name="apply", exit_on_error=False)
     def _apply(self, fixes: list[Fix], namespaces: list[dict[str, Any]]) -> None:

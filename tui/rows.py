@@ -35,6 +35,8 @@ CAUSE_COLOURS: dict[Cause, str] = {
     Cause.KEEPALIVE: "yellow",
     Cause.NO_LISTENER: "cyan",
     Cause.PEER_RESET: "green",
+    Cause.PEER_CLOSED: "spring_green2",
+    Cause.FIREWALL_REJECT: "dark_orange",
     Cause.UNKNOWN: "bright_black",
 }
 _PALETTE = ("blue", "bright_blue", "bright_cyan", "bright_green", "bright_yellow", "orange3")
@@ -185,6 +187,14 @@ def _fix_text(fix: Fix, out: Text) -> None:
         for ln in fix.snippet.splitlines():
             out.append("    │ ", style="dim")
             out.append(plain(ln, "green"))
+            out.append("\n")
+    covers = getattr(fix, "covers", None)
+    if covers and len(covers) > 1:
+        # merged over several incidents: the one value satisfies each of these
+        out.append("    covers:\n", style="dim")
+        for c in covers:
+            out.append("      ")
+            out.append(plain(c, "dim"))
             out.append("\n")
 
 

@@ -3,6 +3,7 @@ applying asks for an explicit confirmation)."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Callable
 
 from rich.text import Text
@@ -13,9 +14,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from rsttrace.analysis.vocab import CAUSES
 from rsttrace.tui.rows import Row, _fix_text, cause_style, plain
 
-HELP = """\
+_HELP = """\
 rsttrace live: every TCP reset with its cause and fix, as it happens
 
   ↑ ↓ PgUp PgDn   select a reset (Home: back to the newest, following)
@@ -24,10 +26,14 @@ rsttrace live: every TCP reset with its cause and fix, as it happens
                   (bare words: 3306, 10.0.0.2, or part of a cause/netns/process)
   c               cycle the cause filter through the causes seen
   e               export the resets in memory to CSV (columns of `rsttrace report`)
-  f               fix plan for the selected reset's cause (dry run; apply asks first)
+  f               fix plan for the selected reset's cause (dry run; apply asks first):
+                  one value per setting, the one every incident seen so far needs
   ?               this help
   q               quit (tracing detached, recording completed)
+
+causes: {causes}
 """
+HELP = _HELP.format(causes=textwrap.fill(" ".join(CAUSES), width=72, subsequent_indent=" " * 8))
 
 
 class _Modal(ModalScreen[Any]):
@@ -96,8 +102,11 @@ class ConfirmScreen(_Modal):
         self.dismiss(True)
 
 
-def plan_text(row: Row) -> Text:
-    fixes = row.verdict.fixes
+def plan_text(row: Row, fixes: list[Any] | None = None) -> Text:
+    """The plan for the selected reset; `fixes`: its settings merged over
+    every incident seen (one value each), else the reset's own."""
+    v = row.verdict
+    fixes = list(v.fixes) if fixes is None else fixes
     t = Text()
     t.append("fix plan (dry run: nothing is changed) for ", style="bold")
     t.append_text(plain(row.cause, cause_style(row.cause) + " bold"))
@@ -118,16 +127,17 @@ class FixPlanScreen(_Modal):
     remedy engine when it is available, otherwise only the commands are shown."""
     BINDINGS = [Binding("escape,q,f", "dismiss_none", "close"), Binding("a", "apply", "apply…")]
 
-    def __init__(self, row: Row, can_apply: str | None) -> None:
+    def __init__(self, row: Row, can_apply: str | None, fixes: list[Any] | None = None) -> None:
         super().__init__()
         self.row = row
         self.can_apply = can_apply  # None when applying works, else why not
+        self.fixes = list(row.verdict.fixes) if fixes is None else fixes
 
     def compose(self) -> ComposeResult:
-        fixes = self.row.verdict.fixes
+        fixes = self.fixes
         with Vertical():
             with VerticalScroll():
-                yield Static(plan_text(self.row), id="plan")
+                yield Static(plan_text(self.row, fixes), id="plan")
             if not fixes:
                 hint = "esc closes"
             elif self.can_apply is None:
@@ -137,7 +147,7 @@ class FixPlanScreen(_Modal):
             yield Static(plain(hint), classes="hint", id="plan-hint")
 
     def action_apply(self) -> None:
-        fixes = self.row.verdict.fixes
+        fixes = self.fixes
         if not fixes or self.can_apply is not None:
             self.notify("nothing to apply from here: run the commands shown", severity="warning")
             return

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from rsttrace.analysis.classify import Verdict
 from rsttrace.analysis.config import Finding
+from rsttrace.analysis.fixes import FixBook
 from rsttrace.tui.rows import Row
 
 RATE_WINDOW_S = 300  # the reset-rate chart covers the last five minutes
@@ -166,6 +167,9 @@ class Batch:
     ctx_t: float | None = None
     ct_full: Counter[int] = field(default_factory=Counter)
     netns_names: dict[int, str] = field(default_factory=dict)
+    # the distinct fix lists of the batch's verdicts, dropped rows included:
+    # the fix plan merges what every incident asked for
+    fix_lists: dict[int, list[Any]] = field(default_factory=dict)
     now: float = 0.0
     events: int = 0  # source totals at batch time
     lost: int = 0
@@ -181,6 +185,9 @@ class Batch:
             self.rows_dropped += 1
         self.rows.append(row)
         self.cause_counts[row.cause] += 1
+        fixes = row.verdict.fixes
+        if fixes:
+            self.fix_lists.setdefault(id(fixes), fixes)
         s = int(row.t)
         self.reset_bins[s] = self.reset_bins.get(s, 0) + 1
 
@@ -234,6 +241,7 @@ class LiveState:
         self.source_done = False
         self.error: str | None = None  # why the source stopped (set by the app's worker handler)
         self.version = 0  # bumped when the table's view changes
+        self.fixbook = FixBook()  # one value per setting over every incident seen
 
     # -- batches -----------------------------------------------------------
     def apply(self, b: Batch) -> int:
@@ -247,6 +255,8 @@ class LiveState:
         self.events_rate.trim(self.now)
         self.events, self.lost, self.invalid = b.events, b.lost, b.invalid
         self.source_done = b.source_done
+        for fixes in b.fix_lists.values():
+            self.fixbook.add(fixes)
         for inode, ns in b.ctx.items():
             self._ctx(inode, ns)
         for inode, name in b.netns_names.items():
@@ -371,6 +381,11 @@ class LiveState:
     def retained_verdicts(self) -> list[Verdict]:
         """Verdicts still in memory, oldest first (what `e` exports)."""
         return [r.verdict for r in list(self.ring) + list(self.pending)]
+
+    def fix_plan(self, row: Row) -> list[Any]:
+        """The selected reset's settings, each with the one value that
+        satisfies every incident seen (what the `f` screen shows and applies)."""
+        return self.fixbook.settle(list(row.verdict.fixes))
 
     def events_per_s(self) -> int:
         return self.events_rate.last_second(self.now)

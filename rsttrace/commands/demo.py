@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -18,9 +19,14 @@ examples:
   sudo rsttrace demo --down                       remove a kept (or stale) lab
   sudo rsttrace demo --vm --kernel 6.1            IPVS scenarios in a Debian 6.1 VM
   sudo rsttrace demo --vm --kernel 5.10           the same on Debian 11's 5.10
-scenarios: keepalive keepalive_fixed conntrack_full conntrack_invalid
-           conntrack_invalid_fixed no_listener peer_reset
+{scenarios}
 """
+
+
+def _epilog() -> str:
+    from rsttrace.lab.scenarios import SCENARIOS
+    return EPILOG.format(scenarios=textwrap.fill(" ".join(SCENARIOS), width=78, initial_indent="scenarios: ",
+                                                 subsequent_indent=" " * 11))
 
 
 def register(sub) -> None:
@@ -29,7 +35,7 @@ def register(sub) -> None:
                                    "kube-proxy node, MariaDB pod), make real MySQL clients lose "
                                    "their connections for each root cause, trace it live and show "
                                    "what rsttrace concludes.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", action="append", metavar="NAME",
                    help="run only this scenario (repeatable; default: all)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")

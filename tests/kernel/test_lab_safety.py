@@ -63,7 +63,7 @@ def test_killed_run_is_removed_and_its_sysctl_restored_on_next_start():
         assert CT_MAX.read_text().strip() == str(int(original) - 1)
         assert netns.exists(f"rtlab-{run_id}-db") and netns.alive(int(server_pid))
         with Lab(lock_wait_s=WAIT) as lab:
-            assert not netns.exists(f"rtlab-{run_id}-db")
+            assert not netns.exists(f"rtlab-{run_id}-db") and not netns.exists(f"rtlab-{run_id}-gw")
             assert CT_MAX.read_text().strip() == original
             assert not netns.alive(int(server_pid))
             assert lab.run_id != run_id
@@ -84,7 +84,7 @@ def test_sigterm_tears_the_lab_down():
     assert netns.exists(f"rtlab-{run_id}-node")
     p.send_signal(signal.SIGTERM)
     p.wait(30)
-    assert not netns.exists(f"rtlab-{run_id}-node")
+    assert not netns.exists(f"rtlab-{run_id}-node") and not netns.exists(f"rtlab-{run_id}-gw")
     assert not netns.alive(int(server_pid))
     assert read_state() is None
 

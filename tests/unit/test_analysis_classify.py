@@ -12,12 +12,15 @@ T0 = 1_700_000_000.0
 
 
 def ns(netns, name, *, est=None, ipvs=None, ka=7200, nat=False, count=10, mx=262144,
-       drop=0, early=0, invalid=0, ct=True, be_liberal=0):
+       drop=0, early=0, invalid=0, ct=True, be_liberal=0, cw=None, rules=None):
     sc = {"tcp_keepalive_time": ka}
     if est is not None:
         sc["nf_conntrack_tcp_timeout_established"] = est
         sc["nf_conntrack_tcp_be_liberal"] = be_liberal
-    return {"netns": netns, "name": name, "nat": nat, "sysctl": sc,
+    if cw is not None:
+        sc["nf_conntrack_tcp_timeout_close_wait"] = cw
+    extra = {} if rules is None else {"rules": rules}
+    return {"netns": netns, "name": name, "nat": nat, "sysctl": sc, **extra,
             "ipvs": None if ipvs is None else {"tcp": ipvs, "tcpfin": 120, "udp": 300},
             "ct": {"count": count, "max": mx, "buckets": 65536, "drop": drop, "early_drop": early,
                    "invalid": invalid, "insert_failed": 0} if ct else None}
@@ -28,10 +31,33 @@ def ctx(t, *namespaces):
 
 
 def sent(t, netns=LB, syn=False, has_sock=False, reason="NO_SOCKET", src="10.96.0.10", sport=3306,
-         dst="10.0.1.2", dport=40000):
+         dst="10.0.1.2", dport=40000, state="", idle_ms=None):
     return {"kind": "reset", "t": T0 + t, "netns": netns, "dir": "sent", "family": 4, "src": src,
-            "sport": sport, "dst": dst, "dport": dport, "state": "", "has_sock": has_sock,
-            "reason": reason, "syn": syn}
+            "sport": sport, "dst": dst, "dport": dport, "state": state, "has_sock": has_sock,
+            "reason": reason, "syn": syn, "idle_ms": idle_ms}
+
+
+def abort(t, reason="TCP_STATE", idle_ms=960, **kw):
+    """A server's application dropping a connection with SO_LINGER 0 (as
+    MariaDB does at wait_timeout): a reset from its socket, in CLOSE."""
+    return sent(t, netns=SRV, has_sock=True, reason=reason, state="CLOSE", idle_ms=idle_ms, **kw)
+
+
+def tw(t, **kw):
+    """The reset a server's kernel sends from the TIME_WAIT socket of a
+    connection it closed (behind the node's masquerade: its own tuple)."""
+    kw = {"netns": SRV, "has_sock": True, "reason": "TCP_TIMEWAIT_SOCKET", "state": "TIME_WAIT",
+          "src": "10.0.2.2", "dst": "10.0.2.1", "dport": 51000, **kw}
+    return sent(t, **kw)
+
+
+def drop(t, netns=LB, *, src="10.0.1.2", sport=40000, dst="10.0.2.2", dport=3306, flags=0x02, flow=True):
+    """A netfilter drop; with `flow`, of the packet src:sport -> dst:dport
+    (here: the client's SYN after the node's DNAT)."""
+    rec = {"kind": "ct_drop", "t": T0 + t, "netns": netns, "reason": "NETFILTER_DROP", "protocol": 0x800}
+    if flow:
+        rec.update(family=4, src=src, sport=sport, dst=dst, dport=dport, tcp_flags=flags)
+    return rec
 
 
 def recv(t, netns=CLI, state="ESTABLISHED", idle_ms=500, ka=False, ka_time=7200, src="10.96.0.10",
@@ -64,8 +90,10 @@ CASES = {
     "full_drop_rose": ([ctx(0, lb(drop=3)), ctx(5, lb(drop=9)), sent(6), recv(6.001)], "conntrack_full", "medium"),
     "full_early_drop_rose": ([ctx(0, lb(early=0)), ctx(5, lb(early=2)), sent(6, syn=True)],
                              "conntrack_full", "medium"),
-    "full_netfilter_drops_only": ([ctx(0, lb()), {"kind": "ct_drop", "t": T0 + 5, "netns": LB,
-                                                  "reason": "NETFILTER_DROP"}, sent(6)], "conntrack_full", "low"),
+    # netfilter drops alone are no table trouble (any DROP rule makes them)
+    "full_not_from_netfilter_drops_only": ([ctx(0, lb()), drop(5, flow=False), sent(6)], "unknown", "low"),
+    "full_not_from_drops_on_unknown_path": ([ctx(0, lb()), drop(5, flow=False), recv(6, idle_ms=100)],
+                                            "peer_reset", "medium"),
     "full_drop_rose_outside_window": ([ctx(0, lb(drop=3)), ctx(1, lb(drop=9)), ctx(15, lb(drop=9)),
                                        recv(25, idle_ms=100)], "peer_reset", "medium"),
     "full_other_netns_on_known_path": ([ctx(0, lb(), ns(SRV, "srv", drop=1)), ctx(5, lb(), ns(SRV, "srv", drop=5)),
@@ -143,6 +171,56 @@ CASES = {
     # no_listener
     "refused_recv_syn_sent": ([recv(1, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
     "refused_sent_syn": ([sent(1, syn=True)], "no_listener", "high"),
+    # peer_closed: the peer's FIN came first
+    "closed_local_timewait_sender": ([tw(6), recv(6.001, state="CLOSE_WAIT", idle_ms=3000)], "peer_closed", "high"),
+    "closed_remote_sender": ([recv(1, state="CLOSE_WAIT", idle_ms=3000)], "peer_closed", "medium"),
+    "closed_last_ack": ([recv(1, state="LAST_ACK", idle_ms=3000)], "peer_closed", "medium"),
+    "closed_same_tuple_sender": ([sent(1, netns=SRV, has_sock=True, state="FIN_WAIT2", reason="TCP_TIMEWAIT_SOCKET"),
+                                  recv(1.001, state="CLOSE_WAIT", idle_ms=3000)], "peer_closed", "high"),
+    # the table that forgot first decides: the FIN passed the node, so the
+    # server closed first, however long the flow idled in the node's eyes
+    "closed_flow_idle_past_node_timeout": ([ctx(0, lb(est=2)), tw(6), recv(6.001, state="CLOSE_WAIT", idle_ms=5000)],
+                                           "peer_closed", "high"),
+    "closed_then_node_forgot_after_fin": ([ctx(0, lb(est=2, cw=60)), sent(6),
+                                           recv(6.001, state="CLOSE_WAIT", idle_ms=90_000)], "peer_closed", "high"),
+    "node_forgot_before_fin": ([ctx(0, lb(est=2, cw=60)), sent(6), recv(6.001, state="CLOSE_WAIT", idle_ms=5000)],
+                               "keepalive", "high"),
+    "closed_node_close_wait_unknown": ([ctx(0, lb(est=432000)), sent(6), recv(6.001, state="CLOSE_WAIT", idle_ms=5000)],
+                                       "peer_closed", "medium"),
+    "closed_beats_declared_middlebox": ([recv(6, state="CLOSE_WAIT", idle_ms=400_000)], "peer_closed", "medium",
+                                        {"nlb": 350.0}),
+    # ... or its application dropped the idle connection with a reset (MariaDB's
+    # wait_timeout, a proxy's nolinger idle limit)
+    "idle_connection_aborted": ([abort(6), recv(6.001, idle_ms=1004)], "peer_closed", "medium"),
+    "idle_connection_aborted_linger": ([abort(6, reason="TCP_ABORT_ON_LINGER", idle_ms=400_000),
+                                        recv(6.001, idle_ms=400_100)], "peer_closed", "medium"),
+    "active_connection_aborted": ([abort(6, idle_ms=10), recv(6.001, idle_ms=200)], "peer_reset", "high"),
+    "aborted_with_unread_data_is_no_idle_timeout": ([abort(6, reason="TCP_ABORT_ON_CLOSE", idle_ms=5000),
+                                                     recv(6.001, idle_ms=5000)], "peer_reset", "high"),
+    "abort_without_kernel_reason": ([abort(6, reason=None, idle_ms=5000), recv(6.001, idle_ms=5000)],
+                                    "peer_reset", "medium"),
+    # firewall_reject: a reset no TCP stack here sent, its packet dropped by netfilter
+    "reject_syn_tied_by_flow": ([ctx(0, lb()), drop(6), recv(6.0005, state="SYN_SENT", idle_ms=None)],
+                                "firewall_reject", "high"),
+    "reject_established_tied_by_flow": ([ctx(0, lb()), drop(6, flags=0x18), recv(6.0005, idle_ms=4000)],
+                                        "firewall_reject", "high"),
+    "reject_drop_after_reset_record": ([ctx(0, lb()), recv(6, state="SYN_SENT", idle_ms=None), drop(6.0004)],
+                                       "firewall_reject", "high"),
+    "reject_in_receiving_netns": ([ctx(0, ns(CLI, "cli")), drop(6, netns=CLI, dst="10.96.0.10"),
+                                   recv(6.0005, state="SYN_SENT", idle_ms=None)], "firewall_reject", "high"),
+    "reject_dnat_port_rewritten": ([ctx(0, lb()), drop(6, dport=8080), recv(6.0005, state="SYN_SENT", idle_ms=None)],
+                                   "firewall_reject", "high"),
+    "drop_of_another_flow_elsewhere": ([ctx(0, lb(), ns(SRV, "srv")), drop(6, netns=SRV, sport=40001, dport=5432),
+                                        recv(6.0005, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
+    "drop_of_flow_too_long_before": ([ctx(0, lb()), drop(5), recv(6, state="SYN_SENT", idle_ms=None)],
+                                     "no_listener", "high"),
+    "reject_by_time_without_flow": ([ctx(0, lb()), drop(6, flow=False), recv(6.001, state="SYN_SENT", idle_ms=None)],
+                                    "firewall_reject", "medium"),
+    "drop_without_flow_not_at_that_moment": ([ctx(0, lb()), drop(5.9, flow=False),
+                                              recv(6, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
+    "reject_needs_no_tcp_sender": ([ctx(0, lb()), drop(6), sent(6.0004, syn=True)], "no_listener", "high"),
+    "drop_in_full_table_is_conntrack_full": ([ctx(0, lb(count=96, mx=100)), drop(6),
+                                              recv(6.0005, state="SYN_SENT", idle_ms=None)], "conntrack_full", "high"),
     # peer_reset / unknown
     "peer_local_reason": ([sent(1, netns=SRV, has_sock=True, reason="TCP_ABORT_ON_CLOSE"), recv(1.001)],
                           "peer_reset", "high"),
@@ -153,6 +231,11 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cause(name):
+    """Each cause and its edges. firewall_reject: a rule in the receiving
+    namespace counts as one on the node; a drop of another flow, or one
+    not at that moment, does not. peer_closed: CLOSE_WAIT/LAST_ACK, unless
+    the node's table forgot the flow before the FIN (idle since the FIN
+    below its close_wait timeout)."""
     records, cause, conf, *timeouts = CASES[name]
     out = run(records, idle_timeouts=timeouts[0] if timeouts else None)
     assert len(out) == 1, [v.cause for v in out]
@@ -261,3 +344,38 @@ def test_live_equals_batch_in_chunks():
 def test_bad_options():
     with pytest.raises(ValueError):
         Classifier(window_s=0)
+
+
+def _rule(handle, text, packets=None, chain="forward"):
+    return {"source": "nft", "family": "ip", "table": "rtlab", "chain": chain, "handle": handle,
+            "text": text, "packets": packets}
+
+
+R3306 = _rule(7, "ip daddr 10.0.2.2 tcp dport 3306 reject with tcp reset")
+R5432 = _rule(8, "tcp dport 5432 reject with tcp reset")
+R_ANY = _rule(9, "meta l4proto tcp reject with tcp reset", chain="input")
+
+
+@pytest.mark.parametrize("rules, named, says", [
+    ([R5432, R3306], "nft ip rtlab forward handle 7", "`ip daddr 10.0.2.2 tcp dport 3306 reject with tcp reset`"),
+    ([R_ANY], "nft ip rtlab input handle 9", "`meta l4proto tcp reject with tcp reset`"),
+    # a counter that stayed at 0 did not answer this packet
+    ([{**R3306, "packets": 0}, {**R_ANY, "packets": 3}], "nft ip rtlab input handle 9", "handle 9"),
+    ([R_ANY, {**R_ANY, "handle": 10}], None, "one of 2 rules that reset there"),
+    ([], None, "no rule answering with a TCP reset"),
+    (None, None, "rules were not read"),
+])
+def test_firewall_reject_names_the_rule(rules, named, says):
+    """The rules are read after the namespace's drop: a snapshot within the
+    pairing window carries them."""
+    records = [ctx(0, lb()), drop(6), recv(6.0005, state="SYN_SENT", idle_ms=None), ctx(6.3, lb(rules=rules))]
+    (v,) = run(records)
+    assert v.cause == "firewall_reject" and says in v.evidence, v.evidence
+    assert "netns lb (4026532247)" in v.evidence and "10.0.1.2:40000 -> 10.0.2.2:3306" in v.evidence
+    (f,) = v.fixes
+    if named:
+        assert f.key == named
+        assert f.command == f"ip netns exec lb nft delete rule ip rtlab {named.split()[3]} handle {named.split()[-1]}"
+    else:
+        assert f.command == "ip netns exec lb nft -a list ruleset | grep -n reject"
+    assert f.tradeoff

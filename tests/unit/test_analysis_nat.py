@@ -153,3 +153,20 @@ def test_time_buckets_do_not_keep_decided_incidents():
     # at most the buckets of the pairing window, not one per bucket ever seen
     bound = c.pair_window_s / c._nat_w + 4
     assert len(c._buckets) <= bound and len(c._bucket_order) <= bound
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [1, 0, 3, 2], [0, 2, 1, 3], [2, 3, 0, 1]])
+def test_simultaneous_resets_pair_by_the_port_masquerade_kept(order):
+    """Two pooled connections reset by the backend within a millisecond:
+    each half has two candidates by time and service port, but Linux's
+    masquerade keeps the client's port where it can, so the other port
+    tells them apart (before, the first pairing was ambiguous and the
+    halves were mismatched or left alone)."""
+    halves = [client_recv(1.0, dport=40000), backend_sent(1.00002, dport=40000),
+              client_recv(1.0002, dport=40001), backend_sent(1.00022, dport=40001)]
+    out = run([halves[i] for i in order])
+    assert len(out) == 2
+    for v in out:
+        assert [e["dir"] for e in v.events] == ["sent", "recv"]
+        assert v.events[0]["dport"] == v.events[1]["dport"] == v.dport
+        assert (v.cause, v.confidence) == ("peer_reset", "high")

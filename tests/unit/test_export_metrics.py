@@ -238,3 +238,15 @@ def test_netns_cardinality_is_bounded_and_counters_never_go_back():
     by_cause = {dict(lab)["cause"]: v for lab, v in values(scrape(state), "rsttrace_reset_incidents_total").items()}
     assert by_cause["no_listener"] == total          # incidents are never lost to the cap
     assert any(dict(lab)["netns"] == OTHER_NETNS for lab in values(scrape(state), "rsttrace_resets_total"))
+
+
+def test_live_inference_of_an_idle_timeout_beyond_the_node():
+    """The exporter classifies live: three resets from one remote after long
+    idles count the third as keepalive (an idle timeout inferred on the
+    path over the sliding window); it cannot relabel the first two."""
+    from test_analysis_inference import series
+    state = ExportState(header={"netns_names": {}})
+    state.ingest(series([400, 420, 380]))
+    state.flush()
+    got = {dict(lab)["cause"]: v for lab, v in values(scrape(state), "rsttrace_reset_incidents_total").items()}
+    assert (got["keepalive"], got["peer_reset"]) == (1, 2)

@@ -172,3 +172,13 @@ def test_readme_lists_every_cause():
     text = (MON / "README.md").read_text()
     line = next(ln for ln in text.split("\n- ") if ln.startswith("`cause`:"))
     assert re.findall(r"`([a-z_]+)`", line.split("(", 1)[0])[1:] == list(CAUSES)
+
+
+def test_dashboard_and_readme_know_every_cause():
+    d = json.loads(DASH.read_text())
+    for p in d["panels"]:
+        if p.get("targets") and "rsttrace_reset_incidents_total" in p["targets"][0]["expr"] and "cause" in p["targets"][0]["expr"]:
+            named = {o["matcher"]["options"] for o in p["fieldConfig"]["overrides"]}
+            assert named == set(CAUSES), p["title"]
+    text = (MON / "README.md").read_text()
+    assert all(f"`{c}`" in text for c in CAUSES)

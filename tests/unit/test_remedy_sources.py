@@ -89,3 +89,24 @@ def test_keepalive_pool_reset_plans_the_client_namespace_keepalive():
     # Below the node's 6 s with margin, and at least the kernel's 1 s minimum.
     assert [(c.target.label, c.key, c.old, c.new) for c in plan.changes] == [
         ("cli", K.KEEPALIVE_TIME, 7200, 3)]
+
+
+def test_fix_from_a_recording_hands_over_one_value_per_pool_setting():
+    """Two incidents in the client namespace (the node's timeout 6 s, then
+    2 s) ask keepalive 3 and 1 and pool idle times 3 and 1: one proposal
+    and one hand-over per setting, the strictest (before, both pool
+    snippets were handed over)."""
+    header, records = _pool_recording()
+    ctx, sent, recv, _ = records
+    node_ns = ctx["namespaces"][0]["netns"]
+    ctx2 = {**ctx, "t": 200.0, "namespaces": [{**ctx["namespaces"][0], "sysctl": {
+        "nf_conntrack_tcp_timeout_established": 2, "tcp_keepalive_time": 7200}}, ctx["namespaces"][1]]}
+    later = [ctx2, {**sent, "t": 208.1, "dport": 40001}, {**recv, "t": 208.101, "dport": 40001, "idle_ms": 4000},
+             {**ctx2, "t": 209.0}]
+    g = from_records(records + later, header, self_target(), None, find=_find)
+    assert g.causes == {"keepalive": 2} and node_ns
+    ka = [p for p in g.proposals if p.key == K.KEEPALIVE_TIME]
+    assert [(p.target.label, p.value) for p in ka] == [("cli", 1)]
+    assert "one value for" in ka[0].reason
+    go = [h for h in g.handovers if "SetConnMaxIdleTime" in h.text]
+    assert [h.text for h in go] == ["db.SetConnMaxIdleTime(1 * time.Second)"]

@@ -61,3 +61,40 @@ def test_bad_recordings(tmp_path, capsys):
     assert main(["report", str(schema)]) == 2
     assert "schema" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def _recording(path: Path, records: list[dict]) -> Path:
+    import json
+    head = {"kind": "header", "schema": 1, "t": records[0]["t"], "netns_names": {"4026532300": "cli"}}
+    path.write_text("\n".join(json.dumps(r) for r in [head, *records]) + "\n")
+    return path
+
+
+def test_one_value_per_setting_in_the_summary(tmp_path, capsys):
+    """The node's timeout was 2 s for one incident and 6 s for another:
+    one tcp_keepalive_time for the client namespace (1 s, satisfying
+    both), listing what it covers; before, 1 and 3 were both recommended."""
+    from test_analysis_classify import ctx, lb, ns, recv, sent
+    rec = _recording(tmp_path / "two.jsonl", [
+        ctx(0, lb(est=2), ns(4026532300, "cli")), sent(6), recv(6.001, idle_ms=4000),
+        ctx(20, lb(est=6), ns(4026532300, "cli")), sent(26, dport=40001), recv(26.001, idle_ms=8000, dport=40001),
+        ctx(30, lb(est=6), ns(4026532300, "cli"))])
+    assert main(["report", str(rec)]) == 0
+    out = capsys.readouterr().out
+    fixes = out[out.index("\nfixes\n"):]
+    assert fixes.count("net.ipv4.tcp_keepalive_time 7200 -> ") == 1, fixes
+    assert "net.ipv4.tcp_keepalive_time 7200 -> 1" in fixes
+    assert "conntrack established timeout 2 s" in fixes and "conntrack established timeout 6 s" in fixes
+
+
+def test_report_looks_ahead_for_an_idle_timeout_beyond_the_node(tmp_path):
+    """Three resets from one remote after long idles: every one of them is
+    `keepalive` in the report, the first two included (the live screen
+    names only the third: it cannot look ahead)."""
+    from test_analysis_inference import series
+    rec = _recording(tmp_path / "nlb.jsonl", series([400, 420, 380]))
+    out = tmp_path / "r.csv"
+    assert main(["report", str(rec), "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [r["cause"] for r in rows] == ["keepalive"] * 3
+    assert all("an idle timeout of at most 380 s on the path to 10.20.0.5:3306" in r["evidence"] for r in rows)

@@ -13,9 +13,10 @@ from rsttrace.tui.state import Batch, FilterError, FilterSpec, LiveState
 from test_tui_fixtures import CLI, EVIL_COMM, LB, T0, VIP, reset_pair
 
 
-def V(incident: int, t: float, cause: str, events: list[dict[str, Any]], dport: int = 40001) -> Verdict:
+def V(incident: int, t: float, cause: str, events: list[dict[str, Any]], dport: int = 40001,
+      fixes: list | None = None) -> Verdict:
     return Verdict(incident, t, Cause(cause), Confidence.HIGH, "idle 7 s >= conntrack established timeout 4 s",
-                   [], events, LB, CLI, VIP, 3306, "10.0.1.2", dport)
+                   fixes or [], events, LB, CLI, VIP, 3306, "10.0.1.2", dport)
 
 
 NAMES = NetnsNames({str(CLI): "cli", str(LB): "lb"})
@@ -109,3 +110,21 @@ def test_every_namespace_cookie_seen_is_kept_for_the_apply_path():
         st.apply(b)
     assert st.seen_namespaces() == [{"netns": CLI, "cookie": 7}, {"netns": CLI, "cookie": 9}]
     assert [n["netns"] for n in st.context()] == [CLI, LB]
+
+
+def test_fix_plan_is_one_value_per_setting_over_every_incident():
+    """Two keepalive incidents in one client namespace ask 1 s and 3 s: the
+    plan of either shows 1 s, covering both; rows dropped beyond the ring's
+    capacity still count."""
+    from rsttrace.analysis.fixes import Where, keepalive_fixes
+    where = Where(CLI, "cli")
+    fix2 = keepalive_fixes(where, None, 2.0, "conntrack established timeout", sysctl_now=7200)
+    fix6 = keepalive_fixes(where, None, 6.0, "conntrack established timeout", sysctl_now=7200)
+    r6 = make_row(1, V(1, T0 + 1, "keepalive", reset_pair(T0 + 1, 40001), fixes=fix6), NAMES)
+    r2 = make_row(2, V(2, T0 + 2, "keepalive", reset_pair(T0 + 2, 40002), fixes=fix2, dport=40002), NAMES)
+    st = LiveState(capacity=1)
+    st.apply(batch([r6, r2], cap=1))      # r6 falls out of the ring in the batch
+    assert [r.seq for r in st.ring] == [2]
+    for r in (r6, r2):
+        ka = [f for f in st.fix_plan(r) if f.key == "net.ipv4.tcp_keepalive_time"]
+        assert len(ka) == 1 and ka[0].value == 1 and len(ka[0].covers) == 2
