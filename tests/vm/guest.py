@@ -19,8 +19,10 @@ def main(deselect: list[str]) -> int:
     import pytest
 
     print("== tracer kernel tests", flush=True)
-    args = ["tests/kernel/test_tracer_kernel.py", "-q", "-rA", "-p", "no:cacheprovider",
-            "--tb=short"]
+    # -v and the durations: a test's line as it ends, so a slow guest's
+    # console shows where its time goes
+    args = ["tests/kernel/test_tracer_kernel.py", "-v", "-rA", "-p", "no:cacheprovider",
+            "--tb=short", "--durations=15"]
     if deselect:
         args += ["-k", " and ".join(f"not {name}" for name in deselect)]
     rc = int(pytest.main(args))
