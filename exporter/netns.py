@@ -14,7 +14,8 @@ Policy, chosen so that counters never go backwards:
   (conntrack entries + TCP sockets), the root namespace first;
 - a slot is freed when its namespace has been missing from the context
   snapshots for `grace_s` (the namespace is gone); the caller drops that
-  label's series then.
+  label's series then; so is a slot whose inode turns up with another
+  namespace cookie (the kernel reused the inode of a namespace that is gone).
 The label of a slot is the namespace's name when it is taken (`init`, the
 /run/netns name, or `pid:N`) and does not change while it is held; a name
 with bytes that are not UTF-8 is labelled with them as `\\xNN`
@@ -58,6 +59,7 @@ class NetnsLabels:
         self.grace_s = grace_s
         self._slots: dict[int, _Slot] = {}
         self._names: dict[int, str] = {}
+        self._cookies: dict[int, int] = {}    # inode -> netns cookie (never reused while the host runs)
         self._resolver = resolver
         self._unresolved: set[int] = set()
         self.learn(names or {})
@@ -131,14 +133,25 @@ class NetnsLabels:
         """Takes a ctx record's namespaces; returns the labels freed (their
         namespaces are gone), whose series the caller drops."""
         present: dict[int, dict[str, Any]] = {}
+        freed = []
         for ns in namespaces:
             ino = ns.get("netns")
             if not isinstance(ino, int):
                 continue
             present[ino] = ns
+            cookie = ns.get("cookie")
+            if isinstance(cookie, int):
+                if self._cookies.get(ino, cookie) != cookie:
+                    # the inode now belongs to another namespace (the old
+                    # one is gone): neither its name nor its slot carry over
+                    self._names.pop(ino, None)
+                    self._unresolved.discard(ino)
+                    slot = self._slots.pop(ino, None)
+                    if slot is not None and all(s.label != slot.label for s in self._slots.values()):
+                        freed.append(slot.label)
+                self._cookies[ino] = cookie
             if isinstance(ns.get("name"), str) and ns["name"]:
                 self._names.setdefault(ino, text(ns["name"]))
-        freed = []
         for ino, slot in list(self._slots.items()):
             if ino in present:
                 slot.activity = _activity(present[ino])

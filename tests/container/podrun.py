@@ -11,28 +11,16 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 from daemonset import Pod, derive
-from prometheus_client.parser import text_string_to_metric_families
 from resetloop import CONNECT_MANY
+from scrape import get, scrape
 
 PODMAN = shutil.which("podman")
 HOST_IP = "127.0.0.1"   # status.hostIP: the agent listens on loopback only
 
-
-
-def get(url: str, timeout: float = 5) -> tuple[int | None, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return None, str(e)
 
 
 def port_free(port: int) -> bool:
@@ -127,13 +115,7 @@ class Agent(Running):
         return [json.loads(line) for line in list(self.stdout)]
 
     def scrape(self) -> dict[tuple[str, tuple], float]:
-        status, body = get(self.base + "/metrics")
-        assert status == 200, body
-        out = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
+        return scrape(self.base)
 
     def value(self, name: str, **labels: str) -> float:
         """The sum of `name` over the series whose labels include `labels`."""

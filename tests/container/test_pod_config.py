@@ -61,7 +61,7 @@ def test_without_tracefs_where_mounts_are_refused_one_line_names_the_mount(
     refusing.write_text(json.dumps(profile))
     pod = derive_pod(without_mount(manifest, "tracefs"), NODE, node_dirs)
     line = fails_with_one_line(pod, ("--security-opt", f"seccomp={refusing}"))
-    assert line.startswith("rsttrace: tracefs not mounted and mount failed")
+    assert line.startswith("rsttrace: tracefs is not mounted at /sys/kernel/tracing and mounting it failed")
     assert "mount the host's /sys/kernel/tracing into the container (read-only)" in line
 
 

@@ -11,15 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from rsttrace.lab.netns import tcp_out_rsts
+from scrape import get, scrape
 from rsttrace.schema.recording import read_recording
 
 pytestmark = pytest.mark.kernel
@@ -31,14 +29,6 @@ NODE = "agent-test-node"
 def lab(netns):
     netns.tag = "rtagt-" + uuid.uuid4().hex[:6]
     return netns
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 class Agent:
@@ -72,15 +62,10 @@ class Agent:
         return [json.loads(line) for line in list(self.lines)]
 
     def scrape(self) -> dict[tuple[str, tuple], float]:
-        status, body = get(self.base + "/metrics")
-        assert status == 200, body
-        out = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                labels = dict(s.labels)
-                assert labels.pop("node") == NODE, s     # every series names the node
-                out[(s.name, tuple(sorted(labels.items())))] = s.value
-        return out
+        def node_named(name: str, labels: dict[str, str]) -> dict[str, str]:
+            assert labels.pop("node") == NODE, (name, labels)     # every series names the node
+            return labels
+        return scrape(self.base, node_named)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -216,14 +201,15 @@ def one_line(p: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("cap,name", [("cap_sys_admin", "CAP_SYS_ADMIN"),
-                                      ("cap_sys_ptrace", "CAP_SYS_PTRACE"),
-                                      ("cap_net_admin", "CAP_NET_ADMIN")])
+# named as a securityContext spells it (CAP_ left off)
+@pytest.mark.parametrize("cap,name", [("cap_sys_admin", "SYS_ADMIN"),
+                                      ("cap_sys_ptrace", "SYS_PTRACE"),
+                                      ("cap_net_admin", "NET_ADMIN")])
 def test_a_missing_capability_is_named(tmp_path, cap, name):
     if subprocess.run(["which", "capsh"], capture_output=True).returncode:
         pytest.skip("capsh missing (Debian's libcap2-bin)")
     line = one_line(agent_in(f"capsh --drop={cap} -- -c 'AGENT'", tmp_path))
-    assert name in line and "securityContext.capabilities.add" in line
+    assert f"add {name} to the container's securityContext.capabilities.add" in line
     assert not (tmp_path / "rec").exists() or not list((tmp_path / "rec").iterdir())
 
 

@@ -80,3 +80,18 @@ def test_names_that_are_not_utf8_become_text_labels():
     assert (lab.for_event(1, 0), lab.for_event(2, 0), lab.for_event(3, 0)) == ("rt\\xff",) * 3
     for label in lab.labelled().values():
         label.encode("utf-8")
+
+
+def test_an_inode_reused_by_another_namespace_takes_its_own_name():
+    """The kernel reuses a gone namespace's inode: the namespace cookie
+    tells the new one apart, so it is not counted under the old name."""
+    lab = NetnsLabels(cap=4)
+    assert lab.observe([dict(ns(7, "pod-a", socks=3), cookie=101)], t=0) == []
+    assert lab.for_event(7, t=1) == "pod-a"
+    freed = lab.observe([dict(ns(7, "pod-b", socks=3), cookie=202)], t=2)
+    assert freed == ["pod-a"]           # its series are dropped, as for a gone namespace
+    assert lab.for_event(7, t=3) == "pod-b"
+    assert lab.name(7) == "pod-b"
+    # the same cookie again, or no cookie (kernels before 5.14): nothing moves
+    assert lab.observe([dict(ns(7, "pod-b"), cookie=202), ns(8, "x")], t=4) == []
+    assert lab.for_event(7, t=5) == "pod-b"
