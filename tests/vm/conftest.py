@@ -16,7 +16,7 @@ import pytest
 def pytest_collection_modifyitems(config, items):
     why = None
     if os.environ.get("RSTTRACE_VM_TIER") != "1":
-        why = "vm tier: run scripts/vm/test.sh (boots 6.1 and 6.12 under virtme-ng, ~15 min)"
+        why = "vm tier: run scripts/vm/test.sh (boots 5.10, 6.1 and 6.12 under virtme-ng; README: its time)"
     elif os.geteuid() != 0:
         why = "vm tier needs root (qemu, apt-get): run scripts/vm/test.sh with sudo"
     if why is None:
