@@ -892,9 +892,10 @@ class Classifier:
         ctx = self.context
         me, peer = (r.get("dst"), r.get("dport")), (r.get("src"), r.get("sport"))
         best = None
+        # (no family compared: addresses are compared as text, and a
+        # dual-stack socket's reset is AF_INET6 with the IPv4 addresses of
+        # the IPv4 packet dropped)
         for ts, ns, d in ctx.drops_at(me[0], me[1], t, REJECT_WINDOW_S):
-            if d.get("family") not in (None, r.get("family")):
-                continue
             other = (d.get("dst"), d.get("dport")) if (d.get("src"), d.get("sport")) == me \
                 else (d.get("src"), d.get("sport"))
             if other == peer or other[1] == peer[1] or (ctx.ctx(ns) or {}).get("nat"):

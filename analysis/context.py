@@ -18,6 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+# IEEE ethertypes of IPv4 and IPv6 (a ct_drop's `protocol`; null: unknown)
+_IP_ETHERTYPES = (0x0800, 0x86DD, None)
+
+
 def _grew(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
     x, y = a.get(key), b.get(key)
     return isinstance(x, int) and isinstance(y, int) and y > x
@@ -254,8 +258,13 @@ class ContextStore:
     def _add_drop_flow(self, t: float, ns: Any, rec: dict[str, Any]) -> None:
         src, dst = rec.get("src"), rec.get("dst")
         if not (isinstance(src, str) and isinstance(dst, str)):
-            self._bare_drops.append((t, ns))
+            # no flow: recorded before drops carried it, unless the packet
+            # was not IP at all (an ARP or bridged frame: no reset answers it)
+            if rec.get("protocol") in _IP_ETHERTYPES:
+                self._bare_drops.append((t, ns))
             return
+        if rec.get("sport") is None:
+            return      # an IP packet but no TCP segment read: no reset answers it
         entry = (t, ns, rec)
         self._flow_drops.append(entry)
         for end in ((src, rec.get("sport")), (dst, rec.get("dport"))):

@@ -964,6 +964,76 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 #endif
 
 #ifdef HAVE_TP_KFREE_SKB
+/* The dropped packet's flow in its own direction, as netfilter saw it (on a
+ * router's forward path: after DNAT): its IP header's family, addresses
+ * and L4 protocol (EVF2_L3) and, for a TCP segment, its ports and flags
+ * (EVF_TRIGGER). The TCP header is found from the IP header, not from
+ * transport_header: at a netfilter hook that may be unset (a packet this
+ * host makes before its TCP layer set it) or still equal to the network
+ * header (the receive path resets it there; bridge hooks see it so), and
+ * for IPv6 it marks the first extension header. Read: a TCP header right
+ * after the fixed IPv6 header (no extension headers walked), none of a
+ * later IPv4 fragment (it carries none). Probe reads, as skb_trigger's
+ * fallback: the first 64 bytes hold both headers without IP options. */
+static __always_inline void skb_flow(struct rst_event *e, const void *skb, int direct)
+{
+	__u64 blk[SKB_BLK_WORDS] = {}, pkt[8] = {};
+	const __u8 *ip = (const __u8 *)pkt;
+	const unsigned char *head;
+	__u16 nh, eth, frag;
+	__u8 l4, tcph[14] = {};
+	__u32 thoff;
+
+	if (!skb)
+		return;
+	if (direct) {
+		head = LD(const unsigned char *, skb, OFF_SKB_HEAD, 1);
+		nh = LD(__u16, skb, OFF_SKB_NETWORK_HEADER, 1);
+		eth = LD(__u16, skb, OFF_SKB_PROTOCOL, 1);
+	} else {
+		if (bpf_probe_read_kernel(blk, sizeof(blk), (const char *)skb + SKB_BLK_START))
+			return;
+		head = SKB_AT(blk, OFF_SKB_HEAD, const unsigned char *);
+		nh = SKB_AT(blk, OFF_SKB_NETWORK_HEADER, __u16);
+		eth = SKB_AT(blk, OFF_SKB_PROTOCOL, __u16);
+	}
+	if (!head || bpf_probe_read_kernel(pkt, sizeof(pkt), head + nh))
+		return;
+	/* the ethertype (IEEE: IPv4 0x0800, IPv6 0x86DD) and the header's own
+	 * version agree: an IP packet, not an ARP or bridged frame */
+	if ((ip[0] >> 4) == 4 && ntohs(eth) == 0x0800) {
+		e->family = AF_INET;
+		__builtin_memcpy(e->saddr, ip + 12, 4);
+		__builtin_memcpy(e->daddr, ip + 16, 4);
+		l4 = ip[9];
+		thoff = (ip[0] & 15) * 4;
+		frag = ((ip[6] & 0x1f) << 8) | ip[7];
+	} else if ((ip[0] >> 4) == 6 && ntohs(eth) == 0x86DD) {
+		e->family = AF_INET6;
+		__builtin_memcpy(e->saddr, ip + 8, 16);
+		__builtin_memcpy(e->daddr, ip + 24, 16);
+		l4 = ip[6];
+		thoff = 40;
+		frag = 0;
+	} else {
+		return;
+	}
+	e->proto = l4;
+	e->flags2 |= EVF2_L3;
+	if (l4 != IPPROTO_TCP || frag || thoff < 20)
+		return;
+	if (thoff == 20)
+		__builtin_memcpy(tcph, ip + 20, sizeof(tcph));
+	else if (thoff == 40)
+		__builtin_memcpy(tcph, ip + 40, sizeof(tcph));
+	else if (bpf_probe_read_kernel(tcph, sizeof(tcph), head + nh + thoff))
+		return;
+	e->sport = (tcph[0] << 8) | tcph[1];
+	e->dport = (tcph[2] << 8) | tcph[3];
+	e->trigger_flags = tcph[13];
+	e->flags |= EVF_TRIGGER;
+}
+
 TP_PROBE(kfree_skb)
 {
 	BENCH_SKIP();
@@ -997,7 +1067,8 @@ TP_PROBE(kfree_skb)
 	e->flags |= EVF_REASON;
 #endif
 	/* L3 protocol (ethertype) of the dropped packet */
-	e->sport = ntohs(LD(__u16, skb, OFF_SKB_PROTOCOL, DIRECT));
+	e->rport = ntohs(LD(__u16, skb, OFF_SKB_PROTOCOL, DIRECT));
+	skb_flow(e, skb, DIRECT);
 	ev_send(ctx, e);
 	return 0;
 }

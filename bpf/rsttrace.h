@@ -30,14 +30,17 @@ enum rst_dir {
 #define EVF_KA_PER_SOCK  0x04  /* the socket overrides the netns keepalive time */
 #define EVF_IDLE         0x08  /* idle_jiffies is valid */
 #define EVF_REASON       0x10  /* reason holds a kernel reason */
-#define EVF_TRIGGER      0x20  /* trigger_flags holds the triggering segment's TCP flags */
+#define EVF_TRIGGER      0x20  /* trigger_flags holds the triggering segment's TCP flags
+                                * (EV_CT_DROP: the dropped segment's, and sport/dport its ports) */
 #define EVF_OWNER        0x40  /* pid/comm/cgroup are the socket's owner */
 #define EVF_KA           0x80  /* keepalive fields are valid (a full TCP socket) */
 
 /* bits of rst_event.flags2 */
 #define EVF2_SK_CGROUP   0x01  /* cgroup is the socket's own (its creator's, or for an
                                 * accepted socket its listener's), not a learned owner's */
-#define EVF2_REASON_DERIVED 0x02 /* EV_CT_DROP: NETFILTER_DROP told from where the packet
+#define EVF2_L3          0x02  /* EV_CT_DROP: family, saddr, daddr and proto are the dropped
+                                * packet's IP header's */
+#define EVF2_REASON_DERIVED 0x04 /* EV_CT_DROP: NETFILTER_DROP told from where the packet
                                   * was freed (kernels whose kfree_skb has no reason) */
 
 struct rst_event {
@@ -51,20 +54,22 @@ struct rst_event {
 	__u32 idle_jiffies;   /* since the last data/ACK received */
 	__u32 ka_time;        /* effective keepalive time, jiffies */
 	__u32 ka_intvl;       /* effective keepalive interval, jiffies */
-	__u16 sport;          /* host order; the reset's source */
-	__u16 dport;          /* host order; the reset's destination */
+	__u16 sport;          /* host order; the reset's source (EV_CT_DROP: the packet's) */
+	__u16 dport;          /* host order; the reset's destination (EV_CT_DROP: the packet's) */
 	__u8  kind;           /* enum rst_kind */
 	__u8  dir;            /* enum rst_dir */
 	__u8  family;         /* AF_INET / AF_INET6 */
 	__u8  state;          /* TCP state of the socket, 0 when none */
 	__u8  flags;          /* EVF_* */
 	__u8  ka_probes;
-	__u8  trigger_flags;  /* TCP flags byte of the segment that triggered a sent reset */
-	__u8  proto;          /* IPVS: L4 protocol */
-	__u8  saddr[16];      /* the reset's source (IPVS: client) */
-	__u8  daddr[16];      /* the reset's destination (IPVS: virtual address) */
+	__u8  trigger_flags;  /* TCP flags byte of the segment that triggered a sent reset
+	                       * (EV_CT_DROP: of the dropped segment) */
+	__u8  proto;          /* IPVS, EV_CT_DROP: L4 protocol */
+	__u8  saddr[16];      /* the reset's source (IPVS: client; EV_CT_DROP: the packet's) */
+	__u8  daddr[16];      /* the reset's destination (IPVS: virtual address; EV_CT_DROP:
+	                       * the packet's) */
 	__u8  raddr[16];      /* IPVS: real server */
-	__u16 rport;          /* IPVS: real server port */
+	__u16 rport;          /* IPVS: real server port; EV_CT_DROP: the packet's ethertype */
 	__u16 ipvs_state;     /* IPVS: connection state */
 	__u8  flags2;         /* EVF2_* */
 	__u8  _pad[3];

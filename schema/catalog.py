@@ -101,7 +101,8 @@ EVF_KEEPALIVE = CValue("EVF_KEEPALIVE", 0x02, "SO_KEEPALIVE (SOCK_KEEPOPEN) set"
 EVF_KA_PER_SOCK = CValue("EVF_KA_PER_SOCK", 0x04, "the socket overrides the netns keepalive time")
 EVF_IDLE = CValue("EVF_IDLE", 0x08, "idle_jiffies is valid")
 EVF_REASON = CValue("EVF_REASON", 0x10, "reason holds a kernel reason")
-EVF_TRIGGER = CValue("EVF_TRIGGER", 0x20, "trigger_flags holds the triggering segment's TCP flags")
+EVF_TRIGGER = CValue("EVF_TRIGGER", 0x20, "trigger_flags holds the triggering segment's TCP flags "
+                     "(EV_CT_DROP: the dropped segment's, and sport/dport its ports)")
 EVF_OWNER = CValue("EVF_OWNER", 0x40, "pid/comm/cgroup are the socket's owner")
 EVF_KA = CValue("EVF_KA", 0x80, "keepalive fields are valid (a full TCP socket)")
 FLAGS = (EVF_HAS_SOCK, EVF_KEEPALIVE, EVF_KA_PER_SOCK, EVF_IDLE, EVF_REASON, EVF_TRIGGER,
@@ -109,9 +110,11 @@ FLAGS = (EVF_HAS_SOCK, EVF_KEEPALIVE, EVF_KA_PER_SOCK, EVF_IDLE, EVF_REASON, EVF
 # bits of rst_event.flags2
 EVF2_SK_CGROUP = CValue("EVF2_SK_CGROUP", 0x01, "cgroup is the socket's own (its creator's, or for an "
                         "accepted socket its listener's), not a learned owner's")
-EVF2_REASON_DERIVED = CValue("EVF2_REASON_DERIVED", 0x02, "EV_CT_DROP: NETFILTER_DROP told from where the "
+EVF2_L3 = CValue("EVF2_L3", 0x02, "EV_CT_DROP: family, saddr, daddr and proto are the dropped packet's IP "
+                 "header's")
+EVF2_REASON_DERIVED = CValue("EVF2_REASON_DERIVED", 0x04, "EV_CT_DROP: NETFILTER_DROP told from where the "
                              "packet was freed (kernels whose kfree_skb has no reason)")
-FLAGS2 = (EVF2_SK_CGROUP, EVF2_REASON_DERIVED)
+FLAGS2 = (EVF2_SK_CGROUP, EVF2_L3, EVF2_REASON_DERIVED)
 
 # RFC 793's SYN bit of a TCP header's flags byte: the protocol's, not a
 # value of the kernel or of the header above
@@ -160,20 +163,21 @@ EVENT = (
     Member("idle_jiffies", "__u32", "since the last data/ACK received"),
     Member("ka_time", "__u32", "effective keepalive time, jiffies"),
     Member("ka_intvl", "__u32", "effective keepalive interval, jiffies"),
-    Member("sport", "__u16", "host order; the reset's source"),
-    Member("dport", "__u16", "host order; the reset's destination"),
+    Member("sport", "__u16", "host order; the reset's source (EV_CT_DROP: the packet's)"),
+    Member("dport", "__u16", "host order; the reset's destination (EV_CT_DROP: the packet's)"),
     Member("kind", "__u8", "enum rst_kind"),
     Member("dir", "__u8", "enum rst_dir"),
     Member("family", "__u8", "AF_INET / AF_INET6"),
     Member("state", "__u8", "TCP state of the socket, 0 when none"),
     Member("flags", "__u8", "EVF_*"),
     Member("ka_probes", "__u8", "keepalive probes"),
-    Member("trigger_flags", "__u8", "TCP flags byte of the segment that triggered a sent reset"),
-    Member("proto", "__u8", "IPVS: L4 protocol"),
-    Member("saddr", "__u8", "the reset's source (IPVS: client)", 16),
-    Member("daddr", "__u8", "the reset's destination (IPVS: virtual address)", 16),
+    Member("trigger_flags", "__u8", "TCP flags byte of the segment that triggered a sent reset (EV_CT_DROP: "
+           "of the dropped segment)"),
+    Member("proto", "__u8", "IPVS, EV_CT_DROP: L4 protocol"),
+    Member("saddr", "__u8", "the reset's source (IPVS: client; EV_CT_DROP: the packet's)", 16),
+    Member("daddr", "__u8", "the reset's destination (IPVS: virtual address; EV_CT_DROP: the packet's)", 16),
     Member("raddr", "__u8", "IPVS: real server", 16),
-    Member("rport", "__u16", "IPVS: real server port"),
+    Member("rport", "__u16", "IPVS: real server port; EV_CT_DROP: the packet's ethertype"),
     Member("ipvs_state", "__u16", "IPVS: connection state"),
     Member("flags2", "__u8", "EVF2_*"),
     Member("_pad", "__u8", "", 3),
@@ -405,10 +409,27 @@ CT_DROP = Kind("ct_drop", "a packet dropped by netfilter", value=EV_CT_DROP, fie
     Field("reason_raw", U32 | None, "the kernel's value of `reason`; null where it was derived (the kernel "
           "has no value for it)", c="reason", decode=INT, when="!EVF2_REASON_DERIVED"),
     Field("reason_derived", bool, "true where the kernel gives no reason (before 5.17): the packet was freed "
-          "inside netfilter's verdict handling (`nf_hook_slow`, `nf_reinject`, `nft_do_chain`: their code ranges in the "
-          "running kernel, from `/proc/kallsyms`), which later kernels report as `NETFILTER_DROP`",
+          "inside netfilter's verdict handling (`nf_hook_slow`, `nf_reinject`, `nft_do_chain`: their code "
+          "ranges in the running kernel, from `/proc/kallsyms`), which later kernels report as `NETFILTER_DROP`",
           c="flags2", decode=bit(EVF2_REASON_DERIVED), later=True),
-    Field("protocol", U16 | None, "L3 ethertype of the packet", c="sport", decode=INT),
+    Field("protocol", U16 | None, "L3 ethertype of the packet", c="rport", decode=INT),
+    # The packet's own direction, as netfilter saw it where it was dropped
+    # (tracer: skb_flow in bpf/rsttrace.bpf.c); null when not read.
+    Field("family", Literal[4, 6] | None, "the packet's address family; null for a packet that is not IPv4 or "
+          "IPv6", c="family", decode=FAMILY, when="EVF2_L3", later=True),
+    Field("ip_proto", U8 | None, "the packet's L4 protocol (IPv4 `protocol`, IPv6 the fixed header's next "
+          "header; 6 is TCP)", c="proto", decode=INT, when="EVF2_L3", later=True),
+    Field("src", str | None, "the packet's source address, as netfilter saw it there", c="saddr", decode=ADDR,
+          when="EVF2_L3", later=True),
+    Field("sport", U16 | None, "the packet's TCP source port; null unless a TCP segment whose header was read "
+          "(not after IPv6 extension headers, not in a later IPv4 fragment)", c="sport", decode=INT,
+          when="EVF_TRIGGER", later=True),
+    Field("dst", str | None, "the packet's destination address (on a router's forward path: after DNAT)",
+          c="daddr", decode=ADDR, when="EVF2_L3", later=True),
+    Field("dport", U16 | None, "the packet's TCP destination port; null as `sport`", c="dport", decode=INT,
+          when="EVF_TRIGGER", later=True),
+    Field("tcp_flags", U8 | None, "the segment's TCP flags byte (`0x02` SYN, `0x10` ACK, ...); null as `sport`",
+          c="trigger_flags", decode=INT, when="EVF_TRIGGER", later=True),
 ))
 
 CT_FULL = Kind("ct_full", "\"table full\" from the kernel log", value=EV_CT_FULL, fields=(

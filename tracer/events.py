@@ -278,8 +278,8 @@ _BUILD: dict[str, Callable[[_Group, Field, Valid], "Col"]] = {
     "names": _names,
     "enum": _enum,
     "choice": _choice,
-    "addr": lambda g, f, v: _addresses(g.a[f.c], g.v6),
-    "family": lambda g, f, v: Col.ints(np.where(g.v6, 6, 4)),
+    "addr": lambda g, f, v: _addresses(g.a[f.c], g.v6, v),
+    "family": lambda g, f, v: Col.ints(np.where(g.v6, 6, 4), v),
     "cstring": lambda g, f, v: Categorical.lookup(g.a[f.c], _cstring, v),
     "text": lambda g, f, v: Col(g.texts),
     "full_netns": lambda g, f, v: Col([parse_full_netns(t) for t in g.texts]),
@@ -447,18 +447,19 @@ def _distinct(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inv.reshape(-1)
 
 
-def _addresses(raw: np.ndarray, v6: np.ndarray) -> Col:
-    """16-byte address fields -> strings, each distinct address formatted once."""
+def _addresses(raw: np.ndarray, v6: np.ndarray, valid: Valid = None) -> Col:
+    """16-byte address fields -> strings, each distinct address formatted
+    once; null where not `valid`."""
     b = np.ascontiguousarray(raw).view(np.uint8).reshape(len(raw), 16)
     if not v6.any():
         uniq, inv = _distinct(b[:, :4].copy().view("<u4").reshape(-1))
         cats = [socket.inet_ntop(socket.AF_INET, int(u).to_bytes(4, "little")) for u in uniq.tolist()]
-        return Categorical(inv, cats).col()
+        return Categorical(inv, cats, valid).col()
     keyed = np.where(v6[:, None], b, np.pad(b[:, :4], ((0, 0), (0, 12))))
     fam_key = np.concatenate([keyed, v6[:, None].astype(np.uint8)], axis=1)
     uniq, inv = np.unique(fam_key, axis=0, return_inverse=True)
     cats = [_addr(bytes(u[:16]), socket.AF_INET6 if u[16] else socket.AF_INET) for u in uniq]
-    return Categorical(inv.reshape(-1), cats).col()
+    return Categorical(inv.reshape(-1), cats, valid).col()
 
 
 def parse_full_netns(text: str) -> int | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rsttrace.lab.scenarios import GATEWAY_PAUSES, SCENARIOS, SERVER_WAIT_TIMEOUT_S, ScenarioRun
-from rsttrace.lab.topology import BACKEND, CLIENT, FW_TABLE, PROXY_PORT, REMOTE_DB, VIP, Lab
+from rsttrace.lab.topology import BACKEND, CLIENT, FW_TABLE, MYSQL_PORT, PROXY_PORT, REMOTE_DB, VIP, Lab
 from rsttrace.schema.recording import read_recording
 
 from e2e_record import record_scenario
@@ -122,12 +122,11 @@ def test_firewall_reject_names_the_rule(lab, tmp_path):
     records = read_recording(rec).records
     assert not [x for x in records if x["kind"] == "reset" and x["dir"] == "sent"]
     drops = [x for x in records if x["kind"] == "ct_drop" and x["netns"] == lab.inodes()[lab.node]]
-    assert drops
-    if "src" in drops[0]:     # the drop carries its packet's flow: tied by it
-        assert r["confidence"] == "high"
-        assert (drops[0]["src"], drops[0]["dst"], drops[0]["dport"]) == (CLIENT, BACKEND, 3306)
-    else:
-        assert r["confidence"] == "medium" and "tied by time" in ev
+    # the drop carries the SYN's flow as the node saw it (after DNAT): tied by it
+    assert [(d["family"], d["src"], d["sport"], d["dst"], d["dport"], d["tcp_flags"]) for d in drops] == \
+        [(4, CLIENT, int(r["dport"]), BACKEND, MYSQL_PORT, 0x02)], drops
+    assert r["confidence"] == "high" and "tied by time" not in ev
+    assert f"({CLIENT}:{r['dport']} -> {BACKEND}:{MYSQL_PORT})" in ev, ev
 
 
 def test_gateway_idle_is_inferred(lab, tmp_path):

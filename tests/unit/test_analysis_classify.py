@@ -51,12 +51,17 @@ def tw(t, **kw):
     return sent(t, **kw)
 
 
-def drop(t, netns=LB, *, src="10.0.1.2", sport=40000, dst="10.0.2.2", dport=3306, flags=0x02, flow=True):
-    """A netfilter drop; with `flow`, of the packet src:sport -> dst:dport
-    (here: the client's SYN after the node's DNAT)."""
-    rec = {"kind": "ct_drop", "t": T0 + t, "netns": netns, "reason": "NETFILTER_DROP", "protocol": 0x800}
+def drop(t, netns=LB, *, src="10.0.1.2", sport=40000, dst="10.0.2.2", dport=3306, flags=0x02, flow=True,
+         family=4, ip_proto=6, protocol=0x800):
+    """A netfilter drop as the tracer records it (docs/EVENTS.md); with
+    `flow`, of the packet src:sport -> dst:dport (here: the client's SYN
+    after the node's DNAT); `ip_proto` other than TCP: an IP packet with no
+    ports; without `flow`, as recorded before drops carried their flow."""
+    rec = {"kind": "ct_drop", "t": T0 + t, "netns": netns, "reason": "NETFILTER_DROP", "protocol": protocol}
     if flow:
-        rec.update(family=4, src=src, sport=sport, dst=dst, dport=dport, tcp_flags=flags)
+        tcp = ip_proto == 6
+        rec.update(family=family, ip_proto=ip_proto, src=src, sport=sport if tcp else None, dst=dst,
+                   dport=dport if tcp else None, tcp_flags=flags if tcp else None)
     return rec
 
 
@@ -212,6 +217,32 @@ CASES = {
                                    "firewall_reject", "high"),
     "drop_of_another_flow_elsewhere": ([ctx(0, lb(), ns(SRV, "srv")), drop(6, netns=SRV, sport=40001, dport=5432),
                                         recv(6.0005, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
+    "drop_of_another_flow_same_netns_same_moment": ([ctx(0, lb()), drop(6, sport=40001, dport=5432),
+                                                     recv(6.0005, state="SYN_SENT", idle_ms=None)],
+                                                    "no_listener", "high"),
+    "drop_of_another_client_same_moment": ([ctx(0, lb()), drop(6, src="10.0.1.3"),
+                                            recv(6.0005, state="SYN_SENT", idle_ms=None)], "no_listener", "high"),
+    "udp_drop_same_moment_is_no_reset_trigger": ([ctx(0, lb()), drop(6, ip_proto=17),
+                                                  recv(6.001, state="SYN_SENT", idle_ms=None)],
+                                                 "no_listener", "high"),
+    "arp_drop_same_moment_is_no_reset_trigger": ([ctx(0, lb()), drop(6, flow=False, protocol=0x0806),
+                                                  recv(6.001, state="SYN_SENT", idle_ms=None)],
+                                                 "no_listener", "high"),
+    # the backend's reply dropped on its way back (the rule answers the backend)
+    "reject_of_the_reply_direction": ([ctx(0, lb()), drop(6, src="10.0.2.2", sport=3306, dst="10.0.1.2",
+                                                          dport=40000, flags=0x12),
+                                       recv(6.0005, netns=SRV, state="SYN_RECV", idle_ms=None, src="10.0.1.2",
+                                            sport=40000, dst="10.0.2.2", dport=3306)],
+                                      "firewall_reject", "high"),
+    # a dual-stack socket's reset (AF_INET6, IPv4-mapped addresses shown as
+    # IPv4) and the IPv4 packet netfilter dropped
+    "reject_of_a_v4_mapped_socket": ([ctx(0, lb()), drop(6),
+                                      {**recv(6.0005, state="SYN_SENT", idle_ms=None), "family": 6}],
+                                     "firewall_reject", "high"),
+    "reject_ipv6_tied_by_flow": ([ctx(0, lb()), drop(6, family=6, src="fd00:1::2", dst="fd00:2::2"),
+                                  {**recv(6.0005, state="SYN_SENT", idle_ms=None, src="fd00:96::10",
+                                          dst="fd00:1::2"), "family": 6}],
+                                 "firewall_reject", "high"),
     "drop_of_flow_too_long_before": ([ctx(0, lb()), drop(5), recv(6, state="SYN_SENT", idle_ms=None)],
                                      "no_listener", "high"),
     "reject_by_time_without_flow": ([ctx(0, lb()), drop(6, flow=False), recv(6.001, state="SYN_SENT", idle_ms=None)],

@@ -1,5 +1,6 @@
 """Decoding raw events in batches, with the kernel's tables passed in."""
 
+import json
 import socket
 
 import numpy as np
@@ -68,26 +69,65 @@ def test_unknown_reason_keeps_raw_value():
     assert r["reason"] == "77" and r["reason_raw"] == 77
 
 
+_NO_FLOW = {"family": None, "ip_proto": None, "src": None, "sport": None, "dst": None, "dport": None,
+            "tcp_flags": None}
+
+
+def _v4(a: str) -> np.void:
+    return np.void(socket.inet_aton(a) + bytes(12))
+
+
+def _v6(a: str) -> np.void:
+    return np.void(socket.inet_pton(socket.AF_INET6, a))
+
+
 def test_drop_full_and_batch():
     a = np.concatenate([
-        raw(kind=cat.EV_CT_DROP, netns=5, reason=12, sport=0x0800),
+        raw(kind=cat.EV_CT_DROP, netns=5, reason=12, rport=0x0800),
         raw(kind=cat.EV_CT_FULL, text=b"nf_conntrack: nf_conntrack: table full in netns 4026532247, dropping packet"),
     ])
     d, f = DEC.decode(a.tobytes())
     assert d == {"kind": "ct_drop", "t": 1000.0, "netns": 5, "reason": "NETFILTER_DROP",
-                 "reason_raw": 12, "reason_derived": False, "protocol": 0x0800}
+                 "reason_raw": 12, "reason_derived": False, "protocol": 0x0800} | _NO_FLOW
     assert f["kind"] == "ct_full" and f["netns"] == 4026532247
+
+
+# a dropped packet as skb_flow (bpf/rsttrace.bpf.c) leaves it: its IP header
+# read (EVF2_L3), its TCP header too (EVF_TRIGGER), in its own direction
+@pytest.mark.parametrize("members,flow", [
+    (dict(family=socket.AF_INET, proto=6, saddr=_v4("10.0.1.2"), daddr=_v4("10.0.2.2"), sport=40001,
+          dport=3306, trigger_flags=0x02, flags=cat.EVF_REASON | cat.EVF_TRIGGER, flags2=cat.EVF2_L3),
+     {"family": 4, "ip_proto": 6, "src": "10.0.1.2", "sport": 40001, "dst": "10.0.2.2", "dport": 3306,
+      "tcp_flags": 0x02}),
+    (dict(family=socket.AF_INET6, proto=6, saddr=_v6("fd00::2"), daddr=_v6("fd00:1::9"), sport=3306,
+          dport=50000, trigger_flags=0x12, flags=cat.EVF_REASON | cat.EVF_TRIGGER, flags2=cat.EVF2_L3),
+     {"family": 6, "ip_proto": 6, "src": "fd00::2", "sport": 3306, "dst": "fd00:1::9", "dport": 50000,
+      "tcp_flags": 0x12}),
+    # UDP: addresses, no ports
+    (dict(family=socket.AF_INET, proto=17, saddr=_v4("10.0.1.2"), daddr=_v4("10.0.2.2"), sport=99,
+          flags=cat.EVF_REASON, flags2=cat.EVF2_L3),
+     {"family": 4, "ip_proto": 17, "src": "10.0.1.2", "sport": None, "dst": "10.0.2.2", "dport": None,
+      "tcp_flags": None}),
+    # not an IP packet (an ARP drop): nothing read
+    (dict(flags=cat.EVF_REASON), _NO_FLOW),
+])
+def test_drop_carries_its_packets_flow(members, flow):
+    a = raw(kind=cat.EV_CT_DROP, netns=5, reason=12, rport=0x0800, **members)
+    (d,) = DEC.decode_array(a)
+    assert {k: d[k] for k in flow} == flow
+    assert d["protocol"] == 0x0800
+    assert json.loads(DEC.encode_jsonl(a)) == d
 
 
 def test_derived_drop_has_the_same_fields_without_a_raw_reason():
     # before 5.17: no reason from the kernel, none in the table either (the
     # tracepoint has no reason field); the program derived it from the site
     dec = Decoder(hz=250, mono_to_unix=1000.0)
-    a = np.concatenate([raw(kind=cat.EV_CT_DROP, netns=5, sport=0x86dd, flags2=cat.EVF2_REASON_DERIVED),
+    a = np.concatenate([raw(kind=cat.EV_CT_DROP, netns=5, rport=0x86dd, flags2=cat.EVF2_REASON_DERIVED),
                         raw(kind=cat.EV_CT_DROP, netns=6, reason=12)])
     d, n = dec.decode(a.tobytes())
     assert d == {"kind": "ct_drop", "t": 1000.0, "netns": 5, "reason": "NETFILTER_DROP",
-                 "reason_raw": None, "reason_derived": True, "protocol": 0x86dd}
+                 "reason_raw": None, "reason_derived": True, "protocol": 0x86dd} | _NO_FLOW
     assert set(n) == set(d) and n["reason_derived"] is False and n["reason_raw"] == 12
 
 
@@ -131,7 +171,7 @@ def _random_batch(seed: int, n: int) -> np.ndarray:
                                                  cat.EV_CT_ALLOC_FAIL], n)
     a["dir"] = rng.integers(1, 3, n)
     a["flags"] = rng.integers(0, 256, n)
-    a["flags2"] = rng.integers(0, 4, n)
+    a["flags2"] = rng.integers(0, 8, n)
     a["family"] = rng.choice([socket.AF_INET, socket.AF_INET6], n)
     a["ts_ns"] = rng.integers(0, 10**15, n)
     for name, top in (("cookie", 2**63), ("sport", 2**16), ("dport", 2**16), ("pid", 2**31),
