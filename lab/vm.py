@@ -263,7 +263,9 @@ if ! test -d {moddir}/kernel; then
 fi
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mkdir -p /run/netns
-modprobe ip_vs; modprobe nf_conntrack
+# loaded before the command: under emulation a module's first load (nftables
+# with NAT above all) can outlast a lab command's time limit
+modprobe -a ip_vs nf_conntrack nf_tables nft_chain_nat
 cd {repo}
 export PYTHONDONTWRITEBYTECODE=1 RSTTRACE_VM_KERNEL={line} RSTTRACE_VM_OUT={out}
 ( {command}
