@@ -40,7 +40,7 @@ from typing import Any, Iterable
 from .context import ContextStore
 from .fixes import (Fix, Where, conntrack_full_fixes, firewall_fixes, invalid_fixes, keepalive_fixes,
                     peer_closed_fixes, rule_ref, timeout_mismatch_fixes)
-from .vocab import Cause, Confidence
+from .vocab import Cause, Confidence, weight
 
 FULL_RATIO = 0.95
 IPVS_MEMORY = 65_536   # IPVS expiries remembered to match a later reset
@@ -117,6 +117,9 @@ class Verdict:
     sport: int
     dst: str
     dport: int
+    # the resets the verdict stands for: 1, or a storm's count (reset_agg
+    # records: the larger of the two halves' counts)
+    count: int = 1
 
 
 class _Idles:
@@ -320,6 +323,17 @@ class Classifier:
         """Incidents waiting for their other half or fresh context."""
         return len(self._pending)
 
+    def horizon(self) -> float:
+        """No verdict still to come is older than this: the oldest open
+        incident or held verdict, else the stream's time (a report over
+        several recordings puts the nodes' verdicts in time order by it)."""
+        t = self.now if self.now is not None else _INF
+        if self._queue:
+            t = min(t, self._queue[0].t)
+        if self._held:
+            t = min(t, self._held[0].t)
+        return t
+
     # ---- stream interface ---------------------------------------------
     def feed(self, rec: dict[str, Any]) -> list[Verdict]:
         return self.feed_many((rec,))
@@ -344,7 +358,10 @@ class Classifier:
                 if t > self._held_due:
                     self._release(t, out)
             kind = rec.get("kind")
-            if kind == "reset":
+            # a reset_agg (storm mode) is a reset of its key, `count` times:
+            # its tuple has the ephemeral port at 0, so a storm's sent and
+            # received counts pair as one incident, as one reset's halves do
+            if kind == "reset" or kind == "reset_agg":
                 if not timed:
                     continue
                 try:
@@ -598,7 +615,8 @@ class Classifier:
         first = recv[0] if inc.nat is not None or not sent else sent[0]
         v = Verdict(self._next_id, inc.t, cause, conf, evidence, fixes, sent + recv,
                     sent[0].get("netns") if sent else None, recv[0].get("netns") if recv else None,
-                    first.get("src"), first.get("sport"), first.get("dst"), first.get("dport"))
+                    first.get("src"), first.get("sport"), first.get("dst"), first.get("dport"),
+                    max(sum(map(weight, sent)), sum(map(weight, recv))))
         self._next_id += 1
         return v
 

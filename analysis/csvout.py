@@ -11,8 +11,10 @@ catalog (`RowWriter.add`; `python -c "from rsttrace.analysis import
 csvout; print(csvout.SOURCE)"` shows it).
 
 Rows come in per verdict: the verdict's cells (`VERDICT_CELLS`) and, per
-reset, the record's `ROW_FIELDS` and the name of its namespace
-(`rows_of(records, names)`).
+reset record, its `ROW_FIELDS`, then `ROW_EXTRAS`: the report's own
+values (its node, the node at the other end), the name of its namespace and
+the resets it stands for (`rows_of(records, names, node)`: 1, or a storm's
+`reset_agg` count, which the summary's counts are weighted by).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ COLUMNS: list[str] = [c.column for c, _ in SPECS]
 #: them, then the fix text (made from its fixes by the caller).
 VERDICT_CELLS = tuple(c.column for c, f in SPECS if f is None and c.source == "verdict" and c.column != "fix") \
     + ("fix",)
-# The summary's counts per row: the time and the flow (tally in RowWriter.add)
-_TALLY_FIELDS = ("t", "src", "sport", "dst")
+#: Per row after the ROW_FIELDS: the report's values (`row` columns, taken
+#: from the record where a fleet report set them), the namespace's name and
+#: the resets the row stands for.
+ROW_EXTRAS = tuple(c.column for c, f in SPECS if f is None and c.source == "row") + ("netns_name", "count")
+# The summary's counts per row: the time, the flow and the direction (tally in RowWriter.add)
+_TALLY_FIELDS = ("t", "src", "sport", "dst", "dir")
 _needed = list(dict.fromkeys([f.name for _, f in SPECS if f is not None]
                              + [c.only_if for c, _ in SPECS if c.only_if] + list(_TALLY_FIELDS)))
 _later = {f.name for f in catalog.RESET.fields if f.later}
@@ -49,15 +55,19 @@ def _rows_source() -> str:
     first = [n for n in ROW_FIELDS if n not in _later]
     rest = "".join(f"e.get({n!r}), " for n in ROW_FIELDS if n in _later)
     netns = ROW_FIELDS.index("netns")
+    # the node a fleet report set on the record, else the recording's; the
+    # namespace's name it set there (its node's), else the recording's
+    extras = "".join("(e.get('node') or node), " if c == "node" else f"e.get({c!r}), "
+                     for c in ROW_EXTRAS[:-2])
     return "\n".join([
-        "def rows_of(events, names):",
+        "def rows_of(events, names, node=None):",
         "    out = []",
         "    for e in events:",
         "        try:",
         "            f = _first(e)",
         "        except KeyError:    # a record without a field every recording has (hand-written)",
         f"            f = tuple(map(e.get, {tuple(first)!r}))",
-        f"        out.append(f + ({rest}names.get(f[{netns}])))",
+        f"        out.append(f + ({rest}{extras}e.get('netns_name') or names.get(f[{netns}]), e.get('count', 1)))",
         "    return out",
     ]) + "\n"
 
@@ -138,9 +148,9 @@ def _source() -> str:
             segs.append(",".join(seg))
             row_parts.append(f"{{seg{len(segs) - 1}}}")
             seg = []
-        if f is None:           # the namespace's name, per row
-            assert c.source == "names", c
-            row_parts.append("{c[x_name]}")
+        if f is None:           # the report's values, the namespace's name, the resets the row stands for
+            assert c.source in ("names", "row", "count"), c
+            row_parts.append(f"{{c[x_{c.column}]}}" if c.source != "count" else "{x_count}")
             continue
         stmts, expr = _cell_expr(c, _var(f.name), f"x{i}")
         prep += stmts
@@ -148,7 +158,7 @@ def _source() -> str:
     if seg:
         segs.append(",".join(seg))
         row_parts.append(f"{{seg{len(segs) - 1}}}")
-    unpack = ", ".join([_var(n) for n in ROW_FIELDS] + ["x_name"])
+    unpack = ", ".join([_var(n) for n in ROW_FIELDS] + ["x_" + c for c in ROW_EXTRAS])
     lines = [
         "def add(self, vc, rows):",
         "    if not rows:",
@@ -160,18 +170,24 @@ def _source() -> str:
         *[f"    seg{k} = f\"{s}\"" for k, s in enumerate(segs)],
         "    tally = self.tally",
         "    tally.incidents += 1",
-        "    tally.n += len(rows)",
-        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + len(rows)",
-        "    flows, per_s = tally.flows, tally.per_s",
+        "    tally.rows += len(rows)",
+        "    resets = 0",
+        "    flows, per_s, nodes, pairs = tally.flows, tally.per_s, tally.nodes, tally.pairs",
         "    lo, hi = tally.ms_min, tally.ms_max",
         "    buf = self._buf",
         f"    for ({unpack},) in rows:",
         "        ms = round(f_t * 1000)",
         "        sec, frac = divmod(ms, 1000)",
         "        p = prefixes.get(sec) or self._prefix(sec)",
+        "        resets += x_count",
         "        k = (f_src, f_sport, f_dst, v_cause)",
-        "        flows[k] = flows.get(k, 0) + 1",
-        "        per_s[sec] = per_s.get(sec, 0) + 1",
+        "        flows[k] = flows.get(k, 0) + x_count",
+        "        per_s[sec] = per_s.get(sec, 0) + x_count",
+        "        k = (x_node, v_cause)",
+        "        nodes[k] = nodes.get(k, 0) + x_count",
+        "        if x_peer_node is not None and f_dir == 'recv':",
+        "            k = (x_peer_node, x_node, v_cause)",
+        "            pairs[k] = pairs.get(k, 0) + x_count",
         "        if lo is None or ms < lo:",
         "            lo = ms",
         "        if hi is None or ms > hi:",
@@ -179,6 +195,8 @@ def _source() -> str:
         *["        " + s for s in prep],
         f"        buf.append(f\"{','.join(row_parts)}\\n\")",
         "    tally.ms_min, tally.ms_max = lo, hi",
+        "    tally.n += resets",
+        "    tally.causes[v_cause] = tally.causes.get(v_cause, 0) + resets",
         "    if len(buf) >= 8192:",
         "        self.flush()",
     ]
@@ -188,8 +206,9 @@ def _source() -> str:
 SOURCE = _rows_source() + "\n\n" + _source()
 _compiled: dict[str, Any] = {"_first": operator.itemgetter(*[n for n in ROW_FIELDS if n not in _later])}
 exec(compile(SOURCE, "<csvout row formatter>", "exec"), _compiled)
-#: rows_of(events, names): the rows of a verdict's reset records, each its
-#: ROW_FIELDS (None where a record lacks one) and its namespace's name
+#: rows_of(events, names, node): the rows of a verdict's reset records, each
+#: its ROW_FIELDS (None where a record lacks one) and ROW_EXTRAS (`node`
+#: where the record has none)
 rows_of = _compiled["rows_of"]
 
 

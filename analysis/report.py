@@ -24,7 +24,7 @@ from rsttrace.schema.recording import iter_batches
 
 from .classify import Classifier, Verdict
 from .config import audit
-from .csvout import COLUMNS, ROW_FIELDS, SPECS, VERDICT_CELLS, RowWriter, rows_of, write_table
+from .csvout import COLUMNS, ROW_EXTRAS, ROW_FIELDS, SPECS, VERDICT_CELLS, RowWriter, rows_of, write_table
 from .fixes import Fix, merge_fixes
 from .summary import SUMMARY_COLUMNS, TIME_MAX, TIME_MIN, Summary, Tally, TimeRangeError, summarize
 from .pump import Pump
@@ -49,8 +49,9 @@ class _Sink:
     """Turns a verdict into CSV rows: the verdict's cells (VERDICT_CELLS)
     and, per reset, its ROW_FIELDS and the name of its namespace."""
 
-    def __init__(self, names: dict[int, str] | None = None):
+    def __init__(self, names: dict[int, str] | None = None, node: str | None = None):
         self.names = names if names is not None else {}
+        self.node = node        # the recording's, for rows whose record names none
         self._fix_text: dict[int, tuple[list[Fix], str]] = {}
 
     def _rows(self, v: Verdict, events: list[dict[str, Any]] | None) -> tuple[tuple, list[tuple]]:
@@ -63,7 +64,8 @@ class _Sink:
                     self._fix_text.clear()
                 hit = self._fix_text[id(fixes)] = (fixes, fix_text(fixes))
             fix = hit[1]
-        return _verdict_attrs(v) + (fix,), rows_of(v.events if events is None else events, self.names)
+        return _verdict_attrs(v) + (fix,), rows_of(v.events if events is None else events, self.names,
+                                                       self.node)
 
 
 class CsvStream(_Sink):
@@ -116,7 +118,7 @@ class Rows(_Sink):
 
     def add(self, v: Verdict, events: list[dict[str, Any]] | None = None) -> None:
         events = v.events if events is None else events
-        self.tally.add(v.cause, events)
+        self.tally.add(v.cause, events, self.node)
         self.items.append(self._rows(v, events))
 
     def frame(self) -> pd.DataFrame:
@@ -127,7 +129,11 @@ class Rows(_Sink):
         for c, f in SPECS:
             if f is None:
                 i = VERDICT_CELLS.index(c.column) if c.source == "verdict" else None
-                vals = [vc[i] for vc, _ in flat] if i is not None else [r[-1] for _, r in flat]
+                if i is not None:
+                    vals = [vc[i] for vc, _ in flat]
+                else:
+                    j = len(ROW_FIELDS) + ROW_EXTRAS.index(c.column)
+                    vals = [r[j] for _, r in flat]
             else:
                 i = ROW_FIELDS.index(f.name)
                 vals = [r[i] for _, r in flat]
@@ -157,9 +163,10 @@ class _Count:
     def __init__(self) -> None:
         self.tally = Tally()
         self.names: dict[int, str] = {}
+        self.node: str | None = None
 
     def add(self, v: Verdict, events: list[dict[str, Any]] | None = None) -> None:
-        self.tally.add(v.cause, v.events if events is None else events)
+        self.tally.add(v.cause, v.events if events is None else events, self.node)
 
 
 def write_summary(summary: Summary, out: TextIO) -> None:
@@ -167,18 +174,27 @@ def write_summary(summary: Summary, out: TextIO) -> None:
     write_table(SUMMARY_COLUMNS, summary.rows, out)
 
 
-def write_verdicts(verdicts: Iterable[Verdict], out: TextIO, names: dict[int, str] | None = None) -> int:
+def write_verdicts(verdicts: Iterable[Verdict], out: TextIO, names: dict[int, str] | None = None,
+                   node: str | None = None) -> int:
     """Verdicts already made (the live screen's export) as the report's CSV
     into `out`: the same writer, so the same bytes as `rsttrace report -o`
-    for the same verdicts. Returns the rows written."""
+    for the same verdicts (`node`: the recording's, `node_of` its header).
+    Returns the rows written."""
     sink = CsvStream(out, names, writer_process=False)
+    sink.node = node
     for v in verdicts:
         sink.add(v)
     sink.close()
-    return sink.tally.n
+    return sink.tally.rows
 
 
 # ---- batch ---------------------------------------------------------------
+
+def node_of(header: dict[str, Any]) -> str | None:
+    """The node a recording was made on: its header's `node`, else `host`."""
+    node = header.get("node") or header.get("host")
+    return node if isinstance(node, str) else None
+
 
 def parse_time(text: str | float | None) -> float | None:
     """Unix seconds, or ISO 8601 (UTC unless it says otherwise), between
@@ -221,6 +237,7 @@ def _replay(path: str | os.PathLike[str], sink: Any, window_s: float, idle_timeo
     clf = Classifier(window_s=window_s, idle_timeouts=idle_timeouts, pair_window_s=pair_window_s,
                      netns_names=names, ram_bytes=ram_bytes or header.get("mem_total"), look_ahead=True)
     sink.names = clf.context.names
+    sink.node = node_of(header)
     fix_lists: dict[int, list[Fix]] = {}
     timed = since is not None or until is not None
 
@@ -289,7 +306,43 @@ def write_report(path: str | os.PathLike[str], out: TextIO, window_s: float = 10
     except BaseException:
         sink.abort()
         raise
-    return sink.tally.n, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)
+    return sink.tally.rows, _finish(sink.tally, clf, reader, fix_lists, idle_timeouts)
+
+
+# ---- several recordings (analysis/fleet.py) ----------------------------------
+
+def write_fleet_report(paths: list[str], out: TextIO, writer_process: bool | None = None,
+                       **opts: Any) -> tuple[int, Summary]:
+    """write_report over several recordings (nodes' recordings, rotated
+    files): one CSV in time order, both ends of a reset joined across
+    nodes. `opts`: those of write_report and `tolerance_s`."""
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    sink = CsvStream(out, writer_process=writer_process)
+    try:
+        fleet.run(sink)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.tally.n, fleet.summary(sink.tally)
+
+
+def report_fleet(paths: list[str], **opts: Any) -> tuple[pd.DataFrame, Summary]:
+    """report_recording over several recordings (write_fleet_report)."""
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    rows = Rows()
+    fleet.run(rows)
+    return rows.frame(), fleet.summary(rows.tally)
+
+
+def summarize_fleet(paths: list[str], **opts: Any) -> Summary:
+    from .fleet import FleetReport
+    fleet = FleetReport(paths, **opts)
+    sink = _Count()
+    fleet.run(sink)
+    return fleet.summary(sink.tally)
 
 
 def summarize_recording(path: str | os.PathLike[str], window_s: float = 10.0,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .vocab import CAUSES
+from .vocab import CAUSES, weight
 from .config import Finding
 from .context import ContextStore
 from .findings import conntrack_episodes
@@ -36,31 +36,44 @@ def time_range_error(sec: Any) -> TimeRangeError:
 class Tally:
     """What the summary counts, kept as rows are written (a few dicts, not
     a frame of every row): rows, incidents, time span, resets per cause,
-    per flow and cause, and per second."""
+    per flow and cause, per second, per node and cause, and the received
+    resets joined across nodes per (sender node, receiver node, cause)."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.n = 0          # resets (a storm's row counts its `count`)
+        self.rows = 0       # rows: reset records and reset_agg records
         self.incidents = 0
         self.ms_min: int | None = None
         self.ms_max: int | None = None
         self.causes: dict[str, int] = {}
         self.flows: dict[tuple, int] = {}      # (src, sport, dst, cause) -> rows, first seen first
         self.per_s: dict[int, int] = {}        # unix second -> rows
+        self.nodes: dict[tuple, int] = {}      # (node, cause) -> rows
+        self.pairs: dict[tuple, int] = {}      # (sender node, receiver node, cause) -> joined received resets
 
-    def add(self, cause: str, events: list[dict[str, Any]]) -> None:
-        """Counts the rows of one verdict (records, for callers without a RowWriter)."""
+    def add(self, cause: str, events: list[dict[str, Any]], node: str | None = None) -> None:
+        """Counts the rows of one verdict (records, for callers without a
+        RowWriter); `node`: the recording's, where a record names none."""
         for e in events:
-            self.row(cause, e.get("src"), e.get("sport"), e.get("dst"), round(e["t"] * 1000))
+            self.row(cause, e.get("src"), e.get("sport"), e.get("dst"), round(e["t"] * 1000),
+                     weight(e), e.get("node") or node, e.get("peer_node"), e.get("dir"))
         if events:
             self.incidents += 1
 
-    def row(self, cause: str, src: Any, sport: Any, dst: Any, ms: int) -> None:
-        self.n += 1
-        self.causes[cause] = self.causes.get(cause, 0) + 1
+    def row(self, cause: str, src: Any, sport: Any, dst: Any, ms: int, count: int = 1,
+            node: str | None = None, peer: str | None = None, direction: str | None = None) -> None:
+        self.rows += 1
+        self.n += count
+        self.causes[cause] = self.causes.get(cause, 0) + count
+        k = (node, cause)
+        self.nodes[k] = self.nodes.get(k, 0) + count
+        if peer is not None and direction == "recv":
+            k = (peer, node, cause)
+            self.pairs[k] = self.pairs.get(k, 0) + count
         k = (src, sport, dst, cause)
-        self.flows[k] = self.flows.get(k, 0) + 1
+        self.flows[k] = self.flows.get(k, 0) + count
         sec = ms // 1000
-        self.per_s[sec] = self.per_s.get(sec, 0) + 1
+        self.per_s[sec] = self.per_s.get(sec, 0) + count
         if self.ms_min is None or ms < self.ms_min:
             self.ms_min = ms
         if self.ms_max is None or ms > self.ms_max:
@@ -105,7 +118,7 @@ def _flow(src: Any, sport: Any, dst: Any) -> str:
     return f"{src}:{sport} -> {dst}"
 
 
-def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding],
+def summarize(tally: Tally, context: ContextStore | dict[str, ContextStore] | None, findings: list[Finding],
               fixes: list[Fix] | None = None, warnings: list[str] | None = None,
               top: int = 5, bins: int = 12, ram_bytes: int | None = None,
               invalid: tuple[int, str | None] = (0, None)) -> Summary:
@@ -150,6 +163,8 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
             lines.append(f"  {flow[:52]:<52} {int(k):>7}  {main}")
             rows.append(("flow", flow, int(k), main))
 
+        lines += _fleet(tally, rows, top)
+
         lines.append("")
         span = (t1 - t0).total_seconds()
         width = max(1.0, span / bins)
@@ -171,7 +186,14 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
             rows.append(("finding", f.key, f.severity, printable(f.message)))
 
     if context is not None:
-        ct_lines = _conntrack_trouble(context, rows, ram_bytes)
+        if isinstance(context, dict):      # several nodes: each its own, named
+            ct_lines = []
+            for node, ctx in context.items():
+                mine = _conntrack_trouble(ctx, rows, ram_bytes)
+                if mine:
+                    ct_lines += [f"  node {printable(node)}:"] + ["  " + x for x in mine]
+        else:
+            ct_lines = _conntrack_trouble(context, rows, ram_bytes)
         if ct_lines:
             lines.append("")
             lines.append("conntrack trouble (with or without resets)")
@@ -197,6 +219,42 @@ def summarize(tally: Tally, context: ContextStore | None, findings: list[Finding
     for w in warnings or ():
         rows.append(("warning", "", "", printable(w)))
     return Summary("\n".join(lines) + "\n", rows, list(warnings or ()))
+
+
+def _fleet(tally: Tally, rows: list, top: int) -> list[str]:
+    """Resets per node and per node pair, when the resets come from more
+    than one node or were joined across nodes (a report over several
+    nodes' recordings): nothing for one recording."""
+    per_node: dict[Any, dict[str, int]] = {}
+    for (node, cause), k in tally.nodes.items():
+        per_node.setdefault(node, {})[cause] = k
+    if len(per_node) < 2 and not tally.pairs:
+        return []
+    rank = {c: i for i, c in enumerate(CAUSES)}
+
+    def causes(cs: dict[str, int]) -> str:
+        return ", ".join(f"{c} {k}" for c, k in sorted(cs.items(), key=lambda kv: (-kv[1], rank.get(kv[0], 99))))
+
+    out = ["", "resets per node (cause: resets)"]
+    for node, cs in sorted(per_node.items(), key=lambda kv: (-sum(kv[1].values()), str(kv[0]))):
+        name = printable(node if node is not None else "?")
+        n = sum(cs.values())
+        out.append(f"  {name[:24]:<24} {n:>9}  {printable(causes(cs))}")
+        rows.append(("node", name, n, printable(causes(cs))))
+    per_pair: dict[tuple, dict[str, int]] = {}
+    for (snd, rcv, cause), k in tally.pairs.items():
+        per_pair.setdefault((snd, rcv), {})[cause] = k
+    out.append("")
+    out.append(f"top {top} node pairs (reset sender node -> receiver node, joined resets)")
+    if not per_pair:
+        out.append("  none joined")
+    best = heapq.nlargest(top, per_pair.items(), key=lambda kv: sum(kv[1].values()))
+    for (snd, rcv), cs in best:
+        pair = printable(f"{snd} -> {rcv}")
+        n = sum(cs.values())
+        out.append(f"  {pair[:40]:<40} {n:>7}  {printable(causes(cs))}")
+        rows.append(("node_pair", pair, n, printable(causes(cs))))
+    return out
 
 
 def _conntrack_trouble(ctx: ContextStore, rows: list, ram_bytes: int | None = None) -> list[str]:

@@ -13,6 +13,14 @@ classifier names the first that fits), and its rule in analysis/classify.py.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
+
+
+def weight(rec: dict[str, Any]) -> int:
+    """How many resets a record stands for: a storm's `reset_agg` its
+    `count`, any other record 1."""
+    n = rec.get("count")
+    return n if type(n) is int and n > 0 else 1
 
 
 class Cause(StrEnum):

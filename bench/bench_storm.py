@@ -50,6 +50,11 @@ busy and leaves the recorder the other; with a loop per CPU (--loops 2
 here) the machine makes its highest rate and every CPU-second the recorder
 spends is taken from the storm.
 
+The recording's sent resets are its `reset` records plus the `count` of
+its `reset_agg` records (storm mode, above `record --storm-rate`): their
+sum is compared with the kernel's count in every round. `--compare
+"--storm-rate 0"` measures every reset in full beside it.
+
 --peers adds a storm per round captured by tcpdump with a reset filter,
 inside the namespace, to a pcap file (PLATFORM's closest peer): its rate
 ratio, the resets it captured against the kernel's count, the packets it
@@ -184,8 +189,13 @@ def main() -> int:
 
             def span(field):
                 return f"{min(x[field] for x in r)}–{max(x[field] for x in r)}"
-            print(f"{label} ({r[0]['transport']}): lost {sum(x['lost'] for x in r)}, recorded sent "
-                  f"resets == the kernel's count in {sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
+            mode = (f"storm mode above {r[0]['storm_rate']} resets/s per CPU: "
+                     f"{sum(x['detailed_sent'] for x in r)} sent resets in detail + "
+                     f"{sum(x['counted_sent'] for x in r)} counted in the kernel; "
+                     if r[0]["storm_rate"] else "storm mode off; ")
+            print(f"{label} ({r[0]['transport']}): {mode}lost {sum(x['lost'] for x in r)}, recorded sent "
+                  f"resets (detailed + counted) == the kernel's count in "
+                  f"{sum(x['recorded_sent'] == x['kernel_resets_sent'] for x in r)}"
                   f" of {len(r)} rounds, consumer CPU {span('consumer_cpu_s')} s per round until 0.3 s "
                   f"after the storm, then {span('cpu_after_stop_s')} s writing {span('held')} held "
                   f"events in {span('stop_s')} s")
@@ -260,11 +270,24 @@ def traced_round(ns: str, binary: str, rec: Path, args, cpu: int | None,
     stop_s, life_cpu_s = end_process(proc)   # events held during the storm are written now
     lines = rec.read_text().splitlines()
     totals = json.loads(lines[-1])
-    sent = sum(1 for line in lines if '"dir":"sent"' in line)
-    recv = sum(1 for line in lines if '"dir":"recv"' in line)
+    # storm mode: resets counted in the kernel come as reset_agg records,
+    # each standing for `count` resets; every other reset is a line of its own
+    counted = {"sent": 0, "recv": 0}
+    detailed = {"sent": 0, "recv": 0}
+    for line in lines:
+        if '"kind":"reset_agg"' in line:
+            agg = json.loads(line)
+            counted[agg["dir"]] += agg["count"]
+        elif '"dir":"sent"' in line:
+            detailed["sent"] += 1
+        elif '"dir":"recv"' in line:
+            detailed["recv"] += 1
     rec.unlink()
     return {"rate": count / elapsed, "kernel_resets_sent": kernel_sent,
-            "recorded_sent": sent, "recorded_recv": recv, "lost": totals["lost"],
+            "recorded_sent": detailed["sent"] + counted["sent"],
+            "recorded_recv": detailed["recv"] + counted["recv"],
+            "detailed_sent": detailed["sent"], "counted_sent": counted["sent"],
+            "storm_rate": header.get("storm_rate", 0), "lost": totals["lost"],
             "consumer_cpu_s": round(cpu_s, 2), "peak_rss_mb": round(rss / 2**20, 1),
             "cpu_after_stop_s": round(life_cpu_s - helpers - cpu_s, 2), "stop_s": round(stop_s, 2),
             "held": totals.get("burst_held", 0),

@@ -72,6 +72,11 @@
  *   PORT_WANTED  PORT_WANTED(p): the --port filter, compared with constants
  *       (no map lookup)
  *   NETNS_WANTED  NETNS_WANTED(ns): the --netns filter, the same way
+ *   STORM_RATE  storm mode: above this many resets per second on a CPU,
+ *       resets are counted per key and only a sample sent in full (record
+ *       --storm-rate; absent: every reset in full)
+ *   STORM_SAMPLE  (storm mode) full events per key, interval and CPU
+ *       (tracer/storm.py)
  *   BENCH_RETURN_EARLY  bench/bench_storm.py --floor only
  *   BENCH_MINIMAL  (the same)
  * end of -D flags
@@ -708,6 +713,121 @@ static __always_inline void skb_trigger(struct rst_event *e, const void *skb, in
 	}
 }
 
+#ifdef STORM_RATE
+/* Storm mode. Below STORM_RATE resets per second on a CPU nothing changes;
+ * above it, a reset is counted in storm_aggs under its key (struct
+ * rst_agg_key) and only the first STORM_SAMPLE of each key per interval and
+ * CPU go out as full events. Inside a storm of identical refusals the
+ * detail of every one adds nothing a count does not say, and building,
+ * queuing, draining and writing it costs the storm's CPU.
+ *
+ * The rate is judged per window of STORM_WINDOW_NS on each CPU: a CPU is hot
+ * for the window after one with STORM_RATE's share of resets, and at once
+ * when the current window passes it; a window with nothing before it starts
+ * cold. Every reset is either an event or a count: a key the hash cannot
+ * take (full) goes out in full. */
+#define STORM_WINDOW_NS 100000000ULL
+#define STORM_WINDOW_MAX (STORM_RATE / 10)
+#define STORM_KEYS 2048
+/* RFC 793's SYN bit of the TCP flags byte */
+#define TCPHDR_SYN 0x02
+struct storm_rate {
+	__u64 win;   /* start of the current window */
+	__u32 n;     /* resets in it */
+	__u32 hot;
+};
+BPF_PERCPU_ARRAY(storm_rates, struct storm_rate, 1);
+BPF_PERCPU_HASH(storm_aggs, struct rst_agg_key, struct rst_agg_val, STORM_KEYS);
+/* the interval the programs count into; user space moves it on and then
+ * drains the previous one, which no program writes any more */
+BPF_ARRAY(storm_epoch, __u32, 1);
+/* where a storm reset's key fields are worked out (the event helpers fill
+ * a struct rst_event; it is too large for the stack beside the rest) */
+BPF_PERCPU_ARRAY(storm_ev, struct rst_event, 1);
+
+static __always_inline int storm_hot(__u64 now)
+{
+	int zero = 0;
+	struct storm_rate *r = storm_rates.lookup(&zero);
+
+	if (!r)
+		return 0;
+	if (now - r->win >= STORM_WINDOW_NS) {
+		/* hot if the window just ended was, and it was the last one */
+		r->hot = r->n >= STORM_WINDOW_MAX && now - r->win < 2 * STORM_WINDOW_NS;
+		r->win = now;
+		r->n = 0;
+	}
+	r->n++;
+	return r->hot || r->n > STORM_WINDOW_MAX;
+}
+
+/* 1: the reset was counted (or is one the port filter leaves out), 0: send
+ * it as a full event. */
+static __always_inline int storm_count(const void *sk, const void *skb, int sent, __u32 reason,
+				       int has_reason, __u32 ns, const __u64 *head, __u64 now,
+				       int direct)
+{
+	int zero = 0;
+	struct rst_event *e = storm_ev.lookup(&zero);
+	__u32 *epoch = storm_epoch.lookup(&zero);
+	struct rst_agg_key k = {};
+	struct rst_agg_val *v, nv = {};
+
+	if (!e || !epoch)
+		return 0;
+	__builtin_memset(e, 0, offsetof(struct rst_event, comm));
+	if (sk) {
+		__u8 st = SKF(__u8, OFF_SK_STATE);
+		e->state = st;
+		sock_addrs(e, sk, tcp_sk_of(sk, st, direct), head, sent, direct);
+		e->flags |= EVF_HAS_SOCK;
+		if (sent)
+			skb_trigger(e, skb, 0, direct);
+	} else {
+		skb_trigger(e, skb, 1, direct);
+	}
+	if (!ports_wanted(e->sport, e->dport))
+		return 1;
+	__builtin_memcpy(k.saddr, e->saddr, 16);
+	__builtin_memcpy(k.daddr, e->daddr, 16);
+	k.netns = ns;
+	k.epoch = *epoch;
+	if (has_reason) {
+		k.reason = reason;
+		e->flags |= EVF_REASON;
+	}
+	if (e->sport <= e->dport)
+		k.sport = e->sport;
+	else
+		k.dport = e->dport;
+	k.dir = sent ? DIR_SENT : DIR_RECV;
+	k.family = e->family;
+	k.state = e->state;
+	k.flags = e->flags & (EVF_HAS_SOCK | EVF_REASON | EVF_TRIGGER);
+	if ((e->flags & EVF_TRIGGER) && (e->trigger_flags & TCPHDR_SYN))
+		k.aflags |= AGGF_SYN;
+	v = storm_aggs.lookup(&k);
+	if (!v) {
+		/* new this interval: sent in full. Should another CPU have made
+		 * the key meanwhile, or the hash be full, the insert fails and
+		 * the reset is still a full event: nothing uncounted. */
+		nv.sampled = 1;
+		storm_aggs.insert(&k, &nv);
+		return 0;
+	}
+	if (v->sampled < STORM_SAMPLE) {
+		v->sampled++;
+		return 0;
+	}
+	if (!v->count)
+		v->first_ns = now;
+	v->count++;
+	v->last_ns = now;
+	return 1;
+}
+#endif
+
 /* One reset: sent by this host (sk may be NULL: no socket matched the
  * segment `skb`) or received by the local socket `sk`. */
 static __always_inline void emit_reset(void *ctx, const void *sk, const void *skb, int sent,
@@ -741,6 +861,11 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 	}
 	if (!netns_wanted(ns))
 		return;
+#ifdef STORM_RATE
+	__u64 now = bpf_ktime_get_ns();
+	if (storm_hot(now) && storm_count(sk, skb, sent, reason, has_reason, ns, head, now, direct))
+		return;
+#endif
 	e = ev_new();
 	if (!e)
 		return;

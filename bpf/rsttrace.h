@@ -78,4 +78,36 @@ struct rst_event {
 	                       * left unwritten by the other kinds */
 };
 
+/* Storm mode (STORM_RATE): above that many resets per second on a CPU,
+ * resets are counted per key in a per-CPU hash (key -> value below) and
+ * only a bounded sample per key and interval is sent as full events. The
+ * key holds what the classifier needs; of the two ports only the lower is
+ * kept (the service's: the other is an ephemeral port that would make every
+ * refused connect a key of its own), the other is 0. User space drains one
+ * epoch while the programs count into the next (tracer/session.py). */
+#define AGGF_SYN 0x01      /* the triggering segment had SYN */
+
+struct rst_agg_key {
+	__u8  saddr[16];      /* the reset's source */
+	__u8  daddr[16];      /* the reset's destination */
+	__u32 netns;
+	__u32 reason;         /* raw sk_rst_reason, with EVF_REASON in flags */
+	__u32 epoch;          /* the interval it was counted in (storm_epoch) */
+	__u16 sport;          /* the lower port kept, the other 0 */
+	__u16 dport;
+	__u8  dir;            /* enum rst_dir */
+	__u8  family;
+	__u8  state;
+	__u8  flags;          /* EVF_HAS_SOCK | EVF_REASON | EVF_TRIGGER of the resets */
+	__u8  aflags;         /* AGGF_* */
+	__u8  _pad[3];
+};
+
+struct rst_agg_val {
+	__u64 count;          /* resets counted, not sent in full */
+	__u64 first_ns;       /* bpf_ktime_get_ns() of the first counted */
+	__u64 last_ns;        /* and of the last */
+	__u64 sampled;        /* resets of this key sent in full this interval */
+};
+
 #endif

@@ -189,7 +189,7 @@ class FlightRecorder:
             # created 0600: the recording holds addresses, process and pod names
             old = os.umask(0o077)
             try:
-                w = RecordingWriter(path, {**self.header, "t": round(now, 6)})
+                w = RecordingWriter(path, self._header(now))
             finally:
                 os.umask(old)
             if self._last_ctx is not None:
@@ -205,6 +205,16 @@ class FlightRecorder:
         self._size = path.stat().st_size
         self.files += 1
         return True
+
+    def _header(self, now: float) -> dict[str, Any]:
+        """The session's header, begun now. Its events' times stay the
+        session's monotonic clock converted once at its start: `monotonic`
+        moves with `t`, so every file says the same `t - monotonic`."""
+        h = {**self.header, "t": round(now, 6)}
+        mono, t0 = self.header.get("monotonic"), self.header.get("t")
+        if isinstance(mono, (int, float)) and isinstance(t0, (int, float)):
+            h["monotonic"] = round(mono + (now - t0), 6)
+        return h
 
     def _prune(self, now: float) -> None:
         """Removes the oldest recordings until the rest and a new file fit

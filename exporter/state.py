@@ -23,7 +23,7 @@ from typing import Any
 
 from rsttrace.analysis.classify import Classifier, Verdict
 from rsttrace.analysis.pump import Clock, Pump
-from rsttrace.analysis.vocab import CAUSES
+from rsttrace.analysis.vocab import CAUSES, weight
 
 from .netns import NetnsLabels
 
@@ -47,8 +47,8 @@ class ExportState:
                  header: dict[str, Any] | None = None, node: str | None = None,
                  clock: Clock | None = None):
         self.header = dict(header or {})
-        # the recording's host when replaying one
-        self.node = node or str(self.header.get("host") or "")
+        # the recording's node (else its host) when replaying one
+        self.node = node or str(self.header.get("node") or self.header.get("host") or "")
         names = self.header.get("netns_names") or {}
         self.classifier = classifier or Classifier(netns_names=names)
         # `clock`: the source's (analysis.pump.clock_of); tick() asks it
@@ -126,16 +126,19 @@ class ExportState:
         newest = 0.0
         for v in verdicts:
             cause = v.cause
-            incidents[cause] = incidents.get(cause, 0) + 1
+            # a storm's verdict (storm mode's reset_agg records) stands for
+            # `count` incidents, each of its records for `count` resets
+            incidents[cause] = incidents.get(cause, 0) + v.count
             if v.t > newest:
                 newest = v.t
             for ev in v.events:
                 key = (cause, ev.get("dir"), ev.get("netns"))
+                n = weight(ev)
                 try:
-                    by[key] = by.get(key, 0) + 1
+                    by[key] = by.get(key, 0) + n
                 except TypeError:       # a replayed record's netns that is no number
                     key = (cause, key[1], None)
-                    by[key] = by.get(key, 0) + 1
+                    by[key] = by.get(key, 0) + n
         self.verdicts += len(verdicts)
         for (cause, direction, ns), n in by.items():
             label = self.labels.for_event(ns, newest)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rsttrace.analysis.classify import Verdict
+from rsttrace.analysis.vocab import weight
 
 DEFAULT_RATE = 1000
 BUFFER_BYTES = 4 << 20
@@ -54,7 +55,7 @@ def verdict_record(v: Verdict, node: str, names: Callable[[Any], str | None]) ->
                  "value": f.value, "command": f.command or None} for f in v.fixes],
         "flow": {"src": v.src, "sport": v.sport, "dst": v.dst, "dport": v.dport},
         "sent": _side(sent, names), "received": _side(recv, names),
-        "resets": len(v.events),
+        "resets": sum(map(weight, v.events)),
     }
 
 

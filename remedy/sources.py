@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from rsttrace.analysis import fixes as F
-from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, Cause, FindingKey, Timeout
+from rsttrace.analysis.vocab import TIMEOUT_FINDINGS, Cause, FindingKey, Timeout, weight
 from rsttrace.remedy import keys as K
 from rsttrace.remedy import netns
 from rsttrace.remedy.model import Handover, Proposal, Target
@@ -215,7 +215,7 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
 
     def take(verdicts: list[Any]) -> None:
         for v in verdicts:
-            g.causes[v.cause] = g.causes.get(v.cause, 0) + 1
+            g.causes[v.cause] = g.causes.get(v.cause, 0) + v.count
             book.add(v.fixes)
 
     def observed() -> Iterator[dict[str, Any]]:
@@ -225,8 +225,8 @@ def from_records(records: Iterable[dict[str, Any]], header: dict[str, Any], node
             if kind == "ctx":
                 last_ctx = rec
                 seen.add_ctx(rec)
-            elif kind == "reset":
-                g.resets += 1
+            elif kind == "reset" or kind == "reset_agg":
+                g.resets += weight(rec)
             yield rec
 
     Pump(clf, take).run(batches_of(observed()))
@@ -252,6 +252,7 @@ def observe(seconds: float, node: Target, ram_bytes: int | None,
             deadline = time.monotonic() + max(0.0, seconds)
             while time.monotonic() < deadline:
                 records += s.poll(timeout_s=min(0.2, max(0.01, deadline - time.monotonic())))
+            s.flush_storms()   # storm mode's last counts
             s.snapshot()
             records += s.poll(timeout_s=0.2)
             header = s.header

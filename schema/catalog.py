@@ -188,6 +188,37 @@ EVENT = (
 MEMBERS = {m.name: m for m in EVENT}
 
 
+# ---- storm mode's aggregates (bpf/rsttrace.h) ---------------------------------
+
+# bits of rst_agg_key.aflags
+AGGF_SYN = CValue("AGGF_SYN", 0x01, "the triggering segment had SYN")
+AGGF = (AGGF_SYN,)
+
+#: struct rst_agg_key: what a storm's resets are counted under, per CPU
+AGG_KEY = (
+    Member("saddr", "__u8", "the reset's source", 16),
+    Member("daddr", "__u8", "the reset's destination", 16),
+    Member("netns", "__u32", "netns inode"),
+    Member("reason", "__u32", "raw sk_rst_reason, with EVF_REASON in flags"),
+    Member("epoch", "__u32", "the interval it was counted in"),
+    Member("sport", "__u16", "the lower port kept, the other 0"),
+    Member("dport", "__u16", "(the same)"),
+    Member("dir", "__u8", "enum rst_dir"),
+    Member("family", "__u8", "AF_INET / AF_INET6"),
+    Member("state", "__u8", "TCP state, 0 when no socket"),
+    Member("flags", "__u8", "EVF_HAS_SOCK | EVF_REASON | EVF_TRIGGER of the resets"),
+    Member("aflags", "__u8", "AGGF_*"),
+    Member("_pad", "__u8", "", 3),
+)
+#: struct rst_agg_val: per CPU
+AGG_VAL = (
+    Member("count", "__u64", "resets counted, not sent in full"),
+    Member("first_ns", "__u64", "bpf_ktime_get_ns() of the first counted"),
+    Member("last_ns", "__u64", "and of the last"),
+    Member("sampled", "__u64", "resets of this key sent in full this interval"),
+)
+
+
 def layout(members: tuple[Member, ...] = EVENT) -> tuple[dict[str, int], int]:
     """(member -> offset, size) of the struct by C's rules on the targets
     rsttrace runs on: each member at a multiple of its type's size, the
@@ -277,7 +308,9 @@ class Csv:
     the column is empty unless this field of the record is true. A column
     that shows no field has a `source`: `verdict` (the verdict's attribute
     of that name, the same in every row of an incident) or `names` (the
-    name of the row's namespace)."""
+    name of the row's namespace), `row` (a value the report sets on
+    each row: its node, the node at the other end) or `count` (the resets
+    the row stands for)."""
     column: str
     fmt: str = "text"
     only_if: str | None = None
@@ -506,8 +539,34 @@ CTX = Kind("ctx", "context snapshot, on a period and on demand", fields=(
           "one object per namespace with sockets or conntrack (the table below)"),
 ))
 
+RESET_AGG = Kind("reset_agg", "storm mode: resets of one key counted in the kernel in one interval (at most "
+                 "`STORM_INTERVAL_S`, 1 s) instead of sent one by one; the key's first resets in the interval "
+                 "(`sampled`, a bounded sample per CPU) came as `reset` records and are not in `count`",
+                 fields=(
+    _kind_field(), Field("t", TIME, "unix time of the last reset counted", unit="s"),
+    Field("t_first", TIME, "unix time of the first reset counted", unit="s"),
+    Field("count", U64, "resets counted (sent or received as `dir` says): each one a reset no `reset` record "
+          "stands for"),
+    Field("sampled", U64, "resets of the key in the interval that came in full as `reset` records"),
+    Field("dir", Literal["sent", "recv"], "as in `reset`"),
+    Field("netns", U32, "as in `reset`"),
+    Field("family", Literal[4, 6], "as in `reset`"),
+    Field("src", str, "as in `reset`"),
+    Field("sport", U16, "the RST's source port, when it is the lower of the two (the service's), else 0: "
+          "the other port, an ephemeral one, is not kept"),
+    Field("dst", str, "as in `reset`"),
+    Field("dport", U16, "the RST's destination port, when it is the lower of the two, else 0"),
+    Field("state", str, "as in `reset`"),
+    Field("state_raw", U8, "the kernel's value of `state`"),
+    Field("reason", str | None, "as in `reset`"),
+    Field("reason_raw", U32 | None, "the kernel's value of `reason`"),
+    Field("has_sock", bool, "as in `reset`"),
+    Field("syn", bool | None, "the triggering segment had SYN (a refused connect); null when the segment was not "
+          "read (received resets)"),
+))
+
 #: Every kind of record between the header and the totals line.
-RECORDS = EVENTS + (CTX,)
+RECORDS = EVENTS + (RESET_AGG, CTX)
 KINDS = {k.name: k for k in RECORDS}
 
 _PLAN_ENTRY = obj("PlanEntry", {"hook": str | None, "available": bool, "why": str | None})
@@ -517,6 +576,14 @@ HEADER = (
     Field("schema", U32, f"the layout's version (this one: {SCHEMA_VERSION}); a reader refuses another"),
     Field("t", TIME, "unix time the recording began", unit="s"),
     Field("host", str | None, "host name"),
+    Field("node", str | None, "the node's name: `record --node`, the agent's `NODE_NAME`, else the host name; "
+          "a report over several recordings reads each node's as one stream and joins the two ends of a reset "
+          "across nodes by it"),
+    Field("boot_id", str | None, "`/proc/sys/kernel/random/boot_id`: recordings of one boot share its monotonic "
+          "clock"),
+    Field("monotonic", NUM | None, "`CLOCK_MONOTONIC` at `t`: event times are this clock converted with "
+          "`t - monotonic`, so two recordings of one boot whose `t - monotonic` differ had the wall clock "
+          "stepped between them", unit="s"),
     Field("kernel", str | None, "`uname -r`"),
     Field("tool", str | None, "rsttrace version"),
     Field("hz", U32 | None, "kernel HZ"),
@@ -525,6 +592,9 @@ HEADER = (
     Field("hooks", str | None, "`\"BTF tracepoints\"` or `\"raw tracepoints\"`, with the verifier's reason when "
           "BTF tracepoints were refused"),
     Field("attach_s", NUM | None, "seconds it took to compile, load and attach", unit="s"),
+    Field("storm_rate", U32 | None, "storm mode: resets per second on a CPU above which the kernel counted resets "
+          "per key (`reset_agg` records) and sent only a sample in full; 0: off (every reset in full); absent in "
+          "recordings made before storm mode"),
     Field("mem_total", U64 | None, "the host's RAM (sizes a conntrack table fix)", unit="bytes"),
     Field("plan", dict[str, _PLAN_ENTRY] | None,   # type: ignore[valid-type]
           "signal → `{\"hook\": str|null, \"available\": bool, \"why\": str}`"),
@@ -563,15 +633,22 @@ REPORT_COLUMNS = {c.column: c for c in (
         source="verdict"),
     Csv("incident", "int", doc="the sent and received resets of one incident share it", source="verdict"),
     Csv("netns_name", doc="the name of `netns`", source="names"),
+    Csv("count", "int", doc="the resets the row stands for: 1 for a reset recorded in full, a `reset_agg`'s "
+        "`count` for a storm's row (its ephemeral port empty)", source="count"),
     Csv("sender_netns", "int", doc="the namespace whose kernel sent the reset, when on this host",
         source="verdict"),
     Csv("receiver_netns", "int", doc="the namespace of the socket reset, when on this host", source="verdict"),
+    Csv("node", doc="the node whose recording has the reset (its header's `node`, else `host`)", source="row"),
+    Csv("peer_node", doc="a report over several nodes' recordings: the node at the other end of a reset joined "
+        "across nodes (for a received reset the node that sent it, dropped its packet or expired its flow; "
+        "for a sent one the node that received it); empty when not joined", source="row"),
 )}
 
 #: The report's columns, in order: one row per reset event.
 CSV_ORDER = ("time", "direction", "netns", "pod", "pid", "comm", "src", "sport", "dst", "dport", "state",
              "kernel_reason", "idle_s", "keepalive_s", "cause", "confidence", "evidence", "fix",
-             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie")
+             "incident", "netns_name", "sender_netns", "receiver_netns", "family", "cookie", "node", "peer_node",
+             "count")
 
 
 def csv_columns() -> list[tuple[Csv, Field | None]]:

@@ -116,10 +116,19 @@ def struct_table() -> str:
     return _table(["member", "C type", "offset", "size", "meaning"], rows) + f"\n{size} bytes in all.\n"
 
 
+def agg_struct_table() -> str:
+    rows = []
+    for struct, members in (("rst_agg_key", cat.AGG_KEY), ("rst_agg_val", cat.AGG_VAL)):
+        offsets, size = cat.layout(members)
+        rows += [[f"`{struct}.{m.name}`", m.ctype + (f"[{m.count}]" if m.count > 1 else ""),
+                  str(offsets[m.name]), str(m.size), m.doc] for m in members]
+    return _table(["member", "C type", "offset", "size", "meaning"], rows)
+
+
 def values_table() -> str:
     rows = []
     for where, values in (("`kind`", cat.RST_KIND), ("`dir`", cat.RST_DIR), ("`flags`", cat.FLAGS),
-                          ("`flags2`", cat.FLAGS2)):
+                          ("`flags2`", cat.FLAGS2), ("`rst_agg_key.aflags`", cat.AGGF)):
         rows += [[f"`{v.c}`", f"{int(v):#04x}" if "flags" in where else str(int(v)), where, v.doc]
                  for v in values]
     return _table(["name", "value", "in", "meaning"], rows)
@@ -132,7 +141,8 @@ def csv_table() -> str:
             src = f"`{f.name}`" + (f" where `{c.only_if}`" if c.only_if else "")
             doc = c.doc or f.doc
         else:
-            src = "the verdict" if c.source == "verdict" else "the header's and `ctx` names"
+            src = {"verdict": "the verdict", "names": "the header's and `ctx` names", "row": "the report",
+                   "count": "`reset_agg`'s `count`, else 1"}[c.source]
             doc = c.doc
         rows.append([f"`{c.column}`", src, doc])
     return _table(["column", "from", "meaning"], rows)
@@ -141,7 +151,8 @@ def csv_table() -> str:
 def tables() -> dict[str, str]:
     out = {"common": common_table(), "kinds": kinds_table(), "struct": struct_table(),
            "values": values_table(), "csv": csv_table(), "header": plain_table(cat.HEADER),
-           "totals": plain_table(cat.TOTALS), "namespace": plain_table(cat.NAMESPACE)}
+           "totals": plain_table(cat.TOTALS), "namespace": plain_table(cat.NAMESPACE),
+           "reset_agg": plain_table(cat.RESET_AGG.fields[1:]), "agg_struct": agg_struct_table()}
     out.update({k.name: event_table(k) for k in cat.EVENTS})
     return out
 

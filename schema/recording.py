@@ -375,6 +375,24 @@ def iter_recording(path: str | os.PathLike[str]) -> tuple[_Reader, Iterator[dict
     return reader, iter(reader)
 
 
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of a recording, checked as the reader checks it (at most
+    one block is read); RecordingError as the reader raises it."""
+    reader = _Reader(path)
+    lines = reader._lines()
+    try:
+        for first, block, ended in lines:
+            last = len(block) - 1
+            for i, raw in enumerate(block):
+                reader._take(first + i, raw, ended or i < last)
+                if reader.header is not None:
+                    return reader.header
+    finally:
+        lines.close()
+    reader._end()
+    raise AssertionError("unreachable")
+
+
 def read_recording(path: str | os.PathLike[str]) -> Recording:
     reader = _Reader(path)
     records = list(reader)

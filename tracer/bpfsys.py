@@ -6,6 +6,7 @@ process, so the long-running consumer keeps a small footprint.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -18,6 +19,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET_INFO_BY_FD = 15
 
 # include/uapi/linux/bpf.h: ring buffer record header bits (stable UAPI)
@@ -58,6 +61,47 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     attr[2] = ctypes.addressof(vbuf)
     _bpf(BPF_MAP_LOOKUP_ELEM, attr)
     return vbuf.raw
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value, len(value))
+    attr = (ctypes.c_uint64 * 4)()   # flags 0: BPF_ANY
+    attr[0] = fd
+    attr[1] = ctypes.addressof(kbuf)
+    attr[2] = ctypes.addressof(vbuf)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(fd: int, key: bytes) -> None:
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    attr = (ctypes.c_uint64 * 4)()
+    attr[0] = fd
+    attr[1] = ctypes.addressof(kbuf)
+    _bpf(BPF_MAP_DELETE_ELEM, attr)
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash map, as it is now (keys added meanwhile may or
+    may not be among them)."""
+    out: list[bytes] = []
+    cur = None
+    nbuf = ctypes.create_string_buffer(key_size)
+    while True:
+        attr = (ctypes.c_uint64 * 4)()
+        attr[0] = fd
+        if cur is not None:
+            kbuf = ctypes.create_string_buffer(cur, key_size)
+            attr[1] = ctypes.addressof(kbuf)
+        attr[2] = ctypes.addressof(nbuf)
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except BPFSysError as e:
+            if e.errno == errno.ENOENT:
+                return out
+            raise
+        cur = nbuf.raw
+        out.append(cur)
 
 
 class _ProgLoadAttr(ctypes.Structure):

@@ -27,6 +27,10 @@ from rsttrace.schema.catalog import Field
 # offsets computed from the header)
 EVENT_DTYPE = np.dtype([(m.name, m.numpy) for m in cat.EVENT], align=True)
 
+# storm mode's per-CPU hash (bpf/rsttrace.h struct rst_agg_key / rst_agg_val)
+AGG_KEY_DTYPE = np.dtype([(m.name, m.numpy) for m in cat.AGG_KEY], align=True)
+AGG_VAL_DTYPE = np.dtype([(m.name, m.numpy) for m in cat.AGG_VAL], align=True)
+
 #: enum rst_kind value -> the record's kind
 KINDS = {int(k.value): k.name for k in cat.EVENTS}   # type: ignore[arg-type]
 
@@ -111,6 +115,44 @@ class Decoder:
             for idx, m in groups:
                 rows[idx, :m.shape[1]] = m
         return rows.tobytes().translate(None, b"\0")
+
+    def aggregate(self, key: bytes, values: bytes) -> dict | None:
+        """The `reset_agg` record (docs/EVENTS.md) of one storm-mode key and
+        its per-CPU values (as the kernel gives them for a per-CPU hash: one
+        value per possible CPU); None when no reset was counted under it
+        (only its sample came, as full events)."""
+        k = np.frombuffer(key, AGG_KEY_DTYPE, count=1)[0]
+        v = np.frombuffer(values, AGG_VAL_DTYPE)
+        hit = v["count"] > 0
+        count = int(v["count"].sum())
+        if not count:
+            return None
+        fam = int(k["family"])
+        flags = int(k["flags"])
+        reason = int(k["reason"]) if flags & cat.EVF_REASON else None
+        state = int(k["state"])
+        return {
+            "kind": "reset_agg",
+            "t": self._unix(int(v["last_ns"][hit].max())),
+            "t_first": self._unix(int(v["first_ns"][hit].min())),
+            "count": count, "sampled": int(v["sampled"].sum()),
+            "dir": "sent" if k["dir"] == cat.DIR_SENT else "recv",
+            "netns": int(k["netns"]),
+            "family": 6 if fam == socket.AF_INET6 else 4,
+            "src": _addr(k["saddr"].tobytes(), fam), "sport": int(k["sport"]),
+            "dst": _addr(k["daddr"].tobytes(), fam), "dport": int(k["dport"]),
+            "state": self.tcp_states.get(state, str(state)) if state else "",
+            "state_raw": state,
+            "reason": None if reason is None else self.rst_reasons.get(reason, str(reason)),
+            "reason_raw": reason,
+            "has_sock": bool(flags & cat.EVF_HAS_SOCK),
+            "syn": bool(k["aflags"] & cat.AGGF_SYN) if flags & cat.EVF_TRIGGER else None,
+        }
+
+    def _unix(self, ns: int) -> float:
+        """A bpf_ktime_get_ns() time as unix seconds to the microsecond, as
+        `t` of the events is made."""
+        return (ns // 1000 + round(self.mono_to_unix * 1e6)) / 1e6
 
     def _assemble(self, arr: np.ndarray) -> list[dict]:
         """Events of one kind are built together, then put back in ring

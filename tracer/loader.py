@@ -28,6 +28,7 @@ from .offsets import (ACCEPT_FIELDS, CAST_TYPES, FEXIT_RET, HEADER_CHECKS, IPVS_
                       TASK_OPTIONAL, KernelLayout, btf_tracepoint_abi, fexit_ret_index, ipvs_netns,
                       kernel_layout, nf_drop_site_define, raw_tp_layout, rdonly_cast_ids)
 from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
+from .storm import STORM_SAMPLE
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
 
 TRACEPOINT_DEFINES = {
@@ -123,6 +124,9 @@ DEFINES = (
     Define("RESCUE_PAGES", "(BPF ring buffer)"),
     Define("PORT_WANTED", "PORT_WANTED(p): the --port filter, compared with constants (no map lookup)"),
     Define("NETNS_WANTED", "NETNS_WANTED(ns): the --netns filter, the same way"),
+    Define("STORM_RATE", "storm mode: above this many resets per second on a CPU, resets are counted per key "
+           "and only a sample sent in full (record --storm-rate; absent: every reset in full)"),
+    Define("STORM_SAMPLE", "(storm mode) full events per key, interval and CPU (tracer/storm.py)"),
     Define("BENCH_RETURN_EARLY", "bench/bench_storm.py --floor only"),
     Define("BENCH_MINIMAL", "(the same)"),
 )
@@ -186,10 +190,12 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
           ports: list[int] | None, netns: list[int] | None,
           btf: BTF | None = None, ring_pages: int = RINGBUF_PAGES,
           rescue_pages: int = RESCUE_PAGES, tp_btf: bool = False,
-          extra_defines: tuple[str, ...] = ()) -> Program:
+          extra_defines: tuple[str, ...] = (), storm_rate: int = 0) -> Program:
     """The program text and flags for this kernel. With `tp_btf` the
     tracepoint programs are BTF tracepoints (fields read as plain loads,
-    loaded by us); without, raw tracepoints (probe reads, attached by bcc)."""
+    loaded by us); without, raw tracepoints (probe reads, attached by bcc).
+    `storm_rate` > 0: storm mode above that many resets per second per CPU
+    (not with the perf buffer, whose reader has no map access but bcc's)."""
     headers = find_headers()
     if headers.build is None:
         raise LoadError(headers.note)
@@ -256,6 +262,8 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             if pages < 1 or pages & (pages - 1):
                 raise LoadError(f"ring buffer pages must be a power of 2, got {pages}")
         defines += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={ring_pages}", f"-DRESCUE_PAGES={rescue_pages}"]
+    if storm_rate > 0 and transport != "perfbuf":
+        defines += [f"-DSTORM_RATE={int(storm_rate)}", f"-DSTORM_SAMPLE={STORM_SAMPLE}"]
     if netns_list is not None:
         defines.append(f"-DNET_NAMESPACE_LIST={netns_list:#x}ULL")
     ct_drop = hooks.get("ct_drop")
@@ -391,7 +399,8 @@ def _quiet_stderr():
 
 
 # maps the consumer needs after loading
-MAPS = ("events", "rescue", "pcring", "pcpos", "lost", "owners", "tcp_transitions")
+MAPS = ("events", "rescue", "pcring", "pcpos", "lost", "owners", "tcp_transitions", "storm_aggs",
+        "storm_epoch")
 
 
 @dataclass

@@ -26,12 +26,14 @@ from rsttrace.schema import SCHEMA_VERSION
 from rsttrace.schema import catalog as cat
 
 from . import access, kernel, probe
-from .bpfsys import PerCPURingReader, RingReader, percpu_u64_sum, percpu_u64_sums, prog_info_u64
+from .bpfsys import (PerCPURingReader, RingReader, map_delete, map_keys, map_lookup, map_update,
+                     percpu_u64_sum, percpu_u64_sums, possible_cpus, prog_info_u64)
 from .btf import load_module, load_vmlinux
 from .context import Collector, PeriodicSampler
-from .events import EVENT_DTYPE, Decoder
+from .events import AGG_KEY_DTYPE, AGG_VAL_DTYPE, EVENT_DTYPE, Decoder
 from .loader import (RESCUE_PAGES, RINGBUF_PAGES, LoaderProcess, LoadError, build, load_detached,
                      load_inprocess, program_fds)
+from .storm import STORM_GRACE_S, STORM_INTERVAL_S, STORM_RATE
 from .pods import PodResolver
 
 POLL_INTERVAL_S = 0.02
@@ -88,13 +90,22 @@ def release_heap() -> None:
         pass
 
 
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 class TraceSession:
     def __init__(self, ports: list[int] | None = None, netns: list[int] | None = None,
                  ctx_period_s: float = 1.0, transport: str | None = None,
                  netns_names: dict[int, str] | None = None,
                  ring_pages: int = RINGBUF_PAGES, rescue_pages: int = RESCUE_PAGES,
                  btf_tracepoints: bool | None = None, extra_defines: tuple[str, ...] = (),
-                 accept_syscalls: bool = False):
+                 accept_syscalls: bool = False, node: str | None = None, storm_rate: int | None = None):
+        self._node = node       # the header's node name (default: the host name)
         self.ports = sorted(set(ports)) if ports else None
         self.netns = sorted(set(netns)) if netns else None
         self.ctx_period_s = ctx_period_s
@@ -107,6 +118,11 @@ class TraceSession:
         # accepted sockets' owners from the accept() syscall tracepoints where
         # no fexit can learn them (probe.Capabilities.accept_syscalls)
         self._accept_syscalls = accept_syscalls
+        # storm mode above this many resets per second per CPU (0: off)
+        self.storm_rate = STORM_RATE if storm_rate is None else max(0, int(storm_rate))
+        self._storm_epoch = 0
+        self._storm_moved = 0.0
+        self._storm_counted = {"sent": 0, "recv": 0}
         self.header: dict[str, Any] = {}
         self.caps: probe.Capabilities | None = None
         self.hooks: dict[str, probe.Hook] = {}
@@ -149,8 +165,13 @@ class TraceSession:
         first_ctx = self._collector.snapshot()
         names = dict(self._collector.names)
         names.update(self._netns_names)
+        # the wall and monotonic clocks read together: event times are the
+        # monotonic clock converted to the wall's (tracer/events.py), so a
+        # report can tell recordings of one boot whose wall clock stepped
+        wall, mono = time.time(), time.monotonic()
         self.header = {
-            "kind": "header", "schema": SCHEMA_VERSION, "t": round(time.time(), 6),
+            "kind": "header", "schema": SCHEMA_VERSION, "t": round(wall, 6),
+            "monotonic": round(mono, 6), "boot_id": _boot_id(), "node": self._node or socket.gethostname(),
             "host": socket.gethostname(), "kernel": os.uname().release, "tool": __version__,
             "hz": self._decoder.hz, "transport": self.transport,
             "plan": probe.plan_summary(self.hooks),
@@ -162,6 +183,7 @@ class TraceSession:
             "netns_names": {str(k): v for k, v in names.items()},
             "netns_cookies": {str(k): v for k, v in self._collector.cookies.items() if v is not None},
             "attach_s": round(self.attach_s, 3),
+            "storm_rate": self.storm_rate if self._storm_on else 0,
         }
         self._ctx_queue.put(first_ctx)
         if self.ctx_period_s and self.ctx_period_s > 0:
@@ -238,7 +260,7 @@ class TraceSession:
     def _build(self, tp_btf: bool):
         return build(self.caps, self.hooks, self.transport, self.ports, self.netns,
                      ring_pages=self._ring_pages[0], rescue_pages=self._ring_pages[1], tp_btf=tp_btf,
-                     extra_defines=self._extra_defines)
+                     extra_defines=self._extra_defines, storm_rate=self.storm_rate)
 
     def _make_decoder(self) -> Decoder:
         hz = kernel.kernel_hz()
@@ -344,8 +366,58 @@ class TraceSession:
             if len(arr):
                 self._note_drops(arr)
             ctx = self._drain_ctx()
+            if self._storm_on and self._last_drain - self._storm_moved >= STORM_INTERVAL_S:
+                ctx += self._storm_drain()
             if len(arr) or ctx or time.monotonic() >= deadline or not self.running:
                 return arr, ctx
+
+    # -- storm mode ------------------------------------------------------
+    @property
+    def _storm_on(self) -> bool:
+        return self._attached is not None and "storm_aggs" in self._attached.maps
+
+    def _storm_drain(self, final: bool = False) -> list[dict]:
+        """Moves the programs on to the next interval and returns the
+        `reset_agg` records of those no program can still be counting into:
+        the ones before the interval just left (a whole interval ago), or
+        with `final`, after a grace, every one. Each key read is deleted, so
+        every reset counted is reported once."""
+        maps = self._attached.maps
+        left = self._storm_epoch
+        self._storm_epoch += 1
+        map_update(maps["storm_epoch"], b"\0\0\0\0", self._storm_epoch.to_bytes(4, "little"))
+        self._storm_moved = time.monotonic()
+        if final:
+            time.sleep(STORM_GRACE_S)
+        upto = left if final else left - 1
+        fd, cpus = maps["storm_aggs"], possible_cpus()
+        out = []
+        for key in map_keys(fd, AGG_KEY_DTYPE.itemsize):
+            epoch = int.from_bytes(key[AGG_KEY_DTYPE.fields["epoch"][1]:][:4], "little")
+            if epoch > upto:
+                continue
+            try:
+                values = map_lookup(fd, key, AGG_VAL_DTYPE.itemsize * cpus)
+                map_delete(fd, key)
+            except OSError:
+                continue
+            rec = self._decoder.aggregate(key, values)
+            if rec is not None:
+                self._storm_counted[rec["dir"]] += rec["count"]
+                out.append(rec)
+        out.sort(key=lambda r: r["t"])
+        return out
+
+    def flush_storms(self) -> int:
+        """Storm mode: every reset counted so far, as `reset_agg` records
+        queued into the stream (the next poll has them); for the end of a
+        recording. Returns how many."""
+        if not self._storm_on or self._stopped:
+            return 0
+        recs = self._storm_drain(final=True)
+        for rec in recs:
+            self._ctx_queue.put(rec)
+        return len(recs)
 
     def _note_drops(self, arr: np.ndarray) -> None:
         """Namespaces where netfilter dropped a packet: the collector reads
@@ -450,4 +522,5 @@ class TraceSession:
     def stats(self) -> dict[str, int]:
         """events read, events lost (counted in the kernel), and how many of
         the events read came through the rescue ring."""
-        return {"events": self._events, "lost": self.lost(), "rescued": self._rescued}
+        return {"events": self._events, "lost": self.lost(), "rescued": self._rescued,
+                "storm_counted": sum(self._storm_counted.values())}

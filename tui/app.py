@@ -268,16 +268,19 @@ class RstApp(App[int]):
         stamp = datetime.fromtimestamp(self._wall(), timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"rsttrace-resets-{stamp}.csv"
         older = self.state.total - len(verdicts)
-        self.export_job = self._export(verdicts, self.feeder.names.snapshot(), path, older)
+        from rsttrace.analysis.report import node_of
+        self.export_job = self._export(verdicts, self.feeder.names.snapshot(), path, older,
+                                       node_of(self.source.header or {}))
 
     @work(thread=True, name="export", exit_on_error=False)
-    def _export(self, verdicts: list[Verdict], names: dict[int, str], path: Path, older: int) -> None:
+    def _export(self, verdicts: list[Verdict], names: dict[int, str], path: Path, older: int,
+                node: str | None = None) -> None:
         from rsttrace.analysis.report import write_verdicts
         from rsttrace.outfile import OutFile, OutputError
         try:
             self.export_dir.mkdir(parents=True, exist_ok=True)
             with OutFile(path) as out:
-                write_verdicts(verdicts, out, names)
+                write_verdicts(verdicts, out, names, node)
         except OutputError as e:
             raise WorkFailed(f"{e} (choose another --export-dir)") from e
         except OSError as e:

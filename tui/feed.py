@@ -106,6 +106,10 @@ class Feeder:
     def close(self) -> None:
         """Stops the source (BPF detached) and completes the recording."""
         try:
+            # storm mode's last counts (a live session's), into the recording
+            flush = getattr(self.source, "flush_storms", None)
+            if self.recorder is not None and flush is not None and flush():
+                self.recorder.write_many(self.source.poll(0))
             self.source.stop()
         finally:
             if self.recorder is not None:

@@ -8,7 +8,7 @@ never parsed as markup: a process named `[b red]x[/]` shows those characters.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
@@ -116,6 +116,35 @@ class Row:
     ports: frozenset[int] = field(default_factory=frozenset)
     addrs: frozenset[str] = field(default_factory=frozenset)
     netns_keys: frozenset[str] = field(default_factory=frozenset)
+    # a storm's row (storm mode's reset_agg records): the incidents it stands
+    # for, summed over the verdicts folded into it, and those verdicts
+    count: int = 1
+    merged: tuple[Verdict, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def storm_key(self) -> tuple:
+        """What a storm's later counts share with its row: they update it
+        in place instead of adding a row a second."""
+        v = self.verdict
+        return (v.cause, v.src, v.sport, v.dst, v.dport, v.sender_netns, v.receiver_netns)
+
+
+# verdicts a storm's row keeps for the screen's export (the oldest go first)
+STORM_MERGED_MAX = 255
+
+
+def fold_storm(old: Row, new: Row) -> Row:
+    """`new`, a storm's latest counts, folded into its row `old`: the row
+    keeps its place (seq) and shows the counts summed."""
+    count = old.count + new.count
+    merged = (old.merged + (old.verdict,))[-STORM_MERGED_MAX:]
+    return replace(new, seq=old.seq, count=count, merged=merged, flow=_flow(new.verdict, count))
+
+
+def _flow(v: Verdict, count: int) -> str:
+    flow = clean(f"{fmt_addr(v.src, v.sport)}→{fmt_addr(v.dst, v.dport)}")
+    # a storm's row says how many it stands for, in the column every width shows
+    return f"{count:,}× {flow}" if count > 1 else flow
 
 
 class NetnsNames:
@@ -158,9 +187,10 @@ def make_row(seq: int, v: Verdict, names: NetnsNames, tz: tzinfo | None = timezo
                         for s in (str(n), names.name(n)))
     return Row(
         seq=seq, t=v.t, cause=v.cause, time=fmt_time(v.t, tz), netns=clean(names.name(where)), process=clean(process),
-        flow=clean(f"{fmt_addr(src, sport)}→{fmt_addr(dst, dport)}"),
+        flow=_flow(v, v.count),
         state=clean(_pick(events, _STATE) or "-"), idle=fmt_idle(_pick(events, _IDLE_MS)),
         evidence=clean(ev[0] if ev else ""), ports=ports, addrs=addrs, netns_keys=ns_keys, verdict=v,
+        count=v.count,
     )
 
 

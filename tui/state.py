@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from rsttrace.analysis.classify import Verdict
 from rsttrace.analysis.config import Finding
 from rsttrace.analysis.fixes import FixBook
-from rsttrace.tui.rows import Row
+from rsttrace.tui.rows import Row, fold_storm
 
 RATE_WINDOW_S = 300  # the reset-rate chart covers the last five minutes
 
@@ -182,14 +182,14 @@ class Batch:
 
     def add_row(self, row: Row) -> None:
         if len(self.rows) == self.rows.maxlen:
-            self.rows_dropped += 1
+            self.rows_dropped += self.rows[0].count
         self.rows.append(row)
-        self.cause_counts[row.cause] += 1
+        self.cause_counts[row.cause] += row.count
         fixes = row.verdict.fixes
         if fixes:
             self.fix_lists.setdefault(id(fixes), fixes)
         s = int(row.t)
-        self.reset_bins[s] = self.reset_bins.get(s, 0) + 1
+        self.reset_bins[s] = self.reset_bins.get(s, 0) + row.count
 
     def add_record(self, rec: dict[str, Any]) -> None:
         kind = rec.get("kind")
@@ -242,11 +242,12 @@ class LiveState:
         self.error: str | None = None  # why the source stopped (set by the app's worker handler)
         self.version = 0  # bumped when the table's view changes
         self.fixbook = FixBook()  # one value per setting over every incident seen
+        self.storms: dict[tuple, Row] = {}  # a storm's row by its key (Row.storm_key)
 
     # -- batches -----------------------------------------------------------
     def apply(self, b: Batch) -> int:
         """Folds a batch in; returns how many rows were added to the view."""
-        self.total += len(b.rows) + b.rows_dropped
+        self.total += sum(r.count for r in b.rows) + b.rows_dropped
         self.counts.update(b.cause_counts)
         self.resets.merge(b.reset_bins)
         self.events_rate.merge(b.event_bins)
@@ -297,7 +298,11 @@ class LiveState:
     def _add_rows(self, rows: Iterable[Row]) -> int:
         added = 0
         for r in rows:
+            if r.count > 1 and self._fold(r):
+                continue
             self.ring.append(r)
+            if r.count > 1:
+                self.storms[r.storm_key] = r
             if self._visible(r):
                 self.view.append(r)
                 added += 1
@@ -305,9 +310,25 @@ class LiveState:
         oldest = self.ring[0].seq if self.ring else 0
         while self.view and self.view[0].seq < oldest:
             self.view.popleft()
+        if len(self.storms) > self.capacity:   # storms whose rows left the ring
+            self.storms = {k: r for k, r in self.storms.items() if r.seq >= oldest}
         if added:
             self.version += 1
         return added
+
+    def _fold(self, r: Row) -> bool:
+        """A storm's counts into its row, in place, while that row is still
+        in the ring; False: it is a row of its own."""
+        old = self.storms.get(r.storm_key)
+        if old is None or not self.ring or old.seq < self.ring[0].seq:
+            return False
+        new = self.storms[r.storm_key] = fold_storm(old, r)
+        for rows in (self.ring, self.view):
+            i = _seq_index(rows, old.seq)
+            if i is not None:
+                rows[i] = new
+        self.version += 1
+        return True
 
     # -- user actions ------------------------------------------------------
     def _visible(self, r: Row) -> bool:
@@ -353,21 +374,8 @@ class LiveState:
 
     def index_of(self, seq: int) -> int | None:
         """Position (newest first) of the row with `seq`, if still visible."""
-        n = len(self.view)
-        if not n or seq < self.view[0].seq or seq > self.view[-1].seq:
-            return None
-        # Rows are in seq order: bisect over the deque.
-        lo, hi = 0, n - 1
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            s = self.view[mid].seq
-            if s == seq:
-                return n - 1 - mid
-            if s < seq:
-                lo = mid + 1
-            else:
-                hi = mid - 1
-        return None
+        i = _seq_index(self.view, seq)
+        return None if i is None else len(self.view) - 1 - i
 
     def context(self) -> list[dict[str, Any]]:
         """The latest ctx entry of each namespace (what the config audit reads)."""
@@ -379,8 +387,9 @@ class LiveState:
         return [{"netns": ino, "cookie": c} for ino, cs in self.netns_cookies.items() for c in sorted(cs)]
 
     def retained_verdicts(self) -> list[Verdict]:
-        """Verdicts still in memory, oldest first (what `e` exports)."""
-        return [r.verdict for r in list(self.ring) + list(self.pending)]
+        """Verdicts still in memory, oldest first (what `e` exports); a
+        storm's row gives the verdicts folded into it too."""
+        return [v for r in list(self.ring) + list(self.pending) for v in (*r.merged, r.verdict)]
 
     def fix_plan(self, row: Row) -> list[Any]:
         """The selected reset's settings, each with the one value that
@@ -389,3 +398,21 @@ class LiveState:
 
     def events_per_s(self) -> int:
         return self.events_rate.last_second(self.now)
+
+
+def _seq_index(rows: deque[Row], seq: int) -> int | None:
+    """Index of the row with `seq` in `rows` (in seq order): a bisection."""
+    n = len(rows)
+    if not n or seq < rows[0].seq or seq > rows[-1].seq:
+        return None
+    lo, hi = 0, n - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        s = rows[mid].seq
+        if s == seq:
+            return mid
+        if s < seq:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return None

@@ -27,6 +27,7 @@ examples:
   sudo rsttrace agent --listen 127.0.0.1:{DEFAULT_PORT} --record-dir /tmp/rt --record-max-mb 100
   sudo rsttrace agent --record-max-mb 0           no flight recorder
   rsttrace report {DEFAULT_DIR}/rsttrace-20260101T120000Z.jsonl   a postmortem of one file
+  rsttrace report {DEFAULT_DIR} other-node/       every file, and other nodes' joined
 
 endpoints:  /metrics  Prometheus (every series labelled node)
             /healthz  200 while the polling loop runs

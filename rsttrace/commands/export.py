@@ -12,6 +12,7 @@ import threading
 import time
 
 from rsttrace.cli import CLIError
+from rsttrace.commands.record import add_storm_arg, storm_rate
 
 DEFAULT_PORT = 9471   # kept equal to rsttrace.exporter.server.DEFAULT_PORT (a test checks)
 
@@ -50,7 +51,7 @@ def add_live_args(p, listen: str) -> None:
                         "port 0: any free one)")
     p.add_argument("--node", metavar="NAME",
                    help="the `node` label of every series (default: $NODE_NAME, else the host name; "
-                        "with --replay the recording's host)")
+                        "with --replay the recording's node, else its host)")
     p.add_argument("--port", type=int, action="append", metavar="P",
                    help="only resets involving TCP port P (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
@@ -65,9 +66,11 @@ def add_live_args(p, listen: str) -> None:
     p.add_argument("--idle-timeout", action="append", default=[], metavar="NAME=SECONDS",
                    help="idle timeout of a middlebox on the path, e.g. nlb=350 (repeatable)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until a signal)")
+    add_storm_arg(p)
 
 
 def check_live_args(args) -> None:
+    storm_rate(args)
     if args.netns_cap < 1:
         raise CLIError("--netns-cap must be at least 1")
     if args.ctx_period <= 0:
@@ -106,7 +109,7 @@ def live_session(args, **kw):
         raise CLIError(str(e)) from None
     ports, netns, names = resolve_filters(args)
     return TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
-                        netns_names=names, **kw)
+                        netns_names=names, storm_rate=storm_rate(args), **kw)
 
 
 def _source(args):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rsttrace.cli import CLIError
+from rsttrace.commands.record import add_storm_arg, storm_rate
 
 EPILOG = """\
 examples:
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only resets on this port (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
                    help="only this network namespace (name from `ip netns list` or a PID; repeatable)")
+    add_storm_arg(p)
     p.add_argument("--record", metavar="FILE.jsonl", help="also record everything to this file")
     p.add_argument("--replay", metavar="FILE.jsonl", help="replay a recording instead of tracing")
     p.add_argument("--speed", type=float, default=1.0, metavar="N",
@@ -40,6 +42,7 @@ def _check(args: argparse.Namespace) -> None:
     for port in args.port or []:
         if not 0 < port < 65536:
             raise CLIError(f"--port {port}: give a TCP port between 1 and 65535")
+    storm_rate(args)
     if args.keep < 1:
         raise CLIError(f"--keep {args.keep}: keep at least 1 reset in memory")
     if args.speed < 0:
@@ -69,7 +72,7 @@ def _live_source(args: argparse.Namespace):
     except ContextError as e:
         raise CLIError(str(e)) from None
     session = TraceSession(ports=args.port or None, netns=[n.inode for n in nss] or None,
-                           netns_names={n.inode: n.name for n in nss})
+                           netns_names={n.inode: n.name for n in nss}, storm_rate=storm_rate(args))
     try:
         session.start()
     except SessionError as e:

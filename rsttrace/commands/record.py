@@ -19,6 +19,7 @@ examples:
   sudo rsttrace record -o db.jsonl --port 3306 --duration 600
   sudo rsttrace record -o pod.jsonl --netns 4242         one pod's namespace (PID or name)
   sudo rsttrace record -o x.jsonl --csv x.csv            also write the report when it ends
+  sudo rsttrace record -o a.jsonl --node node-a          name the node (fleet reports join by it)
 
 The recording (and --csv) is created with mode 0600: it holds process and pod
 names and addresses. An existing recording at FILE.jsonl is replaced; any other
@@ -42,6 +43,9 @@ def register(sub) -> None:
                    help="only resets involving port P (repeatable)")
     p.add_argument("--netns", action="append", metavar="NAME|PID",
                    help="only this network namespace (repeatable)")
+    p.add_argument("--node", metavar="NAME",
+                   help="the node's name in the recording's header (default: the host name); a report "
+                        "over several nodes' recordings joins them by it")
     p.add_argument("--ctx-period", type=float, default=1.0, metavar="S",
                    help="context snapshot period (default 1 s)")
     p.add_argument("--csv", metavar="FILE.csv", help="write the report CSV when the recording ends")
@@ -58,11 +62,30 @@ def register(sub) -> None:
                         "every event as it comes)")
     p.add_argument("--burst-rate", type=int, default=None, metavar="EVENTS",
                    help="events per second above which they are held (default 20000)")
+    add_storm_arg(p)
     p.add_argument("--accept-syscalls", action="store_true",
                    help="where no fexit program can learn an accepted socket's owner, learn it "
                         "from the accept() syscall tracepoints (turns on syscall tracing: every "
                         "syscall on the host gets slower; `rsttrace doctor` says which applies)")
     p.set_defaults(run=run)
+
+
+def add_storm_arg(p) -> None:
+    """--storm-rate, for every command that traces the live kernel."""
+    from rsttrace.tracer.storm import STORM_RATE
+    p.add_argument("--storm-rate", type=int, default=None, metavar="RESETS",
+                   help="storm mode: above RESETS resets per second on a CPU, count them in the "
+                        "kernel per key (namespace, direction, reason, state, addresses, service "
+                        f"port, SYN) with a sample in full (default {STORM_RATE}; 0: every reset "
+                        "in full)")
+
+
+def storm_rate(args) -> int | None:
+    """--storm-rate checked (None: the default)."""
+    rate = getattr(args, "storm_rate", None)
+    if rate is not None and rate < 0:
+        raise CLIError("--storm-rate must be 0 (every reset in full) or a rate in resets per second")
+    return rate
 
 
 def resolve_filters(args) -> tuple[list[int] | None, list[int] | None, dict[int, str]]:
@@ -92,11 +115,14 @@ def run(args) -> int:
     if args.dump_bpf:
         return dump_bpf(args)
     # Everything a user can fix is checked before anything is attached.
+    storm_rate(args)
     try:
         preflight()
     except SessionError as e:
         raise CLIError(str(e)) from None
     ports, netns, names = resolve_filters(args)
+    if args.node is not None and (not args.node.strip() or not args.node.isprintable()):
+        raise CLIError("--node: give a printable name, e.g. the Kubernetes node's name")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.lexists(args.output) and (not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK)):
         raise CLIError(f"cannot write {args.output}: {out_dir} is not a writable directory")
@@ -149,7 +175,8 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
     old = {s: signal.signal(s, on_signal) for s in stops}
     session = TraceSession(ports=ports, netns=netns, ctx_period_s=args.ctx_period,
                            netns_names=names, transport=args.transport,
-                           accept_syscalls=args.accept_syscalls)
+                           accept_syscalls=args.accept_syscalls, node=args.node,
+                           storm_rate=storm_rate(args))
     writer = burst = None
     t0 = time.monotonic()
     try:
@@ -184,8 +211,10 @@ def _record(args, out, out_dir, ports, netns, names, burst_mb, burst_rate) -> in
                 holding = f", {burst.held} held (burst)" if burst.held else ""
                 say(f"\r{st['events']} events, {st['lost']} lost{holding}, {now - t0:.0f} s ", end="")
                 last_print = now
-        # last events still in the buffer, then a final context snapshot
+        # last events still in the buffer, storm mode's last counts, then a
+        # final context snapshot
         drain(0)
+        session.flush_storms()
         try:
             session.snapshot()
         except Exception:
@@ -239,12 +268,15 @@ def write_csv(recording: str, csv_path: str, say) -> int:
 def dump_bpf(args) -> int:
     from rsttrace.tracer import probe
     from rsttrace.tracer.loader import LoadError, build
+    from rsttrace.tracer.storm import STORM_RATE
+    rate = storm_rate(args)
     ports, netns, _ = resolve_filters(args)
     caps = probe.probe()
     caps.accept_syscalls = args.accept_syscalls
     hooks = probe.plan(caps)
     try:
-        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns)
+        prog = build(caps, hooks, probe.transport(caps)[0], ports, netns,
+                     storm_rate=STORM_RATE if rate is None else rate)
     except LoadError as e:
         raise CLIError(str(e)) from None
     print("// cflags: " + " ".join(prog.cflags))

@@ -10,10 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from rsttrace.lab.scenarios import ScenarioRun, run_scenario
 from rsttrace.lab.topology import Lab
 
 RSTTRACE = [sys.executable, "-m", "rsttrace"]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """The namespace lab, for a test module (import it there)."""
+    subprocess.run(["sh", "-c", "mountpoint -q /sys/kernel/tracing || "
+                    "mount -t tracefs nodev /sys/kernel/tracing"], check=False)
+    # Other suites on this machine may hold the lab: queue behind them.
+    with Lab(lock_wait_s=900) as lab:
+        yield lab
 
 
 def record_scenario(lab: Lab, name: str, tmp: Path, tag: str | None = None

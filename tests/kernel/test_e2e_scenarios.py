@@ -7,30 +7,20 @@ all."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from rsttrace.lab.scenarios import GATEWAY_PAUSES, SCENARIOS, SERVER_WAIT_TIMEOUT_S, ScenarioRun
-from rsttrace.lab.topology import BACKEND, CLIENT, FW_TABLE, MYSQL_PORT, PROXY_PORT, REMOTE_DB, VIP, Lab
+from rsttrace.lab.topology import BACKEND, CLIENT, FW_TABLE, MYSQL_PORT, PROXY_PORT, REMOTE_DB, VIP
 from rsttrace.schema.recording import read_recording
 
-from e2e_record import record_scenario
+from e2e_record import lab, record_scenario  # noqa: F401 (lab: a fixture)
 
 pytestmark = pytest.mark.kernel
 
 RSTTRACE = [sys.executable, "-m", "rsttrace"]
-
-
-@pytest.fixture(scope="module")
-def lab():
-    subprocess.run(["sh", "-c", "mountpoint -q /sys/kernel/tracing || "
-                    "mount -t tracefs nodev /sys/kernel/tracing"], check=False)
-    # Other suites on this machine may hold the lab: queue behind them.
-    with Lab(lock_wait_s=900) as lab:
-        yield lab
 
 
 def _mine(rows: list[dict], run: ScenarioRun) -> list[dict]:

@@ -23,7 +23,8 @@ def test_record_holds_a_burst_raw_and_writes_every_event(tmp_path, netns):
     ns = netns.add("b")
     out = tmp_path / "burst.jsonl"
     p = subprocess.Popen([sys.executable, "-m", "rsttrace", "record", "-o", str(out), "-q",
-                          "--netns", ns, "--ctx-period", "0.2", "--burst-rate", "500"],
+                          "--netns", ns, "--ctx-period", "0.2", "--burst-rate", "500",
+                          "--storm-rate", "0"],
                          stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):

@@ -109,7 +109,8 @@ def test_a_hang_up_during_a_burst_ends_the_recording_cleanly(tmp_path, netns):
         except OSError:
             pass
     p = subprocess.Popen(RECORD + ["-o", str(out), "--netns", ns, "--ctx-period", "0.2",
-                                   "--burst-rate", "500", "--csv", str(tmp_path / "hup.csv")],
+                                   "--burst-rate", "500", "--storm-rate", "0",
+                                   "--csv", str(tmp_path / "hup.csv")],
                          **_on_a_terminal(slave))
     os.close(slave)
     reader = threading.Thread(target=drain, daemon=True)
@@ -141,7 +142,7 @@ def test_a_closed_stderr_does_not_cost_a_single_event(tmp_path, netns):
     os.close(rd)
     try:
         p = subprocess.Popen(RECORD + ["-o", str(out), "--netns", ns, "--ctx-period", "0.2",
-                                       "--burst-rate", "500", "--csv", str(csv)],
+                                       "--burst-rate", "500", "--storm-rate", "0", "--csv", str(csv)],
                              stdout=wr, stderr=wr)
     finally:
         os.close(wr)

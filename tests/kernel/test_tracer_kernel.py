@@ -534,8 +534,9 @@ def test_full_percpu_ring_counts_lost(netns):
     if not probe.probe().percpu_rings:
         pytest.skip("per-CPU rings do not work on this kernel: " + probe.probe().percpu_rings_note)
     ns = netns.add("r")
+    # storm mode off: every reset an event, so that the ring overflows
     s = TraceSession(netns=[netns.inode(ns)], ctx_period_s=0, transport="percpu",
-                     ring_pages=1).start()
+                     ring_pages=1, storm_rate=0).start()
     slots = s.program.percpu[1]
     n = slots // 2 + 300
     got, st = refused_unread(s, ns, n, ["taskset", "-c", "0"])

@@ -21,7 +21,8 @@ from rsttrace.schema.recording import read_recording
 from rsttrace.tracer import events as ev
 from test_tracer_burst import batch      # raw events: resets, every seventh a drop
 
-HEADER = {"kind": "header", "schema": 1, "host": "h", "kernel": "k", "plan": {}}
+HEADER = {"kind": "header", "schema": 1, "host": "h", "kernel": "k", "plan": {}, "node": "worker-1",
+          "t": 1_700_000_000.0, "monotonic": 1000.0, "boot_id": "b"}
 MB = 1 << 20
 
 
@@ -71,6 +72,9 @@ def test_files_rotate_by_period_each_complete_with_the_newest_context(tmp_path):
         assert rec.totals["kernel_events"] == got
         lost += rec.totals["lost"]
         assert rec.header["t"] == pytest.approx(t0 + 12.0 * n)
+        # every file says the session's one conversion of its monotonic clock
+        assert rec.header["t"] - rec.header["monotonic"] == pytest.approx(HEADER["t"] - HEADER["monotonic"])
+        assert rec.header["node"] == HEADER["node"]
     assert events == 500
     assert lost == 4     # counted from the first file on
 

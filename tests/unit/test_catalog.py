@@ -62,7 +62,7 @@ def test_enum_names_are_the_literal_type():
 def test_every_csv_column_shows_a_field_or_names_its_source():
     for c, f in cat.csv_columns():
         assert (f is None) == bool(c.source), c.column
-        assert c.source in ("", "verdict", "names")
+        assert c.source in ("", "verdict", "names", "row", "count")
         assert c.fmt in ("text", "int", "time", "ms_as_s")
         if c.only_if:
             assert cat.RESET[c.only_if].type in (bool, bool | None)

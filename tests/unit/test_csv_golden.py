@@ -65,7 +65,7 @@ def test_write_verdicts(rec, tmp_path):
     clf = Classifier(netns_names={int(k): v for k, v in recording.header.get("netns_names", {}).items()})
     verdicts = clf.feed_many(recording.records) + clf.flush()
     with OutFile(tmp_path / "r.csv") as out:
-        report.write_verdicts(verdicts, out, clf.context.names)
+        report.write_verdicts(verdicts, out, clf.context.names, report.node_of(recording.header))
     assert (tmp_path / "r.csv").read_bytes() == golden(rec)
 
 

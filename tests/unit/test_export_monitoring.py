@@ -96,6 +96,8 @@ def test_every_aggregation_and_match_keeps_the_node_label():
     # the node label says where to look; a `by (...)` or `on (...)` that
     # leaves it out loses it from the alert
     for r in rules():
+        if r.get("record", "").startswith("rsttrace:fleet_"):
+            continue        # the fleet's view sums across nodes on purpose
         for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", r["expr"]):
             assert "node" in [c.strip() for c in clause.split(",")], (r.get("alert") or r.get("record"), clause)
         if "alert" in r:

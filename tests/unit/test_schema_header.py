@@ -62,3 +62,15 @@ def test_a_changed_header_is_noticed():
     assert c_layout(struct_members(wider, "rst_event"))[0]["dport"] != EVENT_DTYPE.fields["dport"][1]
     moved = TEXT.replace("#define EVF_KA           0x80", "#define EVF_KA           0x100")
     assert moved != TEXT and defines(moved, "EVF_") != {v.c: int(v) for v in cat.FLAGS}
+
+
+@pytest.mark.parametrize("struct,members", [("rst_agg_key", cat.AGG_KEY), ("rst_agg_val", cat.AGG_VAL)])
+def test_storm_structs_match_the_catalog(struct, members):
+    from rsttrace.tracer.events import AGG_KEY_DTYPE, AGG_VAL_DTYPE
+    dtype = AGG_KEY_DTYPE if struct == "rst_agg_key" else AGG_VAL_DTYPE
+    parsed = struct_members(TEXT, struct)
+    assert parsed == [(m.ctype, m.name, m.count) for m in members]
+    offsets, size = c_layout(parsed)
+    assert (offsets, size) == cat.layout(members)
+    assert size == dtype.itemsize == sum(m.size for m in members)   # no hidden padding in a hash key
+    assert defines(TEXT, "AGGF_") == {v.c: int(v) for v in cat.AGGF}

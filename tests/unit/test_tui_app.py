@@ -278,9 +278,9 @@ async def test_export_runs_in_a_worker(incidents, tmp_path, monkeypatch):
     threads: list[bool] = []
     write_verdicts = report.write_verdicts
 
-    def spy(verdicts, out, names=None):
+    def spy(verdicts, out, names=None, node=None):
         threads.append(_on_ui_thread())
-        return write_verdicts(verdicts, out, names)
+        return write_verdicts(verdicts, out, names, node)
     monkeypatch.setattr(report, "write_verdicts", spy)
     app = make_app(incidents, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
