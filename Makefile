@@ -32,7 +32,7 @@ image: install-test
 manifests: install-test
 	$(PY) deploy/kubernetes/generate.py
 
-# the vm tier: Debian's 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
+# the vm tier: Debian's 5.10, 6.1 and 6.12 kernels (IPVS, kprobes) under virtme-ng
 test-vm: install
 	bash scripts/vm/test.sh
 

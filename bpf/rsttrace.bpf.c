@@ -2,7 +2,9 @@
  *
  * Every struct offset and enum value comes from the running kernel's BTF
  * and reaches this file as a -D flag (tracer/offsets.py); installed headers
- * belong to another kernel here and their layouts are wrong.
+ * belong to another kernel here and their layouts are wrong. (Structs its
+ * BTF lacks may come from headers of exactly the running release instead:
+ * bpf/layout.c.)
  *
  * Hooks are tracepoints taken at their raw arguments (sk, skb, reason, ...),
  * without the kernel first building the tracefs record. Two ways, one text:
@@ -12,7 +14,7 @@
  *  - otherwise raw tracepoints, attached by bcc, where every field is a
  *    probe read (the fields that sit together read in one go).
  * Argument positions come from the BTF prototype of each tracepoint (ARG_*
- * flags), so one program serves every kernel from 6.1 to 6.18. kprobe
+ * flags), so one program serves every kernel from 5.10 to 6.18. kprobe
  * fallbacks always use probe reads.
  *
  * Configuration: the -D flags tracer/loader.py passes, all of them, as its
@@ -26,6 +28,11 @@
  *   SOCK_KEEPOPEN_BIT  enum sock_flags.SOCK_KEEPOPEN, from BTF
  *   NETFILTER_DROP_REASON  SKB_DROP_REASON_NETFILTER_DROP of enum
  *       skb_drop_reason, from BTF (5.17+)
+ *   CT_DROP_DERIVED  before 5.17 (skb:kfree_skb has no reason): a netfilter
+ *       drop told by where the packet was freed, with NF_DROP_SITE
+ *   NF_DROP_SITE  NF_DROP_SITE(addr): whether a code address lies in
+ *       netfilter's drop sites (offsets.NF_DROP_FUNCS, their ranges from
+ *       /proc/kallsyms), compared with constants
  *   TCP_*_  the TCP states the programs compare with, from the kernel's own
  *       table (tracefs)
  *   AF_INET  the address family values user space uses
@@ -33,6 +40,10 @@
  *   IPPROTO_TCP  (the same)
  *   TP_BTF  tracepoints as BTF tracepoints (plain loads), else raw
  *       tracepoints
+ *   CALL_SOCKET_COOKIE  BTF programs may call bpf_get_socket_cookie (5.12+):
+ *       the owner table tells sockets apart by cookie
+ *   CALL_TASK_BTF  BTF programs may call bpf_get_current_task_btf (5.11+):
+ *       the task's fields as plain loads
  *   KFUNC_RDONLY_CAST  BTF id of bpf_rdonly_cast: tcp_sock and packet headers
  *       typed by a cast
  *   BTF_*  BTF ids of the structs cast to (with KFUNC_RDONLY_CAST)
@@ -137,13 +148,14 @@ static const void *(*rdonly_cast)(const void *obj, __u32 btf_id) = (void *)KFUNC
  * read for the reset an abort sends right after, but free for the next
  * connect, so connect churn does not push out the entries of live idle
  * connections. A socket reusing the memory must never inherit an owner:
- * with BTF the entry holds the socket's cookie (unique for the life of the
- * host) and a reset's owner counts only if the cookies agree (an accepted
- * socket, which has no cookie yet when accept() returns, is told apart by
- * its socket file's inode number instead, OWNER_BY_INODE); on raw
- * tracepoints, which cannot have a cookie made, tcp_destroy_sock empties
- * the slot instead. When both slots are taken by live sockets the first is
- * overwritten: that socket's owner becomes unknown, never wrong. `check`
+ * with BTF (where the kernel lets its programs make a socket's cookie:
+ * CALL_SOCKET_COOKIE, 5.12+) the entry holds the socket's cookie (unique
+ * for the life of the host) and a reset's owner counts only if the cookies
+ * agree (an accepted socket, which has no cookie yet when accept()
+ * returns, is told apart by its socket file's inode number instead,
+ * OWNER_BY_INODE); otherwise (raw tracepoints, or BTF ones before 5.12),
+ * tcp_destroy_sock empties the slot instead. When both slots are taken by
+ * live sockets the first is overwritten: that socket's owner becomes unknown, never wrong. `check`
  * folds every field, so an entry torn by two CPUs writing the same slot at
  * once is ignored rather than misread. */
 struct owner {
@@ -415,8 +427,10 @@ static __always_inline void fill_sock(struct rst_event *e, const void *sk, const
 	 * helper. Raw tracepoints: the cookie if it has one. */
 	if (direct || tp)
 		e->cookie = SKF(__u64, OFF_SK_COOKIE);
+#ifdef CALL_SOCKET_COOKIE
 	if (direct && !e->cookie)
 		e->cookie = bpf_get_socket_cookie((void *)sk);
+#endif
 	if (!tp)
 		return;
 	if (SKF(__u64, OFF_SK_FLAGS) & (1ULL << SOCK_KEEPOPEN_BIT))
@@ -502,7 +516,7 @@ static __always_inline int owner_same_socket(const void *sk, __u64 guard, __u64 
 	if (guard & OWNER_BY_INODE)
 		return full && (OWNER_BY_INODE | sock_inode(sk, direct)) == guard;
 #endif
-#ifdef TP_BTF
+#ifdef CALL_SOCKET_COOKIE
 	return cookie && guard == cookie;
 #else
 	return 1;
@@ -539,7 +553,7 @@ static __always_inline void fill_owner(struct rst_event *e, const void *sk, __u6
 #ifdef OFF_KN_ID
 /* A cgroup v2's id (what bpf_get_current_cgroup_id gives): its kernfs
  * node's id, 0 for no cgroup. */
-static __always_inline __u64 cgroup_id(const void *cg, int direct)
+static __always_inline __u64 cgrp_kn_id(const void *cg, int direct)
 {
 	const void *kn = cg ? LD(const void *, cg, OFF_CGROUP_KN, direct) : 0;
 	return kn ? LD(__u64, kn, OFF_KN_ID, direct) : 0;
@@ -550,7 +564,7 @@ static __always_inline __u64 cgroup_id(const void *cg, int direct)
  * task's fields are plain loads (these three helpers together cost ~90 ns
  * per connect on a kernel whose every return goes through a mitigation
  * thunk); otherwise, or where BTF lacks a field, the helpers. */
-#if defined(TP_BTF) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
+#if defined(TP_BTF) && defined(CALL_TASK_BTF) && defined(OFF_TASK_TGID) && defined(OFF_KN_ID)
 #define OWNER_FROM_TASK 1
 #endif
 static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid)
@@ -559,7 +573,7 @@ static __always_inline void current_owner(__u64 *cgroup, __u64 *comm, __u32 *pid
 	const void *task = bpf_get_current_task_btf();
 	const void *cset = LD(const void *, task, OFF_TASK_CGROUPS, 1);
 
-	*cgroup = cgroup_id(cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0, 1);
+	*cgroup = cgrp_kn_id(cset ? LD(const void *, cset, OFF_CSS_SET_DFL_CGRP, 1) : 0, 1);
 	*pid = LD(__u32, task, OFF_TASK_TGID, 1);
 	/* the name up to its NUL; the decoder ignores what follows */
 	comm[0] = LD(__u64, task, OFF_TASK_COMM, 1);
@@ -873,7 +887,7 @@ static __always_inline void emit_reset(void *ctx, const void *sk, const void *sk
 		if (!(e->flags & EVF_OWNER) && tp) {
 			/* no owner learned (a socket connected or accepted before
 			 * tracing began): the socket's own cgroup still names its pod */
-			e->cgroup = cgroup_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
+			e->cgroup = cgrp_kn_id(LD(const void *, sk, OFF_SK_CGROUP, direct), direct);
 			if (e->cgroup)
 				e->flags2 |= EVF2_SK_CGROUP;
 		}
@@ -967,7 +981,7 @@ TP_PROBE(inet_sock_set_state)
 		*cnt += 1;
 	if (newstate == TCP_SYN_SENT_) {
 		__u64 cookie = 0;
-#ifdef TP_BTF
+#ifdef CALL_SOCKET_COOKIE
 		cookie = bpf_get_socket_cookie((void *)sk);
 #endif
 		owner_learn(sk_key(sk, DIRECT), cookie);
@@ -983,7 +997,7 @@ TP_PROBE(inet_sock_set_state)
 TP_PROBE(tcp_destroy_sock)
 {
 	BENCH_SKIP();
-	/* raw tracepoints only (with BTF the cookie tells sockets apart): the
+	/* only where no cookie tells sockets apart (without CALL_SOCKET_COOKIE): the
 	 * socket's memory may be reused by another socket, so forget it and no
 	 * reset is ever attributed to a wrong process */
 	owner_rewrite(sk_key((const void *)TP_ARG(ARG_DS_SK), DIRECT), 0);
@@ -1002,7 +1016,11 @@ int fexit__inet_csk_accept(unsigned long long *ctx)
 
 	if (!sk || LD(__u16, sk, OFF_SK_PROTOCOL, 1) != IPPROTO_TCP)
 		return 0;
+#ifdef CALL_SOCKET_COOKIE
 	owner_learn(sk_key(sk, 1), bpf_get_socket_cookie((void *)sk));
+#else
+	owner_learn(sk_key(sk, 1), 0);
+#endif
 	return 0;
 }
 #endif
@@ -1148,8 +1166,17 @@ TP_PROBE(kfree_skb)
 	const void *skb = (const void *)TP_ARG(ARG_KS_SKB);
 	__u32 ns;
 
+#ifdef CT_DROP_DERIVED
+	/* Before 5.17 the tracepoint has no reason, only the code address
+	 * that freed the packet: a netfilter drop is one freed inside
+	 * netfilter's verdict handling (NF_DROP_SITE: those functions' code
+	 * ranges in this boot's kernel, from /proc/kallsyms). */
+	if (!NF_DROP_SITE((__u64)TP_ARG(ARG_KS_LOCATION)))
+		return 0;
+#else
 	if ((__u32)TP_ARG(ARG_KS_REASON) != NETFILTER_DROP_REASON)
 		return 0;
+#endif
 	ns = skb_netns(skb, DIRECT);
 	if (!netns_wanted(ns))
 		return 0;
@@ -1158,8 +1185,12 @@ TP_PROBE(kfree_skb)
 		return 0;
 	e->kind = EV_CT_DROP;
 	e->netns = ns;
+#ifdef CT_DROP_DERIVED
+	e->flags2 |= EVF2_REASON_DERIVED;  /* no kernel value to carry */
+#else
 	e->reason = NETFILTER_DROP_REASON;
 	e->flags |= EVF_REASON;
+#endif
 	/* L3 protocol (ethertype) of the dropped packet */
 	e->rport = ntohs(LD(__u16, skb, OFF_SKB_PROTOCOL, DIRECT));
 	skb_flow(e, skb, DIRECT);
@@ -1255,7 +1286,8 @@ static __always_inline __u32 ipvs_netns(const void *ipvs)
 
 /* ip_vs_conn_expire(struct timer_list *t) is the timer callback that drops
  * an idle IPVS entry; there is no tracepoint for it. The entry is the
- * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF). */
+ * ip_vs_conn containing the timer (offsets from the ip_vs module's BTF, or
+ * where there is none, from this kernel's own headers: bpf/layout.c). */
 int kp_ip_vs_conn_expire(struct pt_regs *ctx)
 {
 	BENCH_SKIP();

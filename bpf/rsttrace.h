@@ -40,6 +40,8 @@ enum rst_dir {
                                 * accepted socket its listener's), not a learned owner's */
 #define EVF2_L3          0x02  /* EV_CT_DROP: family, saddr, daddr and proto are the dropped
                                 * packet's IP header's */
+#define EVF2_REASON_DERIVED 0x04 /* EV_CT_DROP: NETFILTER_DROP told from where the packet
+                                  * was freed (kernels whose kfree_skb has no reason) */
 
 struct rst_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

@@ -1,10 +1,11 @@
-"""Other kernels under virtme-ng: Debian's 6.1 and 6.12, with IPVS and kprobes.
+"""Other kernels under virtme-ng: Debian's 5.10, 6.1 and 6.12, with IPVS and kprobes.
 
 This machine's kernel has neither IPVS nor kprobes. Debian 12 ships two
-kernel lines that have both, each with its exact headers (bcc compiles
-against them). `fetch()` downloads the image and headers packages with
-apt-get and unpacks them (dpkg -x, nothing is installed) under
-/var/cache/rsttrace-vm/<release>/root; `run()` boots that kernel with
+kernel lines that have both, and Debian 11 a third (5.10, fetched from
+Debian 11's archive with a source list used for that download only), each
+with its exact headers (bcc compiles against them). `fetch()` downloads the
+image and headers packages with apt-get and unpacks them (dpkg -x, nothing
+is installed) under /var/cache/rsttrace-vm/<release>/root; `run()` boots that kernel with
 virtme-ng on a read-only view of this machine's filesystem and runs one
 command in it, returning its exit code and output.
 
@@ -32,11 +33,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CACHE = Path("/var/cache/rsttrace-vm")
-# kernel line -> the Debian 12 meta-packages that name its newest release
+# kernel line -> (the meta-package whose dependency names its newest
+# release, the Debian archive it comes from: None for this machine's own
+# sources, else a key of ARCHIVES)
 KERNEL_LINES = {
-    "6.1": ("linux-image-amd64", "linux-headers-amd64"),
-    "6.12": ("linux-image-6.12-amd64", "linux-headers-6.12-amd64"),
+    "5.10": ("linux-image-amd64", "bullseye"),
+    "6.1": ("linux-image-amd64", None),
+    "6.12": ("linux-image-6.12-amd64", None),
 }
+# Archives other than this machine's, used only to download a kernel: apt
+# runs with a source list, package lists and cache of their own under
+# CACHE/apt-<name>, so the machine's sources and package state stay as they
+# are and nothing from there is installed.
+ARCHIVES = {
+    "bullseye": ("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                 "http://deb.debian.org/debian bullseye main\n"
+                 "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                 "http://deb.debian.org/debian-security bullseye-security main\n"),
+}
+# an archive's package lists are read again after this long
+ARCHIVE_LISTS_MAX_AGE_S = 6 * 3600
 REPO = Path(__file__).resolve().parent.parent
 GUEST_MEMORY = "2G"
 GUEST_CPUS = 2
@@ -50,7 +66,7 @@ class VMError(Exception):
 
 @dataclass
 class Kernel:
-    line: str       # "6.1" | "6.12"
+    line: str       # a key of KERNEL_LINES
     release: str    # uname -r inside the guest, e.g. 6.1.0-56-amd64
 
     @property
@@ -101,28 +117,66 @@ def _run(cmd: list[str], timeout: float = 600.0, cwd: Path | None = None) -> str
     return p.stdout
 
 
+def apt_options(archive: str | None) -> list[str]:
+    """apt-get/apt-cache options for `archive` (ARCHIVES): its own source
+    list (and no /etc/apt/sources.list.d), package lists and cache. [] for
+    this machine's own sources."""
+    if archive is None:
+        return []
+    base = CACHE / f"apt-{archive}"
+    for d in (base / "lists" / "partial", base / "cache" / "archives" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    sources = base / "sources.list"
+    if not sources.is_file() or sources.read_text() != ARCHIVES[archive]:
+        sources.write_text(ARCHIVES[archive])
+    return ["-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={base / 'lists'}", "-o", f"Dir::Cache={base / 'cache'}"]
+
+
+def _update_archive(archive: str, opts: list[str]) -> None:
+    """Read `archive`'s package lists, unless read within
+    ARCHIVE_LISTS_MAX_AGE_S (a vm tier run asks twice: provisioning, then
+    the tests)."""
+    # apt dates the lists it fetched as the server does: a stamp of our own
+    stamp = CACHE / f"apt-{archive}" / "updated"
+    try:
+        if time.time() - stamp.stat().st_mtime < ARCHIVE_LISTS_MAX_AGE_S:
+            return
+    except OSError:
+        pass
+    _run(["apt-get", "-q", *opts, "update"], timeout=600)
+    stamp.touch()
+
+
 def resolve(line: str) -> Kernel:
     """The newest Debian release of a kernel line, from the apt metadata
     (`apt-cache depends` of the line's meta-package)."""
     if line not in KERNEL_LINES:
         raise VMError(f"unknown kernel {line!r}: choose one of {', '.join(KERNEL_LINES)}")
-    meta = KERNEL_LINES[line][0]
-    out = _run(["apt-cache", "depends", meta], timeout=60)
+    meta, archive = KERNEL_LINES[line]
+    opts = apt_options(archive)
+    if archive is not None:
+        _update_archive(archive, opts)
+    out = _run(["apt-cache", *opts, "depends", meta], timeout=60)
     m = re.search(r"Depends:\s+linux-image-(\S+-amd64)\b", out)
     if not m:
         raise VMError(f"apt-cache knows no release for {meta}: run `apt-get update` "
-                      "(Debian 12 sources are needed)")
-    return Kernel(line, m.group(1))
+                      f"(Debian {archive or 'bookworm'} sources are needed)")
+    k = Kernel(line, m.group(1))
+    if not k.release.startswith(line + "."):
+        raise VMError(f"{meta} names {k.release}, not a {line} kernel")
+    return k
 
 
 def cached(line: str) -> Kernel | None:
     """A kernel of this line already unpacked (newest first), without apt."""
     if not CACHE.is_dir():
         return None
-    pat = re.compile(rf"^{re.escape(line)}\.\d+" if line == "6.1" else rf"^{re.escape(line)}\.\d+\+")
+    # 6.1's releases look like 6.1.0-56-amd64, 6.12's 6.12.57+deb12-amd64:
+    # the line and a dot, then a number, so "6.1." never takes 6.12's
+    pat = re.compile(rf"^{re.escape(line)}\.\d+[-+]")
     found = [Kernel(line, d.name) for d in CACHE.iterdir() if pat.match(d.name)]
-    # 6.1's releases look like 6.1.0-56-amd64: the "6.1." prefix must not take 6.12's
-    found = [k for k in found if (line != "6.1" or k.release.startswith("6.1.0-")) and k.ready]
+    found = [k for k in found if k.ready]
     return max(found, key=lambda k: [int(x) for x in re.findall(r"\d+", k.release)], default=None)
 
 
@@ -133,6 +187,7 @@ def fetch(line: str, say=lambda m: None) -> Kernel:
     k = resolve(line)
     if k.ready:
         return k
+    opts = apt_options(KERNEL_LINES[line][1])
     debs = CACHE / k.release / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     pkgs = [f"linux-image-{k.release}", f"linux-headers-{k.release}",
@@ -141,7 +196,7 @@ def fetch(line: str, say=lambda m: None) -> Kernel:
     want = [p for p in pkgs if p not in have]
     if want:
         say(f"downloading {', '.join(want)}")
-        _run(["apt-get", "download", *want], timeout=1200, cwd=debs)
+        _run(["apt-get", *opts, "download", *want], timeout=1200, cwd=debs)
     tmp = Path(tempfile.mkdtemp(prefix="root.", dir=CACHE / k.release))
     try:
         for deb in sorted(debs.glob("*.deb")):
@@ -208,7 +263,9 @@ if ! test -d {moddir}/kernel; then
 fi
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mkdir -p /run/netns
-modprobe ip_vs; modprobe nf_conntrack
+# loaded before the command: under emulation a module's first load (nftables
+# with NAT above all) can outlast a lab command's time limit
+modprobe -a ip_vs nf_conntrack nf_tables nft_chain_nat
 cd {repo}
 export PYTHONDONTWRITEBYTECODE=1 RSTTRACE_VM_KERNEL={line} RSTTRACE_VM_OUT={out}
 ( {command}

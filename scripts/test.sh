@@ -5,8 +5,8 @@
 #   fuzz   (recordings mutated by hypothesis through report, live --replay,
 #           export --replay and fix --from; derandomized, about a minute)
 #                                        tests/fuzz
-#   vm     (Debian 6.1 and 6.12 kernels with IPVS and kprobes, under
-#           virtme-ng; about 7 minutes)  tests/vm via scripts/vm/test.sh
+#   vm     (Debian 5.10, 6.1 and 6.12 kernels with IPVS and kprobes, under
+#           virtme-ng; README: the time per kernel)  tests/vm via scripts/vm/test.sh
 # RSTTRACE_SKIP_VM=1 leaves the vm tier out (and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."

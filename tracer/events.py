@@ -278,7 +278,14 @@ def _names(g: _Group, f: Field, valid: Valid) -> "Col":
         name = lambda v: table.get(v, str(v))          # noqa: E731
     else:
         name = lambda v: table.get(v, str(v)) if v else zero   # noqa: E731
-    return Categorical.lookup(g.a[f.c], name, valid)
+    raw = g.a[f.c]
+    if d.flag is None:
+        return Categorical.lookup(raw, name, valid)
+    # a name the program derived (the kernel has no value for it): the flag
+    # above the 32-bit raw value keys it apart from every kernel value
+    flagged = (g.a[cat.flag_member(d.flag)] & d.flag) != 0
+    key = raw.astype(np.uint64) | (flagged.astype(np.uint64) << np.uint64(32))
+    return Categorical.lookup(key, lambda v: d.yes if v >> 32 else name(v), valid)
 
 
 def _enum(g: _Group, f: Field, valid: Valid) -> "Col":

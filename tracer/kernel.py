@@ -4,6 +4,7 @@ symbolic tables, kernel headers for bcc, HZ, kprobe-able symbols.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import gzip
@@ -177,6 +178,33 @@ def find_headers(release: str | None = None, fix: bool = True) -> Headers:
                    "apt-get install linux-headers-amd64")
 
 
+def exact_headers(release: str | None = None, modules: Path = Path("/lib/modules")) -> Path | None:
+    """The headers of exactly the running kernel, where bcc compiles
+    (/lib/modules/<release>/build), or None. Only those describe its
+    structs as it was built: they count only when their generated
+    utsrelease.h names this release (find_headers links another version's
+    headers there when this kernel has none of its own)."""
+    release = release or os.uname().release
+    build = modules / release / "build"
+    try:
+        text = (build / "include" / "generated" / "utsrelease.h").read_text()
+    except OSError:
+        return None
+    m = re.search(r'^#define UTS_RELEASE "([^"]*)"', text, re.MULTILINE)
+    return build.resolve() if m and m.group(1) == release else None
+
+
+def header_file(name: str, release: str | None = None, modules: Path = Path("/lib/modules")) -> Path | None:
+    """include/<name> of the headers bcc compiles against for `release`:
+    in /lib/modules/<release>/build or, as Debian splits its headers, in
+    the -common tree its `source` link names."""
+    moddir = modules / (release or os.uname().release)
+    for tree in ("build", "source"):
+        if (moddir / tree / "include" / name).is_file():
+            return (moddir / tree / "include" / name).resolve()
+    return None
+
+
 def _version_key(path: str) -> tuple[int, ...]:
     m = re.search(r"linux-headers-(\d+)\.(\d+)\.(\d+)-(\d+)", path)
     return tuple(int(x) for x in m.groups()) if m else (0,)
@@ -207,16 +235,53 @@ def ksym_address(name: str, path: str = "/proc/kallsyms") -> int | None:
     return address or None
 
 
-def kprobe_symbol(name: str) -> bool:
-    """Whether `name` can take a kprobe (listed as traceable, not inlined)."""
+@functools.lru_cache(maxsize=4)
+def ksym_ranges(names: tuple[str, ...], path: str = "/proc/kallsyms") -> dict[str, tuple[int, int]]:
+    """Where the kernel functions `names` lie: name -> (start, end), start
+    their symbol's address and end the next symbol's, for each that
+    /proc/kallsyms lists with an address (hidden ones, kptr_restrict or not
+    root, are left out). A function's cold part (`NAME.cold`, code the
+    compiler moved out of line) counts as a range of its own. Read once per
+    process: kernel text does not move."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    starts: dict[str, int] = {}
+    for name in names:
+        for sym in (name, f"{name}.cold"):
+            m = re.search(rf"^([0-9a-f]+) [tT] {re.escape(sym)}(?:\t\[\w+\])?$", text, re.MULTILINE)
+            if m and int(m.group(1), 16):
+                starts[sym] = int(m.group(1), 16)
+    if not starts:
+        return {}
+    # every symbol's address, in order: a function ends where the next one starts
+    addrs = sorted({int(a, 16) for a in re.findall(r"^([0-9a-f]+) ", text, re.MULTILINE)})
+    out = {}
+    for sym, start in starts.items():
+        i = bisect.bisect_right(addrs, start)
+        if i < len(addrs):
+            out[sym] = (start, addrs[i])
+    return out
+
+
+def kprobe_symbols(names) -> dict[str, bool]:
+    """Which of `names` can take a kprobe (listed as traceable, or at least
+    as a kernel symbol: not inlined). Each list is read at most once, and
+    only while names are missing (a guest under emulation takes most of a
+    second per read)."""
+    found = dict.fromkeys(names, False)
     for path in (TRACEFS / "available_filter_functions", Path("/proc/kallsyms")):
+        if all(found.values()):
+            break
         try:
             with open(path) as fh:
                 for line in fh:
                     parts = line.split()
                     sym = parts[0] if path.name.startswith("available") else (parts[2] if len(parts) > 2 else "")
-                    if sym == name:
-                        return True
+                    if found.get(sym) is False:
+                        found[sym] = True
         except OSError:
             continue
-    return False
+    return found

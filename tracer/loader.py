@@ -22,10 +22,11 @@ from pathlib import Path
 from .btf import KIND_FUNC, KIND_TYPEDEF, BTF, BTFError, load_module, load_vmlinux
 from . import kernel
 from .kernel import Headers, find_headers
-from .offsets import (ACCEPT_FIELDS, CAST_TYPES, FEXIT_RET, IPVS_NETNS_DIRECT, IPVS_NETNS_WALK,
-                      IPVS_OFFSETS, RAW_TP_ARGS, RDONLY_CAST, SOCKET_OFFSETS, SOCKET_OPTIONAL,
+from .offsets import (ACCEPT_FIELDS, CAST_TYPES, FEXIT_RET, HEADER_CHECKS, IPVS_HEADER,
+                      IPVS_HEADER_MEMBERS, IPVS_NETNS_DIRECT, IPVS_NETNS_WALK, IPVS_OFFSETS,
+                      NF_DROP_FUNCS, RAW_TP_ARGS, RDONLY_CAST, SOCKET_OFFSETS, SOCKET_OPTIONAL,
                       TASK_OPTIONAL, KernelLayout, btf_tracepoint_abi, fexit_ret_index, ipvs_netns,
-                      kernel_layout, raw_tp_layout, rdonly_cast_ids)
+                      kernel_layout, nf_drop_site_define, raw_tp_layout, rdonly_cast_ids)
 from .bpfsys import as_kfunc_calls, attach_btf_tracepoint, load_btf_tracepoint, possible_cpus
 from .storm import STORM_SAMPLE
 from .probe import PERCPU_MIN_SLOTS, SLOT_SIZE, Capabilities, Hook
@@ -86,12 +87,20 @@ DEFINES = (
     Define("SOCK_KEEPOPEN_BIT", "enum sock_flags.SOCK_KEEPOPEN, from BTF"),
     Define("NETFILTER_DROP_REASON", "SKB_DROP_REASON_NETFILTER_DROP of enum skb_drop_reason, from BTF "
            "(5.17+)"),
+    Define("CT_DROP_DERIVED", "before 5.17 (skb:kfree_skb has no reason): a netfilter drop told by where "
+           "the packet was freed, with NF_DROP_SITE"),
+    Define("NF_DROP_SITE", "NF_DROP_SITE(addr): whether a code address lies in netfilter's drop sites "
+           "(offsets.NF_DROP_FUNCS, their ranges from /proc/kallsyms), compared with constants"),
     Define("TCP_*_", "the TCP states the programs compare with, from the kernel's own table (tracefs)",
            tuple(f"{s}_" for s in TCP_STATES)),
     Define("AF_INET", "the address family values user space uses"),
     Define("AF_INET6", "(the same)"),
     Define("IPPROTO_TCP", "(the same)"),
     Define("TP_BTF", "tracepoints as BTF tracepoints (plain loads), else raw tracepoints"),
+    Define("CALL_SOCKET_COOKIE", "BTF programs may call bpf_get_socket_cookie (5.12+): the owner table "
+           "tells sockets apart by cookie"),
+    Define("CALL_TASK_BTF", "BTF programs may call bpf_get_current_task_btf (5.11+): the task's fields "
+           "as plain loads"),
     Define("KFUNC_RDONLY_CAST", f"BTF id of {RDONLY_CAST}: tcp_sock and packet headers typed by a cast"),
     Define("BTF_*", "BTF ids of the structs cast to (with KFUNC_RDONLY_CAST)", tuple(sorted(CAST_TYPES))),
     Define("HAVE_TP_*", "each tracepoint to attach", tuple(sorted(TRACEPOINT_DEFINES.values()))),
@@ -192,7 +201,8 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         raise LoadError(headers.note)
     btf = btf or load_vmlinux()
     ipvs_btf = None
-    if hooks.get("ipvs_expire") and hooks["ipvs_expire"].available:
+    ipvs = hooks.get("ipvs_expire")
+    if ipvs and ipvs.available and caps.ipvs_btf:
         ipvs_btf = load_module("ip_vs", btf) or btf
     netns_list = None
     try:
@@ -201,6 +211,18 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             netns_list = ipvs_netns(btf, ipvs_btf, layout, kernel.ksym_address)[1]
     except BTFError as e:
         raise LoadError(f"cannot read kernel struct layout from BTF: {e}") from None
+    if ipvs and ipvs.available and not caps.ipvs_btf:
+        try:
+            offsets = header_layout(IPVS_HEADER, IPVS_HEADER_MEMBERS, layout)
+        except LoadError as e:
+            # the rest traces on; the plan (and so the recording's header)
+            # says why IPVS expiry does not
+            hooks["ipvs_expire"] = Hook("ipvs_expire", False, None,
+                                        f"struct ip_vs_conn layout unknown: {e}")
+        else:
+            layout.defines.update(offsets)
+            layout.sources.update({d: f"{IPVS_HEADER_MEMBERS[d][0]}.{IPVS_HEADER_MEMBERS[d][1][0]} "
+                                   f"(headers {caps.ipvs_headers})" for d in offsets})
     defines = [f"-I{bpf_dir()}"] + layout.cflags() + [
         f"-D{name}={int(getattr(socket, name))}" for name in ("AF_INET", "AF_INET6", "IPPROTO_TCP")]
     defines += tcp_state_defines()
@@ -215,9 +237,12 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
             if caps.has_tp(tp):
                 tps.add(tp)
     if tp_btf:
-        # with BTF the owner table tells sockets apart by cookie: no program
-        # on every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
-        tps.discard("tcp:tcp_destroy_sock")
+        helpers = [d for d, why in caps.btf_helpers.items() if not why]
+        defines += [f"-D{d}" for d in sorted(helpers)]
+        if "CALL_SOCKET_COOKIE" in helpers:
+            # the owner table tells sockets apart by cookie: no program on
+            # every socket's destruction (bpf/rsttrace.bpf.c, struct owner)
+            tps.discard("tcp:tcp_destroy_sock")
     # raw tracepoints: argument positions from each one's BTF prototype
     args, missing = raw_tp_layout(btf)
     unusable = sorted(tp for tp in tps if tp.split(":")[1] in missing)
@@ -241,6 +266,14 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
         defines += [f"-DSTORM_RATE={int(storm_rate)}", f"-DSTORM_SAMPLE={STORM_SAMPLE}"]
     if netns_list is not None:
         defines.append(f"-DNET_NAMESPACE_LIST={netns_list:#x}ULL")
+    ct_drop = hooks.get("ct_drop")
+    if ct_drop and ct_drop.available and "CT_DROP_DERIVED" in ct_drop.defines:
+        # netfilter's drop sites: where this boot's kernel put them
+        ranges = kernel.ksym_ranges(NF_DROP_FUNCS)
+        if not ranges:
+            raise LoadError("netfilter's drop sites are not in /proc/kallsyms: ct_drop cannot "
+                            "be derived on this kernel")
+        defines.append(nf_drop_site_define(ranges))
     if ports:
         defines.append(filter_define("PORT_WANTED", ports, 0xFFFF))
     if netns:
@@ -277,6 +310,43 @@ def build(caps: Capabilities, hooks: dict[str, Hook], transport: str,
     _check_defines(defines)
     return Program(program_text(), defines, layout, headers, attach, ring_pages, rescue_pages,
                    misses_at, btf_ids, abi, transport, percpu, kfuncs)
+
+
+# header_layout's answers, per process: the headers of a running kernel do
+# not change, and reading them costs a compile of the kernel headers they
+# pull in (~1.7 s here; more than a minute in an emulated guest)
+_HEADER_LAYOUTS: dict[tuple, dict[str, int]] = {}
+
+
+def header_layout(header: str, members: dict[str, tuple[str, tuple[str, ...]]],
+                  btf_layout: KernelLayout, timeout_s: float = 600.0) -> dict[str, int]:
+    """Offsets of `members` (define -> (struct, member paths): the first
+    path) from `header` in the running kernel's exact headers, which bcc
+    compiles bpf/layout.c against, in a short-lived process (LLVM stays out
+    of this one). The headers must agree with `btf_layout` on the members
+    of offsets.HEADER_CHECKS. LoadError when they do not compile or agree."""
+    checks = []
+    for define in HEADER_CHECKS:
+        struct_name, _, path = btf_layout.sources[define].partition(".")
+        checks.append(f"X({struct_name},{path},{btf_layout.defines[define]})")
+    cflags = [f"-DHEADER=<{header}>",
+              "-DMEMBERS(X)=" + " ".join(f"X({d},{s},{paths[0]})" for d, (s, paths) in members.items()),
+              "-DCHECKS(X)=" + " ".join(checks)]
+    key = (os.uname().release, tuple(cflags))
+    if key in _HEADER_LAYOUTS:
+        return _HEADER_LAYOUTS[key]
+    req = json.dumps({"text": (bpf_dir() / "layout.c").read_text(), "cflags": cflags,
+                      "functions": list(members)})
+    try:
+        p = subprocess.run([sys.executable, "-m", "rsttrace.tracer.loader_child", "--layout"],
+                           input=req, capture_output=True, text=True, timeout=timeout_s)
+        answer = json.loads(p.stdout or "{}")
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise LoadError(f"reading {header} of the running kernel failed: {e}") from None
+    if "offsets" not in answer:
+        raise LoadError(answer.get("error") or f"reading {header} failed: {p.stderr.strip()[-600:]}")
+    _HEADER_LAYOUTS[key] = answer["offsets"]
+    return answer["offsets"]
 
 
 def percpu_ring_size(ring_pages: int) -> tuple[int, int]:

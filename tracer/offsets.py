@@ -85,7 +85,9 @@ ACCEPT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_SK_SOCKET": ("sock", ("sk_socket",)),
 }
 
-# From the ip_vs module's BTF (only where IPVS is loaded).
+# From the ip_vs module's BTF (only where IPVS is loaded), else from the
+# running kernel's exact headers (the program takes offsetof() of the same
+# members: bpf/rsttrace.bpf.c, IPVS_HEADERS).
 IPVS_OFFSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_IPVS_TIMER": ("ip_vs_conn", ("timer",)),
     "OFF_IPVS_IPVS": ("ip_vs_conn", ("ipvs",)),
@@ -112,6 +114,27 @@ IPVS_NETNS_WALK: dict[str, tuple[str, tuple[str, ...]]] = {
     "OFF_NET_LIST": ("net", ("list",)),
 }
 NETNS_LIST_SYMBOL = "net_namespace_list"
+# Where no BTF describes IPVS: the same members from the header that declares
+# struct ip_vs_conn and struct netns_ipvs, in the running kernel's own headers
+# (bpf/layout.c; the namespace then comes straight from the entry's
+# netns_ipvs), and members the BTF of vmlinux places too, with which the
+# headers must agree.
+IPVS_HEADER = "net/ip_vs.h"
+IPVS_HEADER_MEMBERS = {**IPVS_OFFSETS, **IPVS_NETNS_DIRECT}
+HEADER_CHECKS = ("OFF_SK_PROTOCOL", "OFF_NET_INUM")
+
+# Where a packet freed by netfilter's verdict is freed, for kernels whose
+# skb:kfree_skb has no reason (before 5.17): the hook walk, which frees a
+# packet a hook answered NF_DROP (a rule, conntrack, IPVS), and the
+# re-injection of a queued packet, which frees it on a drop verdict. Later
+# kernels report both as SKB_DROP_REASON_NETFILTER_DROP. (In Debian's 5.10
+# the only other kfree_skb in netfilter's core is nf_queue's, for a queue
+# nobody listens on, which later kernels report without a reason.) Later
+# kernels also free a packet an nftables rule drops inside nft_do_chain
+# (the site 6.18 reports with NETFILTER_DROP); 5.10's returns the verdict to
+# the hook walk. It is listed so that the one derivation holds on both (a
+# kernel test derives on a kernel that names its drops and compares).
+NF_DROP_FUNCS = ("nf_hook_slow", "nf_reinject", "nft_do_chain")
 
 
 @dataclass
@@ -146,6 +169,16 @@ def unresolved(btf: BTF, table: dict[str, tuple[str, tuple[str, ...]]]) -> str:
     except BTFError as e:
         return str(e)
     return ""
+
+
+def nf_drop_site_define(ranges: dict[str, tuple[int, int]]) -> str:
+    """-DNF_DROP_SITE(x)=...: whether code address x lies in one of the
+    ranges (kernel.ksym_ranges of NF_DROP_FUNCS), as comparisons with
+    constants. For the compiler only: addresses are never recorded."""
+    if not ranges:
+        raise ValueError("no netfilter drop site to compare with")
+    test = "||".join(f"((x)>={lo:#x}ULL&&(x)<{hi:#x}ULL)" for lo, hi in sorted(ranges.values()))
+    return f"-DNF_DROP_SITE(x)=({test})"
 
 
 def ipvs_netns(btf: BTF, ipvs_btf: BTF, out: KernelLayout,
@@ -184,9 +217,14 @@ RAW_TP_ARGS: dict[str, tuple[str, str, int]] = {
     "ARG_SS_NEW": ("inet_sock_set_state", "int", 1),
     "ARG_DS_SK": ("tcp_destroy_sock", "struct sock *", 0),
     "ARG_KS_SKB": ("kfree_skb", "struct sk_buff *", 0),
+    "ARG_KS_LOCATION": ("kfree_skb", "void *", 0),
     "ARG_KS_REASON": ("kfree_skb", "enum skb_drop_reason", 0),
     "ARG_CON_TEXT": ("console", "char *", 0),
 }
+
+
+# arguments later kernels added: tcp_send_reset's reason (6.10), kfree_skb's (5.17)
+OPTIONAL_ARGS = ("ARG_SR_REASON", "ARG_KS_REASON")
 
 
 def raw_tp_arg_types(btf: BTF, tracepoint: str) -> list[str]:
@@ -220,7 +258,7 @@ def raw_tp_layout(btf: BTF) -> tuple[dict[str, int], dict[str, str]]:
         hits = [i for i, t in enumerate(types) if t == typ]
         if len(hits) > nth:
             defines[define] = hits[nth]
-        elif define != "ARG_SR_REASON":  # reason is 6.10+, optional
+        elif define not in OPTIONAL_ARGS:
             missing.setdefault(tp, f"no {typ!r} argument in btf_trace_{tp} {types}")
     return defines, missing
 

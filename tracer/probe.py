@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernel
 from .bpfsys import _bpf, percpu_slot_dtype, possible_cpus
 from .events import EVENT_DTYPE
-from .offsets import ACCEPT_FIELDS, KernelLayout, ipvs_netns, unresolved
+from .offsets import (ACCEPT_FIELDS, IPVS_HEADER, IPVS_OFFSETS, NF_DROP_FUNCS, KernelLayout,
+                      ipvs_netns, unresolved)
 
 # tracepoints rsttrace can use: (group, name)
 TRACEPOINTS = (
@@ -46,15 +48,25 @@ class Capabilities:
     btf: bool = False
     tp_btf: bool = False     # BTF tracepoints load (fields read without helper calls)
     tp_btf_note: str = ""
+    # helpers BTF programs may call here (tried for real): BTF_HELPERS name
+    # -> why not ("" where they may); the programs do without the others
+    btf_helpers: dict[str, str] = field(default_factory=dict)
     # BTF programs may call bpf_rdonly_cast (tried for real): a tcp_sock and
     # packet headers read as plain loads
     rdonly_cast: bool = False
     rdonly_cast_note: str = "no BTF"
     netfilter_drop_reason: int | None = None
+    # kernels whose skb:kfree_skb has no reason (before 5.17): the functions
+    # of offsets.NF_DROP_FUNCS whose code ranges /proc/kallsyms gives (a
+    # drop there is a netfilter drop), or why none
+    nf_drop_sites: list[str] = field(default_factory=list)
+    nf_drop_note: str = ""
     conntrack: bool = False
     ipvs: bool = False
     ipvs_note: str = ""
-    ipvs_btf: bool = False
+    ipvs_btf: bool = False      # BTF (ip_vs's own, or vmlinux's) describes struct ip_vs_conn
+    ipvs_headers: str = ""      # else: this kernel's exact headers, which declare it
+    ipvs_layout_note: str = ""  # where struct ip_vs_conn's layout comes from, or why from nowhere
     ipvs_netns_note: str = ""   # how an IPVS expiry's namespace is learned (offsets.ipvs_netns)
     # why an accepted socket's file cannot be followed in this kernel's BTF
     # ("": it can; offsets.ACCEPT_FIELDS)
@@ -155,6 +167,41 @@ def _try_fexit(btf) -> tuple[bool, str]:
     return True, "fexit programs load and attach"
 
 
+# Helpers the BTF programs call where the kernel lets tracing programs call
+# them, each loaded for real once: the socket's cookie (5.12), which tells a
+# socket from a later one in the same memory (without it the programs empty
+# an owner entry at the socket's destruction, as raw tracepoints do), and
+# the current task as a BTF pointer (5.11), whose fields are plain loads
+# (without it, a helper call each). -D name -> (helper, program).
+def _helper_call(helper_id: int, sk_arg: bool) -> bytes:
+    load_sk = bytes([0x79, 0x11, 0, 0, 0, 0, 0, 0]) if sk_arg else b""   # r1 = ctx[0] (the socket)
+    return load_sk + bytes([0x85, 0, 0, 0]) + helper_id.to_bytes(4, "little") + RETURN_0
+
+
+BTF_HELPERS = {"CALL_SOCKET_COOKIE": ("get_socket_cookie", True),
+               "CALL_TASK_BTF": ("get_current_task_btf", False)}
+
+
+def _try_btf_helpers(btf, tp_btf: bool) -> dict[str, str]:
+    """BTF_HELPERS define -> "" where BTF tracepoints may call its helper,
+    else why not."""
+    from .btf import BTFError
+    out = {}
+    for define, (helper, sk_arg) in BTF_HELPERS.items():
+        if not tp_btf:
+            out[define] = "no BTF tracepoints"
+            continue
+        try:
+            helper_id = btf.enum("bpf_func_id").get(f"BPF_FUNC_{helper}")
+            if helper_id is None:
+                raise BTFError(f"no helper {helper} in this kernel")
+            _load_probe_program(btf, _helper_call(helper_id, sk_arg))
+            out[define] = ""
+        except (BTFError, OSError) as e:
+            out[define] = f"bpf_{helper} not callable from BTF programs ({str(e).rstrip(': ')})"
+    return out
+
+
 def _try_rdonly_cast(btf, tp_btf: bool) -> tuple[bool, str]:
     """Whether BTF tracepoint programs may call the bpf_rdonly_cast kfunc
     (6.2+): one that casts to tcp_sock, loaded for real."""
@@ -215,7 +262,21 @@ def _percpu_rings(btf, tp_btf: bool) -> tuple[bool, str]:
     return True, ""
 
 
+def lift_memlock() -> None:
+    """Before 5.11 the kernel charges BPF maps to the user's locked memory,
+    checked against the creating process's RLIMIT_MEMLOCK: once the loader
+    process (bcc lifts its own limit) has made the rings, even the probe's
+    small maps would be refused under the default limit, and the probe
+    would report no ring buffer. Lifted as bcc does; nothing on later
+    kernels, which charge BPF memory to the cgroup instead."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (OSError, ValueError):
+        pass   # not root: the probe says what does not work
+
+
 def probe() -> Capabilities:
+    lift_memlock()
     caps = Capabilities(kernel=os.uname().release)
     caps.tracefs, caps.tracefs_note = kernel.ensure_tracefs()
     if caps.tracefs:
@@ -226,7 +287,7 @@ def probe() -> Capabilities:
     config = kernel.kernel_config()
     caps.kprobes, caps.kprobes_note = kernel.kprobes_available(config)
     if caps.kprobes:
-        caps.kprobe_symbols = {s: kernel.kprobe_symbol(s) for s in KPROBE_SYMBOLS}
+        caps.kprobe_symbols = kernel.kprobe_symbols(KPROBE_SYMBOLS)
     caps.btf = Path("/sys/kernel/btf/vmlinux").exists()
     caps.fentry, caps.fentry_note = False, "no BTF: fentry and fexit need it"
     caps.ringbuf = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
@@ -239,6 +300,10 @@ def probe() -> Capabilities:
         caps.percpu_rings, caps.percpu_rings_note = _percpu_rings(btf, caps.tp_btf)
         caps.fentry, caps.fentry_note = _try_fexit(btf)
         caps.rdonly_cast, caps.rdonly_cast_note = _try_rdonly_cast(btf, caps.tp_btf)
+        caps.btf_helpers = _try_btf_helpers(btf, caps.tp_btf)
+        missing = [why for why in caps.btf_helpers.values() if why and caps.tp_btf]
+        if missing:
+            caps.tp_btf_note += "; " + "; ".join(missing) + " (those fields by helper calls)"
         caps.accept_fields_note = unresolved(btf, ACCEPT_FIELDS)
         try:
             caps.netfilter_drop_reason = btf.enum("skb_drop_reason").get(
@@ -246,6 +311,8 @@ def probe() -> Capabilities:
         except BTFError:
             caps.netfilter_drop_reason = None
     caps.conntrack = Path("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+    if caps.has_tp("skb:kfree_skb", "location") and not caps.has_tp("skb:kfree_skb", "reason"):
+        caps.nf_drop_sites, caps.nf_drop_note = _nf_drop_sites()
     caps.ipvs = Path("/proc/net/ip_vs").exists()
     if caps.ipvs:
         caps.ipvs_note = "IPVS loaded"
@@ -253,15 +320,58 @@ def probe() -> Capabilities:
         caps.ipvs_note = f"IPVS built ({config['CONFIG_IP_VS']}) but not loaded (modprobe ip_vs)"
     else:
         caps.ipvs_note = "kernel built without IPVS"
-    caps.ipvs_btf = Path("/sys/kernel/btf/ip_vs").exists() or (caps.ipvs and config.get("CONFIG_IP_VS") == "y")
-    if caps.ipvs and caps.ipvs_btf and caps.kprobes:
-        from .btf import BTFError, load_module, load_vmlinux
+    if caps.ipvs and caps.kprobes:
+        _ipvs_layout(caps)
+    return caps
+
+
+def _nf_drop_sites() -> tuple[list[str], str]:
+    """Netfilter's drop sites in this kernel (offsets.NF_DROP_FUNCS that
+    /proc/kallsyms places), or why none: the hook walk must be among them."""
+    ranges = kernel.ksym_ranges(NF_DROP_FUNCS)
+    if NF_DROP_FUNCS[0] not in ranges:
+        return [], (f"{NF_DROP_FUNCS[0]} has no address in /proc/kallsyms (hidden by "
+                    "kptr_restrict, or not root): netfilter's drops cannot be told apart")
+    return sorted(ranges), ""
+
+
+def _ipvs_layout(caps: Capabilities) -> None:
+    """Where struct ip_vs_conn's layout comes from: BTF (the ip_vs module's,
+    5.11+, or vmlinux's where IPVS is built in), else this kernel's exact
+    headers, never headers of another version. Sets caps.ipvs_btf or
+    caps.ipvs_headers, the note saying which, and how an expiry's namespace
+    is learned."""
+    from .btf import BTFError, load_module, load_vmlinux
+    why_not_btf = "no BTF"
+    if caps.btf:
         btf = load_vmlinux()
-        try:
-            caps.ipvs_netns_note = ipvs_netns(btf, load_module("ip_vs", btf) or btf, KernelLayout(),
-                                              kernel.ksym_address)[0]
-        except BTFError as e:
-            caps.ipvs_netns_note = f"namespace unknown (0): {e}"
+        module = load_module("ip_vs", btf)
+        ipvs_btf = module or btf
+        why_not_btf = unresolved(ipvs_btf, IPVS_OFFSETS)
+        if not why_not_btf:
+            caps.ipvs_btf = True
+            caps.ipvs_layout_note = ("struct ip_vs_conn from BTF ("
+                                     + ("module ip_vs" if module else "vmlinux") + ")")
+            try:
+                caps.ipvs_netns_note = ipvs_netns(btf, ipvs_btf, KernelLayout(), kernel.ksym_address)[0]
+            except BTFError as e:
+                caps.ipvs_netns_note = f"namespace unknown (0): {e}"
+            return
+        if module is None:
+            why_not_btf = "no BTF for ip_vs (module BTF came with 5.11)"
+    release = caps.kernel
+    exact = kernel.exact_headers(release)
+    header = kernel.header_file(IPVS_HEADER, release) if exact else None
+    if header is not None:
+        caps.ipvs_headers = str(exact)
+        caps.ipvs_layout_note = (f"struct ip_vs_conn and struct netns_ipvs from this kernel's own "
+                                 f"headers ({exact}; {why_not_btf})")
+        caps.ipvs_netns_note = "namespace from the entry's struct netns_ipvs (headers)"
+        return
+    caps.ipvs_layout_note = (f"struct ip_vs_conn layout unknown: {why_not_btf}, and no headers of "
+                             f"exactly {release} in /lib/modules/{release}/build"
+                             + (f" (they lack {IPVS_HEADER})" if exact else
+                                f" (install linux-headers-{release})"))
     return caps
 
 
@@ -312,19 +422,31 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
 
     if not caps.conntrack:
         out["ct_drop"] = Hook("ct_drop", False, None, "conntrack not in this kernel (or not loaded)")
-    elif not caps.has_tp("skb:kfree_skb", "reason"):
-        out["ct_drop"] = Hook("ct_drop", False, None, "skb:kfree_skb has no drop reason (before 5.17)")
-    elif caps.netfilter_drop_reason is None:
-        out["ct_drop"] = Hook("ct_drop", False, None,
-                              "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
+    elif caps.has_tp("skb:kfree_skb", "reason"):
+        if caps.netfilter_drop_reason is None:
+            out["ct_drop"] = Hook("ct_drop", False, None,
+                                  "SKB_DROP_REASON_NETFILTER_DROP not in this kernel's BTF")
+        else:
+            out["ct_drop"] = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
+                                  f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this "
+                                  "kernel (from BTF)")
+    elif caps.nf_drop_sites:
+        # Before 5.17 the tracepoint has no reason, only the code address
+        # that freed the packet: one inside netfilter's verdict handling is
+        # a netfilter drop. The events say their reason was derived.
+        out["ct_drop"] = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
+                              "no drop reason before 5.17: a packet freed inside netfilter's "
+                              f"verdict handling ({', '.join(caps.nf_drop_sites)}: code ranges from "
+                              "/proc/kallsyms) is NETFILTER_DROP, marked reason_derived",
+                              ["CT_DROP_DERIVED"])
     else:
-        h = Hook("ct_drop", True, f"{tp} skb:kfree_skb",
-                 f"reason NETFILTER_DROP = {caps.netfilter_drop_reason} on this kernel (from BTF)")
-        if kp and sym.get("__nf_conntrack_alloc"):
-            h.hook += " + kretprobe __nf_conntrack_alloc"
-            h.defines.append("WANT_KRETPROBE_CT_ALLOC")
-            h.attach.append(("kretprobe", "__nf_conntrack_alloc", "kr_nf_conntrack_alloc"))
-        out["ct_drop"] = h
+        out["ct_drop"] = Hook("ct_drop", False, None, "skb:kfree_skb has no drop reason (before 5.17)"
+                              + (f" and {caps.nf_drop_note}" if caps.nf_drop_note else ""))
+    h = out["ct_drop"]
+    if h.available and kp and sym.get("__nf_conntrack_alloc"):
+        h.hook += " + kretprobe __nf_conntrack_alloc"
+        h.defines.append("WANT_KRETPROBE_CT_ALLOC")
+        h.attach.append(("kretprobe", "__nf_conntrack_alloc", "kr_nf_conntrack_alloc"))
 
     if not caps.conntrack:
         out["ct_full"] = Hook("ct_full", False, None, "conntrack not in this kernel")
@@ -342,14 +464,17 @@ def plan(caps: Capabilities) -> dict[str, Hook]:
                                   + caps.kprobes_note + ")")
     elif not sym.get("ip_vs_conn_expire"):
         out["ipvs_expire"] = Hook("ipvs_expire", False, None, "ip_vs_conn_expire is not kprobe-able here")
-    elif not caps.ipvs_btf:
-        out["ipvs_expire"] = Hook("ipvs_expire", False, None, "no BTF for ip_vs: struct ip_vs_conn layout unknown")
-    else:
+    elif caps.ipvs_btf or caps.ipvs_headers:
         out["ipvs_expire"] = Hook("ipvs_expire", True, "kprobe ip_vs_conn_expire",
-                                  "kprobe (no tracepoint exists); layout from ip_vs BTF"
+                                  "kprobe (no tracepoint exists); "
+                                  + (caps.ipvs_layout_note or "layout from ip_vs BTF")
                                   + (f"; {caps.ipvs_netns_note}" if caps.ipvs_netns_note else ""),
                                   ["WANT_KPROBE_IPVS_EXPIRE"],
                                   [("kprobe", "ip_vs_conn_expire", "kp_ip_vs_conn_expire")])
+    else:
+        out["ipvs_expire"] = Hook("ipvs_expire", False, None,
+                                  caps.ipvs_layout_note or "struct ip_vs_conn layout unknown: no BTF "
+                                  "for ip_vs and no headers of exactly this kernel")
 
     # accepted sockets: learned as accept() returns, in the accepting task
     if caps.has_tp("sock:inet_sock_set_state"):

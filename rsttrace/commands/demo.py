@@ -18,6 +18,7 @@ examples:
   sudo rsttrace demo --keep                       leave the lab up to explore
   sudo rsttrace demo --down                       remove a kept (or stale) lab
   sudo rsttrace demo --vm --kernel 6.1            IPVS scenarios in a Debian 6.1 VM
+  sudo rsttrace demo --vm --kernel 5.10           the same on Debian 11's 5.10
 {scenarios}
 """
 
@@ -45,8 +46,10 @@ def register(sub) -> None:
     p.add_argument("--vm", action="store_true",
                    help="run the IPVS scenarios in a VM booting a Debian kernel with IPVS and "
                         "kprobes (virtme-ng; for kernels without them, like this one may be)")
-    p.add_argument("--kernel", choices=("6.1", "6.12"), default="6.12",
-                   help="kernel line for --vm (default 6.12; 6.1 exercises the kprobe fallbacks)")
+    from rsttrace.lab.vm import KERNEL_LINES   # stdlib only: cheap at start-up
+    p.add_argument("--kernel", choices=tuple(KERNEL_LINES), default="6.12",
+                   help="kernel line for --vm (default 6.12; 6.1 exercises the kprobe fallbacks, "
+                        "5.10 also IPVS read from the kernel's headers)")
     p.set_defaults(run=run)
 
 

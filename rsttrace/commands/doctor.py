@@ -77,6 +77,7 @@ def gather(load: bool, cost_s: float | None = None) -> dict:
             "transport": transport_why,
             "conntrack": "yes" if caps.conntrack else "no",
             "ipvs": caps.ipvs_note,
+            "layouts": layouts(caps),
             "hz": kernel.kernel_hz(),
         },
         "plan": probe.plan_summary(hooks),
@@ -103,6 +104,17 @@ def gather(load: bool, cost_s: float | None = None) -> dict:
     except ImportError:
         report["findings"] = []
     return report
+
+
+def layouts(caps) -> str:
+    """Where the programs' struct layouts come from: BTF, and for IPVS BTF
+    or this kernel's exact headers, or nowhere (then why)."""
+    base = "BTF (/sys/kernel/btf/vmlinux)" if caps.btf else "nowhere: no BTF (/sys/kernel/btf/vmlinux)"
+    if caps.ipvs_layout_note:
+        ipvs = caps.ipvs_layout_note
+    else:
+        ipvs = "not read (" + (caps.kprobes_note if caps.ipvs else caps.ipvs_note) + ")"
+    return f"kernel structs from {base}; IPVS: {ipvs}"
 
 
 def _fmt(v) -> str:

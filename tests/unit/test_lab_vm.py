@@ -94,3 +94,55 @@ def test_tail_does_not_take_boot_chatter_for_an_oops():
     lines = ["[    0.47] NMI watchdog: Perf NMI watchdog permanently disabled\n",
              *[f"[    3.{i}] virtme-ng-init: step {i}\n" for i in range(10)]]
     assert "NMI watchdog" not in vm._tail(lines)
+
+
+def test_debian_11s_kernel_comes_through_a_source_list_of_its_own(tmp_path, monkeypatch):
+    """5.10 is resolved from Debian 11's archive with apt options that name
+    a source list, package lists and a cache under the VM cache, and no
+    other source; the machine's own lines (6.1, 6.12) use none."""
+    monkeypatch.setattr(vm, "CACHE", tmp_path)
+    calls: list[list[str]] = []
+
+    def run(cmd, timeout=600.0, cwd=None):
+        calls.append(cmd)
+        return "linux-image-amd64\n  Depends: linux-image-5.10.0-46-amd64\n" if cmd[0] == "apt-cache" else ""
+
+    monkeypatch.setattr(vm, "_run", run)
+    k = vm.resolve("5.10")
+    assert k == vm.Kernel("5.10", "5.10.0-46-amd64")
+    base = tmp_path / "apt-bullseye"
+    update, depends = calls
+    assert update[-1] == "update" and depends[-2:] == ["depends", "linux-image-amd64"]
+    for cmd in calls:
+        opts = dict(o.split("=", 1) for o in cmd[cmd.index("-o") + 1::2] if "=" in o)
+        assert opts == {"Dir::Etc::SourceList": str(base / "sources.list"),
+                        "Dir::Etc::SourceParts": "/dev/null",
+                        "Dir::State::Lists": str(base / "lists"), "Dir::Cache": str(base / "cache")}
+    text = (base / "sources.list").read_text()
+    assert [ln.split()[-2:] for ln in text.splitlines()] == [["bullseye", "main"],
+                                                            ["bullseye-security", "main"]]
+    # the lists are read once in ARCHIVE_LISTS_MAX_AGE_S
+    calls.clear()
+    vm.resolve("5.10")
+    assert [c[-1] for c in calls] == ["linux-image-amd64"]
+    # this machine's kernel lines: its own sources, nothing else
+    assert vm.apt_options(None) == []
+
+
+def test_a_meta_package_that_names_another_line_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm, "CACHE", tmp_path)
+    monkeypatch.setattr(vm, "_run", lambda cmd, timeout=600.0, cwd=None:
+                        "  Depends: linux-image-5.4.0-9-amd64\n" if cmd[0] == "apt-cache" else "")
+    with pytest.raises(vm.VMError, match="names 5.4.0-9-amd64, not a 5.10 kernel"):
+        vm.resolve("5.10")
+
+
+def test_cached_kernels_of_a_line_do_not_take_another_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm, "CACHE", tmp_path)
+    monkeypatch.setattr(vm.Kernel, "ready", property(lambda self: True))
+    for rel in ("5.10.0-45-amd64", "5.10.0-46-amd64", "6.1.0-57-amd64", "6.12.118+deb12-amd64",
+                "apt-bullseye"):
+        (tmp_path / rel).mkdir()
+    assert vm.cached("5.10").release == "5.10.0-46-amd64"
+    assert vm.cached("6.1").release == "6.1.0-57-amd64"
+    assert vm.cached("6.12").release == "6.12.118+deb12-amd64"

@@ -1,4 +1,4 @@
-"""vm tier: Debian's 6.1 and 6.12 kernels booted under virtme-ng (TCG).
+"""vm tier: Debian's 5.10, 6.1 and 6.12 kernels booted under virtme-ng (TCG).
 
 Each kernel boots once per session (module fixture in test_vm_kernels.py)
 and runs the tracer's kernel tests and the IPVS lab inside. The tier takes
@@ -16,7 +16,7 @@ import pytest
 def pytest_collection_modifyitems(config, items):
     why = None
     if os.environ.get("RSTTRACE_VM_TIER") != "1":
-        why = "vm tier: run scripts/vm/test.sh (boots 6.1 and 6.12 under virtme-ng, ~15 min)"
+        why = "vm tier: run scripts/vm/test.sh (boots 5.10, 6.1 and 6.12 under virtme-ng; README: its time)"
     elif os.geteuid() != 0:
         why = "vm tier needs root (qemu, apt-get): run scripts/vm/test.sh with sudo"
     if why is None:
