@@ -143,8 +143,10 @@ def run(args) -> int:
             if args.duration is not None and time.monotonic() - t0 >= args.duration:
                 break
             exporter.step(0.2)
-        # what is still in the kernel's buffer and the backlog, then every
-        # open incident
+        # what is still in the kernel's buffer, storm mode's last counts,
+        # the backlog, then every open incident
+        exporter.step(0)
+        session.flush_storms()
         exporter.step(0)
         exporter.drain(SHUTDOWN_BUDGET_S)
     finally:

@@ -180,6 +180,34 @@ def test_sigterm_during_a_storm_leaves_complete_recordings(lab, tmp_path):
     assert agent.records()
 
 
+def test_sigterm_right_after_a_storm_records_its_last_counts(lab, tmp_path):
+    """Storm mode: the kernel counts a storm's resets and the agent reads
+    the counts once a second; stopped at once after the storm, the last
+    counts still reach the recording (full events + counts == the
+    kernel's TcpOutRsts)."""
+    rec_dir = tmp_path / "rec"
+    agent = Agent(rec_dir, "--storm-rate", "1000")
+    try:
+        assert wait_until(lambda: (get(agent.base + "/readyz")[0] == 200, True), timeout=15)
+        ns = lab.add("last")
+        before = tcp_out_rsts(ns)
+        made = lab.refuse(ns, 20_000, seconds=10)
+        sent = tcp_out_rsts(ns) - before
+    finally:
+        rc = agent.stop()
+    assert rc == 0, "".join(agent.stderr)
+    assert made == sent > 5000
+    ino = lab.inode(ns)
+    recorded = 0
+    for p in sorted(rec_dir.glob("rsttrace-*.jsonl")):
+        rec = read_recording(p)
+        assert rec.totals is not None and not rec.truncated and rec.totals["lost"] == 0, p
+        for r in rec.records:
+            if r.get("dir") == "sent" and r.get("netns") == ino:
+                recorded += r["count"] if r["kind"] == "reset_agg" else r["kind"] == "reset"
+    assert recorded == sent
+
+
 # ---- what the node lacks: one line naming what to add --------------------
 
 def agent_in(shell: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
