@@ -12,8 +12,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -29,38 +27,48 @@ HEADER = '{"kind":"header","schema":1,"t":1700000000.0,"host":"h","kernel":"k","
 RESET = json.loads((FIX / "keepalive_lab.jsonl").read_text().splitlines()[3])   # a received reset
 
 
+# Runs the CLI and reports its peak RSS as wait4 gives it. A child's
+# ru_maxrss also holds the memory of the process it was made from, up to its
+# exec (the kernel keeps the old address space's high-water mark, vfork or
+# not): made from this test process, which is hundreds of MB by the time a
+# whole tier has run, it would read that. So a small process in between.
+_MEASURE = """
+import os, resource, sys
+fd, mem = int(sys.argv[1]), int(sys.argv[2])
+if mem:
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+pid = os.posix_spawn(sys.executable, [sys.executable, *sys.argv[3:]], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def _rsttrace(args: list[str], timeout: float = 20, mem_mb: int | None = None,
               stdin: object = subprocess.DEVNULL) -> subprocess.CompletedProcess:
     """The CLI in a child process (a hang or a memory blow-up must not take
-    the test run with it), with its own peak RSS in `rss_mb` (wait4's usage
-    of that one child: RUSAGE_CHILDREN is the largest of every child this
-    test process ever waited for, a pip or a compiler among them)."""
-    def limit() -> None:
-        if mem_mb:
-            resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
-    child = subprocess.Popen([sys.executable, "-m", "rsttrace", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, preexec_fn=limit, stdin=stdin)
-    out: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()))
-               for k, f in (("out", child.stdout), ("err", child.stderr))]
-    for t in readers:
-        t.start()
-    deadline = time.monotonic() + timeout
-    while True:     # reaped here, not by Popen: wait4 gives this child's own usage
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            child.kill()
-            os.wait4(child.pid, 0)
-            raise subprocess.TimeoutExpired(child.args, timeout)
-        time.sleep(0.02)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    for t in readers:
-        t.join()
-    p = subprocess.CompletedProcess(child.args, child.returncode,
-                                    out["out"].decode(errors="replace"), out["err"].decode(errors="replace"))
-    p.rss_mb = usage.ru_maxrss / 1024   # type: ignore[attr-defined]
+    the test run with it), with its own peak RSS in `rss_mb`."""
+    r, w = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", _MEASURE, str(w), str((mem_mb or 0) << 20),
+                                  "-m", "rsttrace", *args], stdin=stdin, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, pass_fds=(w,), start_new_session=True)
+        os.close(w)
+        w = -1
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, 9)
+            child.communicate()
+            raise
+        maxrss = os.read(r, 64)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    p = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    p.rss_mb = int(maxrss or 0) / 1024   # type: ignore[attr-defined]
     return p
 
 
